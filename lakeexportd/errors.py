@@ -1,0 +1,109 @@
+"""The one exception tree of lakeexportd.
+
+Every error the product raises on purpose is a ``LakeExportError``; the branch says what the
+operator (or the daemon) should do about it::
+
+    LakeExportError
+     +-- ConfigError            fix the configuration: exit 78 at start, keep the old config on reload
+     |    +-- KsqlDBAuthError   ksqlDB answered 401/403: credentials or roles are wrong
+     +-- FeedError              this feed is broken until its config (or its source) changes
+     |    +-- KsqlDBRequestError     ksqlDB refused the statement (4xx with error_code/message)
+     |    +-- SchemaError            unsupported type, or an incompatible schema change
+     |    +-- LakeStateError         the lake on disk is not what the metadata says
+     +-- TransientError         retry within the run, then wait for the next tick (exit 75)
+          +-- KsqlDBUnavailable      connection failure, timeout, 429 or 5xx after the retries
+          +-- KsqlDBStreamError      the answer broke off or ended with an error object
+          +-- KsqlDBProtocolError    a line that is not JSON, or a row of the wrong length
+          +-- FeedLocked             another writer holds the feed's lock
+
+Messages name the thing, the value and the fix. Foreign errors (httpx, OSError, Arrow) are
+translated with ``raise ... from exc`` in the one module that meets them.
+"""
+
+from __future__ import annotations
+
+EX_OK = 0
+EX_FAILED = 1
+EX_USAGE = 2
+EX_TEMPFAIL = 75
+EX_CONFIG = 78
+
+
+class LakeExportError(Exception):
+    """Base of every error lakeexportd raises on purpose."""
+
+    exit_code = EX_FAILED
+
+
+class ConfigError(LakeExportError):
+    """The configuration is wrong; nothing will work until an operator fixes it."""
+
+    exit_code = EX_CONFIG
+
+
+class FeedError(LakeExportError):
+    """One feed cannot export until its configuration or its source changes."""
+
+    exit_code = EX_FAILED
+
+
+class TransientError(LakeExportError):
+    """A passing failure: retried within the run, then at the next tick."""
+
+    exit_code = EX_TEMPFAIL
+
+
+class KsqlDBRequestError(FeedError):
+    """ksqlDB refused a request with a 4xx status; carries its ``error_code`` and ``message``."""
+
+    def __init__(self, status: int, error_code: int | None, message: str, *, what: str) -> None:
+        self.status = status
+        self.error_code = error_code
+        self.ksql_message = message
+        code = f" error_code {error_code}" if error_code is not None else ""
+        super().__init__(f"ksqlDB rejected {what}: HTTP {status}{code}: {message}")
+
+
+class KsqlDBAuthError(ConfigError):
+    """ksqlDB answered 401 or 403: the username, password or roles are wrong."""
+
+    def __init__(self, status: int, error_code: int | None, message: str, *, what: str) -> None:
+        self.status = status
+        self.error_code = error_code
+        self.ksql_message = message
+        hint = (
+            "check ksqldb.username and the password in ksqldb.password_env/password_file"
+            if status == 401
+            else "grant this user access to the source in ksqlDB"
+        )
+        super().__init__(
+            f"ksqlDB refused {what}: HTTP {status} error_code {error_code}: {message} ({hint})"
+        )
+
+
+class SchemaError(FeedError):
+    """A column type lakeexportd cannot map, or a schema change it must not absorb."""
+
+
+class LakeStateError(FeedError):
+    """Files in the lake disagree with what lakeexportd expects (corrupt metadata, stray paths)."""
+
+
+class KsqlDBUnavailable(TransientError):
+    """ksqlDB could not be reached or kept answering 429/5xx through every retry."""
+
+
+class KsqlDBStreamError(TransientError):
+    """A query's answer is incomplete: it broke off, or ended with a mid-stream error object."""
+
+    def __init__(self, message: str, *, error_code: int | None = None) -> None:
+        self.error_code = error_code
+        super().__init__(message)
+
+
+class KsqlDBProtocolError(TransientError):
+    """ksqlDB sent something that is not its wire format (bad JSON, wrong row length)."""
+
+
+class FeedLocked(TransientError):
+    """Another process holds the feed's lock; this run is skipped."""

@@ -11,7 +11,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from lakeexportd import __version__
-from lakeexportd.errors import EX_FAILED, LakeExportError
+from lakeexportd.errors import EX_FAILED, EX_OK, LakeExportError
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -28,6 +28,29 @@ def _add_sandbox(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     parser.set_defaults(handler=sandbox_cli.run)
 
 
+def _add_validate(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = sub.add_parser(
+        "validate",
+        help="check a configuration file and list its feeds",
+        description="Load and check the configuration: print a summary of its feeds and exit 0,"
+        " or print the first problem and exit 78.",
+    )
+    parser.add_argument(
+        "-c", "--config", metavar="FILE", default=None,
+        help="configuration file (default: $LAKEEXPORTD_CONFIG, then "
+        "/etc/lakeexportd/lakeexportd.yaml)",
+    )
+    parser.set_defaults(handler=_validate)
+
+
+def _validate(args: argparse.Namespace) -> int:
+    from lakeexportd import config
+
+    loaded = config.load_config(args.config or config.default_config_path())
+    print("\n".join(config.summarize(loaded)))
+    return EX_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lakeexportd",
@@ -36,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"lakeexportd {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _add_sandbox(sub)
+    _add_validate(sub)
     return parser
 
 

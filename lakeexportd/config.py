@@ -204,3 +204,24 @@ def parse_config(
     from lakeexportd import config_build  # the builders need the models above
 
     return config_build.build_config(root_node(data, str(path)), Path(path), environ)
+
+
+def summarize(config: Config) -> list[str]:
+    """Lines for ``lakeexportd validate``: where things go, then one line per feed."""
+    feeds = config.feeds
+    streams = sum(feed.kind == "stream" for feed in feeds)
+    enabled = sum(feed.enabled for feed in feeds)
+    auth = f"user {config.ksqldb.username}" if config.ksqldb.username else "no auth"
+    lines = [
+        f"{config.path}: OK, {len(feeds)} feeds ({enabled} enabled): "
+        f"{streams} streams, {len(feeds) - streams} tables",
+        f"ksqldb {config.ksqldb.url} ({auth}); lake {config.lake.root}; "
+        f"metrics {config.metrics.listen}",
+    ]
+    width = max((len(feed.name) for feed in feeds), default=0)
+    source_width = max((len(feed.source) for feed in feeds), default=0)
+    for feed in feeds:
+        state = "" if feed.enabled else "  (disabled)"
+        lines.append(f"  {feed.name:<{width}}  {feed.kind:<6}  {feed.source:<{source_width}}  "
+                     f"{str(feed.schedule):<22}  {feed.security}{state}")
+    return lines

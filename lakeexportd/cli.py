@@ -1,4 +1,4 @@
-"""Command line: a thin shell that parses arguments, calls the library and maps errors to exit codes.
+"""Command line: a thin shell that parses arguments, calls the library, maps errors to exit codes.
 
 Exit codes (DESIGN.md section 8): 0 ok, 1 failed or mismatch found, 2 usage error,
 75 skipped (feed locked) or transient failure, 78 configuration error.

@@ -4,7 +4,7 @@ Every error the product raises on purpose is a ``LakeExportError``; the branch s
 operator (or the daemon) should do about it::
 
     LakeExportError
-     +-- ConfigError            fix the configuration: exit 78 at start, keep the old config on reload
+     +-- ConfigError            fix the config: exit 78 at start, keep the old config on reload
      |    +-- KsqlDBAuthError   ksqlDB answered 401/403: credentials or roles are wrong
      +-- FeedError              this feed is broken until its config (or its source) changes
      |    +-- KsqlDBRequestError     ksqlDB refused the statement (4xx with error_code/message)

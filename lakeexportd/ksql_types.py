@@ -27,7 +27,15 @@ import pyarrow as pa
 from lakeexportd.errors import SchemaError
 
 PRIMITIVES = (
-    "BOOLEAN", "INTEGER", "BIGINT", "DOUBLE", "STRING", "BYTES", "TIMESTAMP", "DATE", "TIME",
+    "BOOLEAN",
+    "INTEGER",
+    "BIGINT",
+    "DOUBLE",
+    "STRING",
+    "BYTES",
+    "TIMESTAMP",
+    "DATE",
+    "TIME",
 )
 _ALIASES = {"INT": "INTEGER", "VARCHAR": "STRING"}
 _INT32 = (-(2**31), 2**31 - 1)
@@ -201,7 +209,7 @@ def parse_type(text: str, *, column: str = "?", feed: str | None = None) -> Ksql
 def arrow_schema(
     names: list[str], types: list[KsqlType], *, metadata: dict[str, str] | None = None
 ) -> pa.Schema:
-    """The Arrow schema of a query result; the ksqlDB type of each column rides in field metadata."""
+    """Arrow schema of a query result; each field carries its ksqlDB type in metadata."""
     return pa.schema(
         [pa.field(n, t.arrow, metadata={"ksql_type": str(t)}) for n, t in zip(names, types)],
         metadata=metadata,
@@ -322,7 +330,7 @@ def _decimal(precision: int, scale: int) -> Converter:
         elif not isinstance(v, Decimal):
             raise ValueError(f"expected a DECIMAL({precision}, {scale}), got {v!r}")
         try:
-            exact = v.quantize(quantum)
+            exact: Decimal = v.quantize(quantum)
         except InvalidOperation as exc:
             raise ValueError(f"{v} does not fit in DECIMAL({precision}, {scale})") from exc
         if exact != v or abs(exact) >= limit:

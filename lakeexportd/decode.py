@@ -1,0 +1,213 @@
+"""Block-wise decoding of ksqlDB's delimited rows into Arrow: the export's hot path.
+
+Pure: bytes in, Arrow tables out. A ksqlDB row line is a flat JSON array (``[1,"a",12.50]``),
+so for flat schemas a whole block of complete lines is decoded natively: ``]\\n[`` becomes a
+line break (it can only occur between rows, since JSON strings hold no raw newline), and
+Arrow's multi-threaded CSV reader parses the result with the exact column types. Lines the
+CSV reader cannot take exactly go down the exact path (``json.loads`` with ``Decimal`` numbers
+and a per-type converter):
+
+- lines holding a backslash (a JSON escape such as ``\\n`` or ``\\u0001``, which CSV would
+  misread);
+- every line of a schema with ARRAY, MAP or STRUCT columns;
+- a block the CSV reader rejects, or whose shape does not check out (row count, brackets, or
+  the number of ``"`` characters, which must equal two per non-null quoted value: this catches
+  a bare token in a string column or a quoted number in a numeric one).
+
+The exact path raises ``KsqlDBProtocolError`` naming the row and column of anything that is not
+ksqlDB's format, so the fast path never has to be trusted with bad input.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from decimal import Decimal
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+
+from lakeexportd.errors import KsqlDBProtocolError
+from lakeexportd.ksql_types import KsqlType, arrow_schema, value_converter
+
+# Types the CSV reader parses directly; the value is the type it is asked to produce.
+_CSV_TYPE = {
+    "BOOLEAN": pa.bool_(),
+    "INTEGER": pa.int32(),
+    "BIGINT": pa.int64(),
+    "DOUBLE": pa.float64(),
+    "STRING": pa.string(),
+    "DATE": pa.date32(),
+    "TIMESTAMP": pa.timestamp("ms"),  # ksqlDB writes no zone suffix; relabelled as UTC below
+    "TIME": pa.string(),  # HH:mm or HH:mm:ss: converted after parsing
+    "BYTES": pa.string(),  # base64: converted after parsing
+}
+_QUOTED = {"STRING", "DATE", "TIMESTAMP", "TIME", "BYTES"}  # written as JSON strings
+
+
+class RowDecoder:
+    """Decodes blocks of complete row lines for one query header."""
+
+    def __init__(self, names: list[str], types: list[KsqlType]) -> None:
+        if len(names) != len(types):
+            raise KsqlDBProtocolError(
+                f"query header has {len(names)} columnNames but {len(types)} columnTypes"
+            )
+        self.names = names
+        self.types = types
+        self.schema = arrow_schema(names, types)
+        self._converters = [value_converter(t) for t in types]
+        self.flat = not any(t.is_nested for t in types)
+        self._csv_names = [f"c{i}" for i in range(len(names))]
+        if self.flat:
+            csv_types = {}
+            for i, t in enumerate(types):
+                csv_types[self._csv_names[i]] = _CSV_TYPE.get(t.base) or t.arrow
+            self._read_options = pacsv.ReadOptions(column_names=self._csv_names, block_size=8 << 20)
+            self._parse_options = pacsv.ParseOptions(
+                quote_char='"',
+                double_quote=False,
+                escape_char=False,
+                newlines_in_values=False,
+                ignore_empty_lines=False,
+            )
+            self._convert_options = pacsv.ConvertOptions(
+                column_types=csv_types,
+                null_values=["null"],
+                strings_can_be_null=True,
+                quoted_strings_can_be_null=False,
+                true_values=["true"],
+                false_values=["false"],
+            )
+        self.fast_rows = 0
+        self.exact_rows = 0
+
+    def decode(self, block: bytes, first_row: int = 1) -> pa.Table:
+        """Decode ``block`` (complete lines, each ``[...]\\n``); ``first_row`` numbers errors."""
+        if not block:
+            return self.schema.empty_table()
+        if not self.flat:
+            return self.decode_exact(block.split(b"\n")[:-1], first_row)
+        if b"\\" in block:
+            return self._decode_mixed(block, first_row)
+        table = self._decode_fast(block)
+        if table is None:
+            return self.decode_exact(block.split(b"\n")[:-1], first_row)
+        return table
+
+    def _decode_mixed(self, block: bytes, first_row: int) -> pa.Table:
+        lines = block.split(b"\n")[:-1]
+        dirty = [i for i, line in enumerate(lines) if b"\\" in line]
+        if len(dirty) * 4 > len(lines):
+            return self.decode_exact(lines, first_row)
+        dirty_set = set(dirty)
+        clean = [line for i, line in enumerate(lines) if i not in dirty_set]
+        fast = self._decode_fast(b"\n".join(clean) + b"\n") if clean else self.schema.empty_table()
+        if fast is None:
+            return self.decode_exact(lines, first_row)
+        exact = self._exact_lines([lines[i] for i in dirty], [first_row + i for i in dirty])
+        clean_pos = [i for i in range(len(lines)) if i not in dirty_set]
+        order = pc.sort_indices(pa.array(clean_pos + dirty, pa.int64()))
+        return pa.concat_tables([fast, exact]).take(order)
+
+    def _decode_fast(self, block: bytes) -> pa.Table | None:
+        """Decode a block without backslashes natively; ``None`` if it needs the exact path."""
+        if not (block.startswith(b"[") and block.endswith(b"]\n")):
+            return None
+        body = block.replace(b"]\n[", b"\n")
+        try:
+            parsed = pacsv.read_csv(
+                io.BytesIO(memoryview(body)[1:-2]),
+                read_options=self._read_options,
+                parse_options=self._parse_options,
+                convert_options=self._convert_options,
+            )
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            return None
+        rows = parsed.num_rows
+        # Empty lines fail the parse (ignore_empty_lines=False), so rows == lines in the block,
+        # and every line is one bracketed array exactly when rows - 1 "]\n[" were replaced.
+        if len(block) - len(body) != 2 * (rows - 1):
+            return None
+        if block.count(b'"') != self._expected_quotes(parsed):
+            return None
+        columns = []
+        try:
+            for i, t in enumerate(self.types):
+                columns.append(self._finish_column(parsed.column(i), t, i))
+        except ValueError:
+            return None
+        self.fast_rows += rows
+        return pa.Table.from_arrays(columns, schema=self.schema)
+
+    def _expected_quotes(self, parsed: pa.Table) -> int:
+        quotes = 0
+        for i, t in enumerate(self.types):
+            column = parsed.column(i)
+            if t.base in _QUOTED:
+                quotes += 2 * (len(column) - column.null_count)
+            elif t.base == "DOUBLE":
+                special = pc.or_(pc.is_nan(column), pc.is_inf(column))
+                quotes += 2 * int(pc.sum(special.cast(pa.int64())).as_py() or 0)
+        return quotes
+
+    def _finish_column(self, column: pa.ChunkedArray, t: KsqlType, i: int) -> pa.ChunkedArray:
+        if t.base == "TIMESTAMP":
+            return column.cast(t.arrow)  # naive values are UTC: a relabel, not a shift
+        if t.base in ("TIME", "BYTES"):
+            convert = self._converters[i]
+            return pa.chunked_array(
+                [
+                    pa.array([convert(v) for v in chunk.to_pylist()], t.arrow)
+                    for chunk in column.chunks
+                ],
+                t.arrow,
+            )
+        return column
+
+    def decode_exact(self, lines: list[bytes], first_row: int) -> pa.Table:
+        """Decode lines one by one with exact JSON semantics; errors name row and column."""
+        return self._exact_lines(lines, list(range(first_row, first_row + len(lines))))
+
+    def _exact_lines(self, lines: list[bytes], numbers: list[int]) -> pa.Table:
+        width = len(self.types)
+        columns: list[list[Any]] = [[] for _ in range(width)]
+        for line, number in zip(lines, numbers):
+            row = _parse_row(line, number)
+            if len(row) != width:
+                raise KsqlDBProtocolError(
+                    f"row {number} has {len(row)} values but the header declares {width} "
+                    f"columns ({', '.join(self.names)}): {_excerpt(line)}"
+                )
+            for i, value in enumerate(row):
+                columns[i].append(self._convert(i, value, number))
+        arrays = [pa.array(values, type=f.type) for values, f in zip(columns, self.schema)]
+        self.exact_rows += len(lines)
+        return pa.Table.from_arrays(arrays, schema=self.schema)
+
+    def _convert(self, i: int, value: Any, number: int) -> Any:
+        try:
+            return self._converters[i](value)
+        except (ValueError, KeyError, TypeError, ArithmeticError) as exc:
+            raise KsqlDBProtocolError(
+                f"row {number}, column {self.names[i]} ({self.types[i]}): {exc}"
+            ) from exc
+
+
+def _parse_row(line: bytes, number: int) -> list[Any]:
+    try:
+        row = json.loads(line, parse_float=Decimal)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise KsqlDBProtocolError(
+            f"row {number} is not valid JSON ({exc}): {_excerpt(line)}"
+        ) from exc
+    if not isinstance(row, list):
+        raise KsqlDBProtocolError(f"row {number} is not a JSON array: {_excerpt(line)}")
+    return row
+
+
+def _excerpt(line: bytes, limit: int = 120) -> str:
+    text = line[:limit].decode("utf-8", "replace")
+    return text + ("..." if len(line) > limit else "")

@@ -1,0 +1,460 @@
+"""KsqlDBClient: the only module that speaks HTTP to ksqlDB (and the only one importing httpx).
+
+Queries go to ``POST /query-stream`` in the delimited format (HTTP/1.1 chunked, or h2c when the
+``httpx.Client`` was built with ``http1=False, http2=True``), or to the legacy ``POST /query``
+for servers older than 0.24. Rows arrive as Arrow tables, decoded block by block while the body
+streams in, so memory never holds the whole answer.
+
+Failures before the header (connection errors, timeouts, 429, 5xx) are retried with exponential
+backoff and full jitter up to ``max_retries``, then raised as ``KsqlDBUnavailable``. Once rows
+flow, any break is a ``KsqlDBStreamError``: the caller must discard what it received.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
+
+import httpx
+import pyarrow as pa
+
+from lakeexportd.errors import (
+    KsqlDBAuthError,
+    KsqlDBProtocolError,
+    KsqlDBRequestError,
+    KsqlDBStreamError,
+    KsqlDBUnavailable,
+)
+from lakeexportd.framing import DEFAULT_BLOCK_BYTES, DelimitedStream, QueryHeader, StreamedRowStream
+from lakeexportd.ksql_types import KsqlType, parse_type
+
+Api = Literal["auto", "query-stream", "query"]
+DELIMITED = "application/vnd.ksqlapi.delimited.v1"
+STREAMED_ROWS = "application/vnd.ksql.v1+json"
+
+
+class RequestObserver(Protocol):
+    """Sees every HTTP answer (for ``lakeexportd_ksqldb_requests_total``) and every retry."""
+
+    def request(self, endpoint: str, code: str) -> None: ...
+
+    def retry(self, endpoint: str) -> None: ...
+
+
+class _NoObserver:
+    def request(self, endpoint: str, code: str) -> None:
+        pass
+
+    def retry(self, endpoint: str) -> None:
+        pass
+
+
+@dataclass(frozen=True)
+class SourceInfo:
+    """One entry of ``SHOW STREAMS`` / ``SHOW TABLES``."""
+
+    name: str
+    kind: Literal["stream", "table"]
+    topic: str
+    key_format: str
+    value_format: str
+    is_windowed: bool
+
+
+@dataclass(frozen=True)
+class SourceDescription:
+    """What ``DESCRIBE`` says about a source: its columns (key columns first) and more."""
+
+    name: str
+    kind: Literal["stream", "table"]
+    columns: tuple[tuple[str, KsqlType], ...]
+    key_columns: tuple[str, ...]
+    topic: str
+    timestamp_column: str | None
+    window_type: str | None
+    statement: str
+
+
+@dataclass(frozen=True)
+class ServerInfo:
+    version: str
+    kafka_cluster_id: str
+    service_id: str
+    status: str | None
+
+
+def build_http_client(
+    url: str,
+    *,
+    username: str | None = None,
+    password: str | None = None,
+    connect_timeout: float = 10.0,
+    read_timeout: float = 300.0,
+    http2: bool = False,
+    verify: bool = True,
+    ca_file: str | None = None,
+    cert_file: str | None = None,
+    key_file: str | None = None,
+) -> httpx.Client:
+    """The ``httpx.Client`` for a ksqlDB server: auth, TLS, timeouts and HTTP version."""
+    import ssl
+
+    tls: ssl.SSLContext | bool = verify
+    if verify:
+        tls = (
+            ssl.create_default_context(cafile=ca_file) if ca_file else ssl.create_default_context()
+        )
+        if cert_file:
+            tls.load_cert_chain(cert_file, key_file)
+    auth = httpx.BasicAuth(username, password or "") if username else None
+    timeout = httpx.Timeout(connect_timeout, read=read_timeout, write=connect_timeout, pool=None)
+    # httpx speaks h2c over http:// only with HTTP/1.1 turned off; http2=True alone stays on 1.1.
+    h2c = http2 and url.startswith("http://")
+    return httpx.Client(
+        base_url=url,
+        auth=auth,
+        verify=tls,
+        timeout=timeout,
+        http1=not h2c,
+        http2=http2,
+        follow_redirects=False,
+    )
+
+
+class KsqlDBClient:
+    """Talks to one ksqlDB server through the given ``httpx.Client`` (the test seam)."""
+
+    def __init__(
+        self,
+        http: httpx.Client,
+        *,
+        api: Api = "auto",
+        max_retries: int = 5,
+        backoff_base: float = 0.5,
+        backoff_max: float = 30.0,
+        block_bytes: int = DEFAULT_BLOCK_BYTES,
+        observer: RequestObserver | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.http = http
+        self.api: Api = api
+        self.max_retries = max_retries
+        self.backoff_base = backoff_base
+        self.backoff_max = backoff_max
+        self.block_bytes = block_bytes
+        self._observer: RequestObserver = observer or _NoObserver()
+        self._sleep = sleep
+        self._resolved_api: Literal["query-stream", "query"] | None = None if api == "auto" else api
+
+    def close(self) -> None:
+        self.http.close()
+
+    # -- queries ---------------------------------------------------------------------------
+
+    @contextmanager
+    def query(
+        self, sql: str, *, properties: dict[str, Any] | None = None, batch_size: int = 10_000
+    ) -> Iterator[QueryResult]:
+        """Run a query; ``batches()`` of the result yields record batches of ≤ batch_size rows."""
+        api = self._query_api()
+        if api == "query-stream":
+            path, accept = "/query-stream", DELIMITED
+            body: dict[str, Any] = {"sql": sql, "properties": properties or {}}
+            decoder: DelimitedStream | StreamedRowStream = DelimitedStream(
+                block_bytes=self.block_bytes, what=f"query {_short(sql)}"
+            )
+        else:
+            path, accept = "/query", STREAMED_ROWS
+            body = {"ksql": sql, "streamsProperties": properties or {}}
+            decoder = StreamedRowStream(block_bytes=self.block_bytes, what=f"query {_short(sql)}")
+        with self._send(
+            "POST", path, json_body=body, accept=accept, what=f"query {_short(sql)}"
+        ) as response:
+            result = QueryResult(response, decoder, batch_size)
+            result.read_header()
+            yield result
+
+    def _query_api(self) -> Literal["query-stream", "query"]:
+        if self._resolved_api is None:
+            version = self.info().version
+            self._resolved_api = "query-stream" if supports_query_stream(version) else "query"
+        return self._resolved_api
+
+    # -- catalog and server ----------------------------------------------------------------
+
+    def list_sources(self) -> list[SourceInfo]:
+        """Every stream and table, from ``SHOW STREAMS;`` and ``SHOW TABLES;``."""
+        entities = self.ksql("SHOW STREAMS; SHOW TABLES;")
+        sources: list[SourceInfo] = []
+        for entity in entities:
+            for key in ("streams", "tables"):
+                for s in entity.get(key) or []:
+                    sources.append(
+                        SourceInfo(
+                            name=s["name"],
+                            kind="stream" if s.get("type") == "STREAM" else "table",
+                            topic=s.get("topic", ""),
+                            key_format=s.get("keyFormat", ""),
+                            value_format=s.get("valueFormat", ""),
+                            is_windowed=bool(s.get("isWindowed")),
+                        )
+                    )
+        return sources
+
+    def describe(self, source: str) -> SourceDescription:
+        """``DESCRIBE <source>;``: the columns with their ksqlDB types."""
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*|`[^`]+`", source):
+            raise ValueError(f"{source!r} is not a ksqlDB source name")
+        entities = self.ksql(f"DESCRIBE {source};")
+        desc = entities[0].get("sourceDescription") if entities else None
+        if not isinstance(desc, dict):
+            raise KsqlDBProtocolError(f"DESCRIBE {source}: answer has no sourceDescription")
+        columns: list[tuple[str, KsqlType]] = []
+        keys: list[str] = []
+        for f in desc.get("fields", []):
+            columns.append((f["name"], schema_info_type(f["schema"], column=f["name"])))
+            if f.get("type") == "KEY":
+                keys.append(f["name"])
+        return SourceDescription(
+            name=desc["name"],
+            kind="table" if desc.get("type") == "TABLE" else "stream",
+            columns=tuple(columns),
+            key_columns=tuple(keys),
+            topic=desc.get("topic", ""),
+            timestamp_column=desc.get("timestamp") or None,
+            window_type=desc.get("windowType"),
+            statement=desc.get("statement", ""),
+        )
+
+    def info(self) -> ServerInfo:
+        """``GET /info``."""
+        with self._send("GET", "/info", what="GET /info") as response:
+            data = _json(response.read(), "GET /info")
+        info = data.get("KsqlServerInfo", {}) if isinstance(data, dict) else {}
+        return ServerInfo(
+            version=str(info.get("version", "")),
+            kafka_cluster_id=str(info.get("kafkaClusterId", "")),
+            service_id=str(info.get("ksqlServiceId", "")),
+            status=info.get("serverStatus"),
+        )
+
+    def ksql(self, statements: str) -> list[dict[str, Any]]:
+        """``POST /ksql`` with one or more statements; returns the entity list."""
+        what = f"statement {_short(statements)}"
+        with self._send(
+            "POST", "/ksql", json_body={"ksql": statements}, accept=STREAMED_ROWS, what=what
+        ) as response:
+            data = _json(response.read(), what)
+        if not isinstance(data, list):
+            raise KsqlDBProtocolError(f"{what}: expected a JSON array, got {str(data)[:120]}")
+        return data
+
+    def close_query(self, query_id: str) -> None:
+        with self._send(
+            "POST", "/close-query", json_body={"queryId": query_id}, what="close-query"
+        ) as r:
+            r.read()
+
+    # -- transport -------------------------------------------------------------------------
+
+    @contextmanager
+    def _send(
+        self,
+        method: str,
+        path: str,
+        *,
+        what: str,
+        json_body: dict[str, Any] | None = None,
+        accept: str = "application/json",
+    ) -> Iterator[httpx.Response]:
+        """Open a streamed response with a 2xx status, retrying transient failures first."""
+        content = json.dumps(json_body).encode() if json_body is not None else None
+        headers = {"Accept": accept}
+        if content is not None:
+            headers["Content-Type"] = "application/json"
+        attempt = 0
+        while True:
+            failure: str
+            try:
+                request = self.http.build_request(method, path, content=content, headers=headers)
+                response = self.http.send(request, stream=True)
+            except httpx.TransportError as exc:
+                self._observer.request(path, "error")
+                failure = (
+                    f"cannot reach ksqlDB at {self.http.base_url} ({type(exc).__name__}: {exc})"
+                )
+            else:
+                self._observer.request(path, str(response.status_code))
+                if response.status_code < 300:
+                    try:
+                        yield response
+                    finally:
+                        response.close()
+                    return
+                body = _read_error_body(response)
+                code, message = _error_fields(body)
+                if response.status_code in (401, 403):
+                    raise KsqlDBAuthError(response.status_code, code, message, what=what)
+                if response.status_code != 429 and response.status_code < 500:
+                    raise KsqlDBRequestError(response.status_code, code, message, what=what)
+                failure = (
+                    f"ksqlDB answered HTTP {response.status_code} error_code {code}: {message}"
+                )
+            if attempt >= self.max_retries:
+                raise KsqlDBUnavailable(
+                    f"{what}: {failure}; gave up after {attempt + 1} attempts "
+                    f"(ksqldb.max_retries = {self.max_retries})"
+                )
+            attempt += 1
+            self._observer.retry(path)
+            delay = min(self.backoff_max, self.backoff_base * 2 ** (attempt - 1))
+            self._sleep(random.uniform(0, delay))
+
+
+class QueryResult:
+    """A running query: ``schema`` once the header is read, then ``batches()``."""
+
+    def __init__(
+        self,
+        response: httpx.Response,
+        decoder: DelimitedStream | StreamedRowStream,
+        batch_size: int,
+    ) -> None:
+        self.response = response
+        self.http_version = response.http_version
+        self._decoder = decoder
+        self._batch_size = batch_size
+        self._chunks = self._raw_chunks()
+        self._pending: list[pa.Table] = []
+        self.rows = 0
+
+    @property
+    def header(self) -> QueryHeader:
+        assert self._decoder.header is not None
+        return self._decoder.header
+
+    @property
+    def schema(self) -> pa.Schema:
+        assert self._decoder.decoder is not None
+        return self._decoder.decoder.schema
+
+    @property
+    def query_id(self) -> str | None:
+        return self.header.query_id
+
+    @property
+    def fast_rows(self) -> int:
+        """Rows decoded by the native block path (the rest took the exact JSON path)."""
+        return self._decoder.decoder.fast_rows if self._decoder.decoder else 0
+
+    def _raw_chunks(self) -> Iterator[bytes]:
+        what = self._decoder.what
+        try:
+            yield from self.response.iter_raw()
+        except httpx.ReadTimeout as exc:
+            raise KsqlDBStreamError(
+                f"{what}: no data from ksqlDB for longer than the read timeout after "
+                f"{self._decoder.rows} rows; raise ksqldb.read_timeout if the source is large"
+            ) from exc
+        except (httpx.TransportError, httpx.StreamError) as exc:
+            raise KsqlDBStreamError(
+                f"{what}: the connection broke after {self._decoder.rows} rows "
+                f"({type(exc).__name__}: {exc}); the rows received are not used"
+            ) from exc
+
+    def read_header(self) -> None:
+        """Read until the header line is known (rows that came with it are kept)."""
+        for chunk in self._chunks:
+            self._pending.extend(self._decoder.feed(chunk))
+            if self._decoder.header is not None:
+                return
+        self._pending.extend(self._decoder.finish())
+
+    def batches(self) -> Iterator[pa.RecordBatch]:
+        """Every row of the answer, in order; raises if the answer turns out incomplete."""
+        for table in self._pending:
+            yield from self._split(table)
+        self._pending = []
+        for chunk in self._chunks:
+            for table in self._decoder.feed(chunk):
+                yield from self._split(table)
+        for table in self._decoder.finish():
+            yield from self._split(table)
+
+    def _split(self, table: pa.Table) -> Iterator[pa.RecordBatch]:
+        for batch in table.to_batches(max_chunksize=self._batch_size):
+            self.rows += batch.num_rows
+            yield batch
+
+
+def supports_query_stream(version: str) -> bool:
+    """Whether a server speaks ``/query-stream`` over HTTP/1.1 (ksqlDB 0.24+, CP 7.2+)."""
+    m = re.match(r"v?(\d+)\.(\d+)", version)
+    if not m:
+        return True
+    major, minor = int(m[1]), int(m[2])
+    if major == 0:
+        return minor >= 24
+    if major >= 5:  # Confluent Platform numbering: CP 7.2 ships ksqlDB 0.26
+        return (major, minor) >= (7, 2)
+    return True
+
+
+def schema_info_type(schema: dict[str, Any], *, column: str) -> KsqlType:
+    """A ``DESCRIBE`` SchemaInfo object as a ``KsqlType`` (MAP keys are not exposed: STRING)."""
+    base = str(schema.get("type", ""))
+    if base == "DECIMAL":
+        params = schema.get("parameters") or {}
+        return parse_type(
+            f"DECIMAL({params.get('precision')}, {params.get('scale')})", column=column
+        )
+    if base == "ARRAY":
+        return KsqlType("ARRAY", element=schema_info_type(schema["memberSchema"], column=column))
+    if base == "MAP":
+        value = schema_info_type(schema["memberSchema"], column=column)
+        return KsqlType("MAP", key=KsqlType("STRING"), element=value)
+    if base == "STRUCT":
+        fields = tuple(
+            (f["name"], schema_info_type(f["schema"], column=f"{column}.{f['name']}"))
+            for f in schema.get("fields") or []
+        )
+        return KsqlType("STRUCT", fields=fields)
+    return parse_type(base, column=column)
+
+
+def _short(sql: str, limit: int = 80) -> str:
+    text = " ".join(sql.split())
+    return repr(text if len(text) <= limit else text[: limit - 3] + "...")
+
+
+def _json(data: bytes, what: str) -> Any:
+    try:
+        return json.loads(data)
+    except ValueError as exc:
+        raise KsqlDBProtocolError(f"{what}: answer is not JSON: {data[:120]!r}") from exc
+
+
+def _read_error_body(response: httpx.Response) -> bytes:
+    try:
+        return response.read()[:65536]
+    except httpx.HTTPError:
+        return b""
+    finally:
+        response.close()
+
+
+def _error_fields(body: bytes) -> tuple[int | None, str]:
+    try:
+        obj = json.loads(body)
+    except ValueError:
+        return None, body.decode("utf-8", "replace").strip()[:500] or "(empty body)"
+    if isinstance(obj, dict):
+        code = obj.get("error_code")
+        return (code if isinstance(code, int) else None), str(obj.get("message", ""))
+    return None, str(obj)[:500]

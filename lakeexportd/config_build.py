@@ -246,9 +246,12 @@ def _feeds(root: Node, defaults: FeedDefaults) -> tuple[Feed, ...]:
 
 
 def _feed(node: Node, defaults: FeedDefaults) -> Feed:
+    raw_name = node.data.get("name")
+    lower = f"use {raw_name.lower()!r} or " if isinstance(raw_name, str) \
+        and FEED_NAME.fullmatch(raw_name.lower()) else "use "
     name = node.matching("name", FEED_NAME, "a safe feed name",
-                         "use 1-63 characters: a lowercase letter first, then lowercase letters, "
-                         "digits or _ (the name becomes a folder in the lake)")
+                         f"{lower}1-63 characters: a lowercase letter first, then lowercase "
+                         "letters, digits or _ (the name becomes a folder in the lake)")
     node.label = f" (feed {name!r})"
     node.check_keys(FEED_KEYS, where="in a feed")
     source = node.matching("source", KSQL_IDENTIFIER, "a ksqlDB stream or table name",

@@ -63,8 +63,9 @@ def parse_yaml(text: str, *, file: str) -> object:
         mark = exc.problem_mark or exc.context_mark
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown position"
         problem = " ".join(filter(None, [exc.context, exc.problem]))
+        kind = "error" if isinstance(exc, yaml.constructor.ConstructorError) else "syntax error"
         raise ConfigError(
-            f"{file}: YAML syntax error at {where}: {problem}: fix the YAML at that position"
+            f"{file}: YAML {kind} at {where}: {problem}: fix the YAML at that position"
         ) from exc
     except yaml.YAMLError as exc:
         raise ConfigError(f"{file}: YAML error: {exc}: fix the YAML") from exc

@@ -125,7 +125,8 @@ class Node:
         return key in self.data
 
     def section(self, key: str, *, required: bool = False) -> Node:
-        if key not in self.data:
+        # A section whose keys are all commented out reads as null: treat it as empty.
+        if self.data.get(key) is None:
             if required:
                 raise self.fail(key, "missing section", f"add a `{key}:` section")
             return Node({}, self.key_path(key), self.file, self.label)

@@ -129,6 +129,13 @@ def test_metrics_listen_is_split_into_host_and_port() -> None:
     assert (cfg.metrics.listen, cfg.metrics.host, cfg.metrics.port) == ("[::1]:9100", "::1", 9100)
 
 
+def test_empty_sections_read_as_defaults() -> None:
+    """A section whose keys are all commented out (YAML null) means "all defaults"."""
+    cfg = parse(minimal(scheduler=None, metrics=None, logging=None, defaults=None))
+    assert cfg.scheduler == config.SchedulerSettings() and cfg.defaults == config.FeedDefaults()
+    assert parse(minimal(feeds=None)).feeds == ()
+
+
 def test_models_are_frozen() -> None:
     """A running export can keep its Feed: assigning to a field fails."""
     cfg = parse(minimal())

@@ -15,7 +15,9 @@ and a per-type converter):
   a bare token in a string column or a quoted number in a numeric one).
 
 The exact path raises ``KsqlDBProtocolError`` naming the row and column of anything that is not
-ksqlDB's format, so the fast path never has to be trusted with bad input.
+ksqlDB's format. One malformed shape gets past the fast path: within one block, a bare word in a
+string column exactly balanced by a quoted value in a numeric column (the quote count still
+matches). That takes two opposite server bugs at once; each alone is caught.
 """
 
 from __future__ import annotations

@@ -226,7 +226,7 @@ class StreamedRowStream:
 
     def feed(self, chunk: bytes) -> Iterator[pa.Table]:
         self._blocks.add(chunk)
-        yield from self._lines(self._blocks.take())
+        yield from self._lines(self._blocks.take(force=self.header is None))
 
     def finish(self) -> Iterator[pa.Table]:
         yield from self._lines(self._blocks.take(force=True))

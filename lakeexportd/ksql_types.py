@@ -19,7 +19,7 @@ import datetime as dt
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from decimal import Decimal, InvalidOperation
+from decimal import Context, Decimal, InvalidOperation
 from typing import Any
 
 import pyarrow as pa
@@ -43,6 +43,8 @@ _INT64 = (-(2**63), 2**63 - 1)
 _EPOCH_DATE = dt.date(1970, 1, 1)
 _MS_PER_DAY = 86_400_000
 _MAX_DECIMAL_PRECISION = 76  # decimal256; ksqlDB itself rarely goes past 38
+# The default context keeps 28 digits: too few for DECIMAL(38, s) and wider.
+_WIDE = Context(prec=_MAX_DECIMAL_PRECISION + 4)
 
 
 @dataclass(frozen=True)
@@ -330,7 +332,7 @@ def _decimal(precision: int, scale: int) -> Converter:
         elif not isinstance(v, Decimal):
             raise ValueError(f"expected a DECIMAL({precision}, {scale}), got {v!r}")
         try:
-            exact: Decimal = v.quantize(quantum)
+            exact: Decimal = v.quantize(quantum, context=_WIDE)
         except InvalidOperation as exc:
             raise ValueError(f"{v} does not fit in DECIMAL({precision}, {scale})") from exc
         if exact != v or abs(exact) >= limit:

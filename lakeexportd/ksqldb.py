@@ -332,6 +332,7 @@ class QueryResult:
         self._batch_size = batch_size
         self._chunks = self._raw_chunks()
         self._pending: list[pa.Table] = []
+        self._finished = False
         self.rows = 0
 
     @property
@@ -374,6 +375,7 @@ class QueryResult:
             self._pending.extend(self._decoder.feed(chunk))
             if self._decoder.header is not None:
                 return
+        self._finished = True
         self._pending.extend(self._decoder.finish())
 
     def batches(self) -> Iterator[pa.RecordBatch]:
@@ -381,9 +383,12 @@ class QueryResult:
         for table in self._pending:
             yield from self._split(table)
         self._pending = []
+        if self._finished:
+            return
         for chunk in self._chunks:
             for table in self._decoder.feed(chunk):
                 yield from self._split(table)
+        self._finished = True
         for table in self._decoder.finish():
             yield from self._split(table)
 

@@ -1,0 +1,93 @@
+"""Crash hooks: ``failpoint(name)`` kills the process when ``LAKEEXPORTD_FAILPOINT`` names it.
+
+``LAKEEXPORTD_FAILPOINT=name`` kills at the first hit, ``name:N`` at the Nth. SIGKILL, not an
+exception: no ``finally`` block, atexit hook or buffered flush may run, exactly as in a power
+cut of the process (the page cache survives, which is what fsync ordering is about).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+
+ENV = "LAKEEXPORTD_FAILPOINT"
+
+FAILPOINTS: dict[str, str] = {
+    # metadata commit
+    "metadata.before_tmp_write": "nothing of the new _metadata.json written yet",
+    "metadata.after_tmp_write": "._metadata.json.tmp written, not fsynced",
+    "metadata.after_tmp_fsync": "temp fsynced, before os.replace",
+    "metadata.after_replace": "_metadata.json replaced, directory not fsynced",
+    "metadata.after_dir_fsync": "commit durable, before returning",
+    # stream export (AppendSink)
+    "append.after_mkdir": "a new partition directory created",
+    "append.after_open_temp": "an empty temp data file created",
+    "append.after_row_group": "a row group written to a temp data file",
+    "append.after_lru_close": "least recently used partition file closed",
+    "append.after_roll": "a file reached max_rows_per_file and a new part was opened",
+    "append.before_close": "finish() started, writers still open",
+    "append.after_close": "a temp data file closed, not fsynced",
+    "append.after_file_fsync": "a temp data file fsynced, not renamed",
+    "append.before_rename": "just before a temp data file is renamed to its final name",
+    "append.after_rename": "a data file has its final name",
+    "append.after_all_renames": "every data file renamed, directories not fsynced",
+    "append.after_dir_fsync": "a partition directory fsynced",
+    "append.after_finish": "files durable, before the metadata commit",
+    "append.mid_abort": "abort() removed one temp file of several",
+    # table snapshot (SnapshotSink)
+    "snapshot.after_staging_dir": "staging version directory created",
+    "snapshot.after_open_temp": "an empty temp snapshot file created",
+    "snapshot.after_row_group": "a row group written to a temp snapshot file",
+    "snapshot.after_roll": "a snapshot file reached max_rows_per_file, next part opened",
+    "snapshot.after_empty_file": "zero-row snapshot file written for an empty table",
+    "snapshot.after_close": "a temp snapshot file closed, not fsynced",
+    "snapshot.after_file_fsync": "a temp snapshot file fsynced, not renamed",
+    "snapshot.before_file_rename": "just before a staged snapshot file gets its final name",
+    "snapshot.after_file_rename": "a staged snapshot file has its final name",
+    "snapshot.after_staging_fsync": "staging version directory fsynced, not published",
+    "snapshot.before_publish": "just before the version directory is renamed into the feed",
+    "snapshot.after_publish": "version directory visible, feed directory not fsynced",
+    "snapshot.after_publish_fsync": "version published and durable, before the metadata commit",
+    "snapshot.mid_abort": "abort() started removing the staging directory",
+    # table version pruning (after the commit that dropped them)
+    "prune.before_delete": "commit done, no old version removed yet",
+    "prune.mid_version": "one file of an old version removed, directory still there",
+    "prune.after_version": "one old version directory removed",
+    "prune.after_all": "every old version removed",
+    # stream retention (after the commit that dropped the partitions)
+    "retention.before_delete": "commit done, no old partition removed yet",
+    "retention.mid_partition": "one file of an old partition removed",
+    "retention.after_partition": "one old day partition removed",
+    "retention.after_parents": "empty month/year directories removed",
+    # orphan cleanup (start of each run, `lakeexportd repair`)
+    "cleanup.before": "orphans found, nothing removed",
+    "cleanup.after_temp": "one temp file removed",
+    "cleanup.after_data_file": "one unlisted data file removed",
+    "cleanup.after_version_dir": "one unlisted version directory removed",
+    "cleanup.after_staging": "the feed's staging directory removed",
+    "cleanup.after_empty_dirs": "empty partition directories removed",
+    # feed lock
+    "lock.after_acquire": "feed lock held, nothing done yet",
+    "lock.before_release": "work done, lock about to be released",
+}
+
+_hits: dict[str, int] = {}
+_guard = threading.Lock()
+
+
+def failpoint(name: str) -> None:
+    """Kill the process here if ``LAKEEXPORTD_FAILPOINT`` selects ``name`` (and this hit)."""
+    if name not in FAILPOINTS:
+        raise KeyError(f"failpoint {name!r} is not declared in FAILPOINTS")
+    armed = os.environ.get(ENV)
+    if not armed:
+        return
+    target, _, nth = armed.partition(":")
+    if target != name:
+        return
+    with _guard:
+        _hits[name] = _hits.get(name, 0) + 1
+        count = _hits[name]
+    if count >= (int(nth) if nth else 1):
+        os.kill(os.getpid(), signal.SIGKILL)

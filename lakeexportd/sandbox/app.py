@@ -1,0 +1,292 @@
+"""The sandbox's raw ASGI application: routes, auth, faults, and ksqlDB's request handling.
+
+Paths, status codes and bodies follow the wire reference (sections 1-10). Query results are
+streamed by ``streaming``; ``/ksql`` entities come from ``describe``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import json
+import random
+import threading
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from lakeexportd.errors import SchemaError
+from lakeexportd.ksql_types import parse_type
+from lakeexportd.sandbox import admin, describe, errors, sql, streaming, writers
+from lakeexportd.sandbox.catalog import Catalog
+from lakeexportd.sandbox.errors import KsqlError
+from lakeexportd.sandbox.faults import FaultSet
+from lakeexportd.sandbox.feeder import Feeder
+from lakeexportd.sandbox.query import plan as plan_query
+
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+Scope = dict[str, Any]
+
+JSON_TYPE = (b"content-type", b"application/json")
+SERVER_INFO = {"KsqlServerInfo": {"version": "0.29.0", "kafkaClusterId": "j3tOi6E_RtO_TMH3gBmK7A",
+                                  "ksqlServiceId": "default_", "serverStatus": "RUNNING"}}
+HEALTH = (b'{"isHealthy":true,"details":{"metastore":{"isHealthy":true},"kafka":{"isHealthy":true},'
+          b'"commandRunner":{"isHealthy":true}},"serverState":"READY"}')
+QUERY_PATHS = ("/query-stream", "/query")
+UNAUTHENTICATED = ("/healthcheck", "/chc/ready", "/chc/live")
+
+
+class SandboxApp:
+    """State shared by all requests: catalog, feeder, faults, running queries, credentials."""
+
+    def __init__(self, catalog: Catalog, feeder: Feeder, faults: FaultSet, *, rate: float = 0.0,
+                 credentials: tuple[str, str] | None = None, seed: int = 0) -> None:
+        self.catalog = catalog
+        self.feeder = feeder
+        self.faults = faults
+        self.rate = rate
+        self.credentials = credentials
+        self.queries: dict[str, asyncio.Event] = {}
+        self._rng = random.Random(seed ^ 0x5EED)
+        self._feed_task: asyncio.Task[None] | None = None
+        self.started = threading.Event()  # set once Hypercorn has run the lifespan startup
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+        elif scope["type"] == "http":
+            await self._http(scope, receive, send)
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                self._feed_task = asyncio.create_task(self.feeder.run(self.rate))
+                await send({"type": "lifespan.startup.complete"})
+                self.started.set()
+            elif message["type"] == "lifespan.shutdown":
+                for stop in self.queries.values():
+                    stop.set()
+                if self._feed_task is not None:
+                    self._feed_task.cancel()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        body = b""
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        method, path = scope["method"], scope["path"]
+        if path.startswith("/_sandbox/"):
+            await self._admin(method, path, body, send)
+            return
+        faults = self.faults.take(path, path in QUERY_PATHS)
+        out = streaming.Output(send, faults.get("trickle"))
+        try:
+            if "latency" in faults:
+                await asyncio.sleep(faults["latency"].seconds)
+            if self.credentials and path not in UNAUTHENTICATED and not self._authorized(headers):
+                raise KsqlError(401, errors.generic(40100, "Unauthorized"))
+            if "status" in faults:
+                raise errors.status_error(faults["status"].status)
+            await self._route(method, path, body, headers, out, faults, receive)
+        except KsqlError as exc:
+            if out.started:
+                await out.abort()
+                return
+            extra = [JSON_TYPE] if path in ("/ksql", "/query") else []
+            await _respond(out, exc.status, exc.body, extra + exc.headers)
+        except Exception:
+            if out.started:
+                await out.abort()
+                return
+            await _respond(out, 500, errors.generic(50000, errors.INTERNAL_ERROR), [])
+
+    def _authorized(self, headers: dict[str, str]) -> bool:
+        assert self.credentials is not None
+        scheme, _, encoded = headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "basic":
+            return False
+        try:
+            user, _, password = base64.b64decode(encoded, validate=True).decode().partition(":")
+        except (binascii.Error, UnicodeDecodeError):
+            return False
+        return (user, password) == self.credentials
+
+    async def _route(self, method: str, path: str, body: bytes, headers: dict[str, str],
+                     out: streaming.Output, faults: dict[str, Any], receive: Receive) -> None:
+        route = (method, path)
+        if route == ("GET", "/healthcheck"):
+            await _respond(out, 200, HEALTH, [JSON_TYPE])
+        elif route == ("GET", "/info"):
+            await _respond(out, 200, describe.dumps(SERVER_INFO), [JSON_TYPE])
+        elif route == ("GET", "/"):
+            await _respond(out, 307, b"", [(b"location", b"/info")])
+        elif route in (("GET", "/chc/ready"), ("GET", "/chc/live")):
+            await _respond(out, 200, b"{}", [JSON_TYPE])
+        elif route == ("POST", "/ksql"):
+            await self._ksql(body, out)
+        elif route == ("POST", "/close-query"):
+            request = _json_body(body)
+            query_id = request.get("queryId") if isinstance(request, dict) else None
+            stop = self.queries.get(str(query_id))
+            if stop is None:
+                raise errors.bad_request(f"No query with id {query_id}")
+            stop.set()
+            await _respond(out, 200, b"", [])
+        elif route in (("POST", "/query-stream"), ("POST", "/query")):
+            await self._query(path == "/query", body, headers, out, faults, receive)
+        else:
+            await _respond(out, 404, b"Not Found", [(b"content-type", b"text/plain")])
+
+    async def _query(self, legacy: bool, body: bytes, headers: dict[str, str],
+                     out: streaming.Output, faults: dict[str, Any], receive: Receive) -> None:
+        request = _json_body(body)
+        key = "ksql" if legacy else "sql"
+        text = request.get(key) if isinstance(request, dict) else None
+        if not isinstance(text, str):
+            if legacy:
+                raise errors.bad_request('"ksql" field must be populated')
+            raise errors.bad_request(
+                "Invalid JSON in request: Missing required creator property 'sql' (index 0)")
+        if legacy and not text.strip():
+            raise errors.bad_request('"ksql" field must be populated')
+        props = request.get("streamsProperties" if legacy else "properties") or {}
+        statements = sql.split_statements(text)
+        if len(statements) != 1:
+            raise errors.bad_statement(
+                f"Expected exactly one KSQL statement; found {len(statements)} instead", text)
+        try:
+            statement = sql.parse(statements[0])
+        except sql.UnsupportedStatement as exc:
+            raise errors.bad_statement("Neither a query nor a print statement", text) from exc
+        except sql.SqlError as exc:
+            raise errors.bad_statement(str(exc), text) from exc
+        if not isinstance(statement, sql.Select):
+            raise errors.bad_statement("Neither a query nor a print statement", text)
+        plan = plan_query(statement, text, self.catalog.sources, self._rng)
+        writer = writers.choose(headers.get("accept"), plan.kind, legacy=legacy)
+        if writer is None:
+            await _respond(out, 406, b"Not Acceptable", [(b"content-type", b"text/plain")])
+            return
+        reset = props.get("auto.offset.reset", props.get("ksql.streams.auto.offset.reset"))
+        stop = asyncio.Event()
+        if plan.kind != "table_pull":
+            self.queries[plan.query_id] = stop
+        watcher = asyncio.create_task(_watch_disconnect(receive, stop))
+        try:
+            await out.start(200, [(b"content-type", writer.content_type.encode())])
+            emitter = streaming.Emitter(plan, writer, out, faults)
+            if plan.kind == "table_pull":
+                await streaming.run_table_pull(plan, emitter, self.catalog)
+            elif plan.kind == "stream_pull":
+                await streaming.run_stream_pull(plan, emitter, self.catalog, stop)
+            else:
+                await streaming.run_push(plan, emitter, self.catalog, stop,
+                                         earliest=str(reset).lower() == "earliest")
+        finally:
+            watcher.cancel()
+            self.queries.pop(plan.query_id, None)
+
+    async def _ksql(self, body: bytes, out: streaming.Output) -> None:
+        request = _json_body(body)
+        text = request.get("ksql") if isinstance(request, dict) else None
+        if not isinstance(text, str) or not text.strip():
+            raise errors.bad_request('"ksql" field must be populated')
+        entities = []
+        for statement_text in sql.split_statements(text):
+            try:
+                statement = sql.parse(statement_text)
+            except sql.SqlError as exc:
+                raise errors.bad_statement(str(exc), statement_text) from exc
+            entities.append(self._ksql_statement(statement, statement_text))
+        await _respond(out, 200, describe.dumps(entities), [JSON_TYPE])
+
+    def _ksql_statement(self, statement: sql.Statement, text: str) -> dict[str, Any]:
+        sources = self.catalog.sources
+        if isinstance(statement, sql.Select):
+            raise KsqlError(400, errors.statement(40002, errors.QUERY_ENDPOINT, text))
+        if isinstance(statement, sql.Show):
+            return describe.show(statement.what, text, sources, statement.extended)
+        source = sources.get(statement.source)
+        if source is None:
+            raise errors.bad_statement(
+                f"Could not find STREAM/TABLE '{statement.source}' in the Metastore", text)
+        if isinstance(statement, sql.Describe):
+            with self.catalog.lock:
+                return describe.describe(source, text, sources, statement.extended)
+        if source.kind != statement.kind:
+            raise errors.bad_statement(
+                f"Incompatible data source type is {source.kind}, but statement was ALTER "
+                f"{statement.kind}", text)
+        parsed = []
+        for name, type_text in statement.additions:
+            if source.column(name) is not None:
+                raise errors.bad_statement(
+                    f"Cannot add column `{name}` to schema. A column with the same name "
+                    "already exists.", text)
+            try:
+                parsed.append((name, parse_type(type_text, column=name)))
+            except SchemaError as exc:
+                raise errors.bad_statement(str(exc), text) from exc
+        with self.catalog.lock:
+            for name, ksql_type in parsed:
+                source.add_column(name, ksql_type)
+            self.catalog.command_sequence += 1
+            return describe.altered(source, text, self.catalog.command_sequence)
+
+    async def _admin(self, method: str, path: str, body: bytes, send: Send) -> None:
+        out = streaming.Output(send)
+        try:
+            request = json.loads(body) if body.strip() else {}
+            route = (method, path)
+            if route == ("POST", "/_sandbox/faults"):
+                result: Any = admin.add_faults(self.faults, request)
+            elif route == ("DELETE", "/_sandbox/faults"):
+                self.faults.clear()
+                result = {"faults": []}
+            elif route == ("GET", "/_sandbox/faults"):
+                result = {"faults": self.faults.pending()}
+            elif route == ("POST", "/_sandbox/generate"):
+                result = admin.generate(self.feeder, request)
+            elif route == ("GET", "/_sandbox/stats"):
+                result = {"counts": self.catalog.counts(), "running_queries": len(self.queries),
+                          "faults": self.faults.pending()}
+            elif route == ("POST", "/_sandbox/schema"):
+                result = admin.change_schema(self.catalog, request)
+            else:
+                await _respond(out, 404, b"Not Found", [(b"content-type", b"text/plain")])
+                return
+        except (ValueError, admin.AdminError) as exc:
+            await _respond(out, 400, describe.dumps({"error": str(exc)}), [JSON_TYPE])
+            return
+        await _respond(out, 200, describe.dumps(result), [JSON_TYPE])
+
+
+def _json_body(body: bytes) -> Any:
+    try:
+        return json.loads(body) if body.strip() else {}
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise errors.bad_request(f"Invalid JSON in request: {exc}") from exc
+
+
+async def _respond(out: streaming.Output, status: int, body: bytes,
+                   headers: list[tuple[bytes, bytes]]) -> None:
+    await out.start(status, [*headers, (b"content-length", str(len(body)).encode())])
+    await out.write(body)
+    await out.finish()
+
+
+async def _watch_disconnect(receive: Receive, stop: asyncio.Event) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            stop.set()
+            return

@@ -1,0 +1,100 @@
+"""``lakeexportd sandbox``: run the ksqlDB-compatible sandbox server in the foreground."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import socket
+import sys
+
+from lakeexportd.errors import EX_CONFIG, EX_OK, EX_USAGE
+from lakeexportd.sandbox.app import SandboxApp
+from lakeexportd.sandbox.faults import KINDS, Fault, FaultSpecError
+from lakeexportd.sandbox.server import Settings, bind, build, serve
+
+DESCRIPTION = (
+    "Run a ksqlDB-compatible server (0.29 wire format) with demo transaction streams and "
+    "aggregate tables, on 127.0.0.1. Prints one line when ready; stops on SIGINT/SIGTERM."
+)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--port", type=int, default=8088, help="TCP port (0 picks a free one)")
+    parser.add_argument("--host", default="127.0.0.1", choices=["127.0.0.1"],
+                        help="listen address (loopback only)")
+    parser.add_argument("--rate", type=float, default=0.0,
+                        help="live rows per second added to TRANSACTION_STREAM (0 = off)")
+    parser.add_argument("--seed", type=int, default=1, help="random seed (same seed, same rows)")
+    parser.add_argument("--preload", type=int, default=0, metavar="N",
+                        help="historical rows generated before start")
+    parser.add_argument("--preload-days", type=float, default=7.0, metavar="DAYS",
+                        help="spread preloaded rows over the last DAYS days (default 7)")
+    parser.add_argument("--partitions", type=int, default=4, help="partitions per source")
+    parser.add_argument("--max-disorder-ms", type=int, default=5_000, metavar="MS",
+                        help="bound on how far a row's ROWTIME may go back within a partition")
+    parser.add_argument("--user", help="require HTTP Basic auth with this user name")
+    parser.add_argument("--password-env", metavar="VAR",
+                        help="environment variable holding the Basic auth password")
+    parser.add_argument(
+        "--fault", action="append", default=[], metavar="KIND[:key=value,...]",
+        help=f"inject a fault on every matching request for the whole run; KIND is one of "
+        f"{', '.join(KINDS)}; keys: path, count, seconds, status, rows, bytes, chunk_bytes "
+        "(e.g. status:status=503,path=/query-stream)",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        settings = _settings(args)
+    except (FaultSpecError, ValueError) as exc:
+        print(f"lakeexportd sandbox: error: {exc}", file=sys.stderr)
+        return EX_USAGE if isinstance(exc, FaultSpecError) else EX_CONFIG
+    try:
+        sock = bind(settings.host, settings.port)
+    except OSError as exc:
+        print(f"lakeexportd sandbox: error: cannot listen on {settings.host}:{settings.port}: "
+              f"{exc.strerror or exc} (is another server using the port? pick another with "
+              "--port)", file=sys.stderr)
+        return EX_CONFIG
+    host, port = sock.getsockname()[:2]
+    app = build(settings)
+    asyncio.run(_serve(app, sock, f"sandbox listening on http://{host}:{port}"))
+    return EX_OK
+
+
+async def _serve(app: SandboxApp, sock: socket.socket, ready_line: str) -> None:
+    shutdown = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, shutdown.set)
+
+    async def announce() -> None:
+        while not app.started.is_set():
+            await asyncio.sleep(0.01)
+        print(ready_line, flush=True)
+
+    announcer = asyncio.create_task(announce())
+    await serve(app, sock, shutdown)
+    announcer.cancel()
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    credentials = None
+    if args.user:
+        if not args.password_env:
+            raise ValueError("--user needs --password-env VAR naming the password's variable")
+        password = os.environ.get(args.password_env)
+        if password is None:
+            raise ValueError(f"environment variable {args.password_env} (--password-env) is "
+                             "not set")
+        credentials = (args.user, password)
+    if args.rate < 0 or args.preload < 0 or args.partitions < 1:
+        raise ValueError("--rate and --preload must be >= 0 and --partitions >= 1")
+    return Settings(
+        host=args.host, port=args.port, seed=args.seed, rate=args.rate, preload=args.preload,
+        preload_days=args.preload_days, partitions=args.partitions,
+        max_disorder_ms=args.max_disorder_ms, credentials=credentials,
+        faults=[Fault.parse(spec) for spec in args.fault],
+    )

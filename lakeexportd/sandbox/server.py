@@ -1,0 +1,85 @@
+"""Run the sandbox app under Hypercorn (HTTP/1.1 chunked and h2c prior-knowledge on one port).
+
+``build`` wires catalog, feeder, faults and app from plain settings; ``serve`` runs it on an
+already-bound socket until a shutdown event fires, so callers choose threads or signals.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from hypercorn.asyncio import serve as hypercorn_serve
+from hypercorn.config import Config
+
+from lakeexportd.sandbox.app import SandboxApp
+from lakeexportd.sandbox.catalog import Catalog
+from lakeexportd.sandbox.faults import Fault, FaultSet
+from lakeexportd.sandbox.feeder import Feeder
+from lakeexportd.sandbox.generator import TransactionGenerator
+
+
+@dataclass
+class Settings:
+    """Everything that shapes one sandbox run (the CLI flags and ``Sandbox.start`` arguments)."""
+
+    host: str = "127.0.0.1"
+    port: int = 8088
+    seed: int = 1
+    rate: float = 0.0
+    preload: int = 0
+    preload_days: float = 7.0
+    partitions: int = 4
+    max_disorder_ms: int = 5_000
+    credentials: tuple[str, str] | None = None
+    faults: list[Fault] = field(default_factory=list)
+    clock: Callable[[], float] = time.time
+
+
+def build(settings: Settings) -> SandboxApp:
+    catalog = Catalog(partitions=settings.partitions)
+    generator = TransactionGenerator(settings.seed, disorder_ms=settings.max_disorder_ms)
+    feeder = Feeder(catalog, generator, settings.clock)
+    if settings.preload:
+        feeder.preload(settings.preload, settings.preload_days)
+    return SandboxApp(catalog, feeder, FaultSet(settings.faults), rate=settings.rate,
+                      credentials=settings.credentials, seed=settings.seed)
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """Bind now, so a taken port fails before anything else starts (raises OSError)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    sock.listen(128)
+    sock.setblocking(False)
+    return sock
+
+
+def hypercorn_config(sock: socket.socket) -> Config:
+    """Hypercorn settings; takes ownership of ``sock`` (its descriptor is handed over)."""
+    config = Config()
+    config.bind = [f"fd://{sock.detach()}"]
+    config.accesslog = None
+    config.errorlog = logging.getLogger("lakeexportd.sandbox.hypercorn")
+    # Vert.x adds neither header; keep responses byte-comparable with ksqlDB's.
+    config.include_server_header = False
+    config.include_date_header = False
+    # Push queries stay open until the client goes; do not hold shutdown for them.
+    config.graceful_timeout = 1.0
+    return config
+
+
+async def serve(app: SandboxApp, sock: socket.socket, shutdown: asyncio.Event) -> None:
+    """Serve on ``sock`` until ``shutdown`` is set."""
+    # Hypercorn's ASGI typing is narrower than the plain-dict protocol the app is written to.
+    await hypercorn_serve(app, hypercorn_config(sock),  # type: ignore[arg-type]
+                          shutdown_trigger=shutdown.wait, mode="asgi")

@@ -51,6 +51,29 @@ def _validate(args: argparse.Namespace) -> int:
     return EX_OK
 
 
+def _add_export(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from lakeexportd import cli_export
+
+    export = sub.add_parser(
+        "export",
+        help="export feeds now (one run each), then exit",
+        description="Run one export of each named feed (or --all enabled feeds) now. Shows "
+        "progress on a terminal; exits 0 if all succeeded, 1 if one failed, 75 if one was "
+        "locked by another process or ksqlDB was unavailable, 78 on a configuration error.",
+    )
+    cli_export.add_export_arguments(export)
+    export.set_defaults(handler=cli_export.run_export)
+    repair = sub.add_parser(
+        "repair",
+        help="remove files that _metadata.json does not list (left by interrupted runs)",
+        description="Remove every data file, temp file and table version that the feed's "
+        "_metadata.json does not list: what an interrupted run left behind. Their rows are "
+        "exported again by the next run. Every feed when none is named.",
+    )
+    cli_export.add_repair_arguments(repair)
+    repair.set_defaults(handler=cli_export.run_repair)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lakeexportd",
@@ -60,6 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _add_sandbox(sub)
     _add_validate(sub)
+    _add_export(sub)
     return parser
 
 

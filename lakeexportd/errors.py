@@ -15,6 +15,7 @@ operator (or the daemon) should do about it::
           +-- KsqlDBStreamError      the answer broke off or ended with an error object
           +-- KsqlDBProtocolError    a line that is not JSON, or a row of the wrong length
           +-- FeedLocked             another writer holds the feed's lock
+          +-- ExportAborted          shutdown stopped the run before it published anything
 
 Messages name the thing, the value and the fix. Foreign errors (httpx, OSError, Arrow) are
 translated with ``raise ... from exc`` in the one module that meets them.
@@ -107,3 +108,7 @@ class KsqlDBProtocolError(TransientError):
 
 class FeedLocked(TransientError):
     """Another process holds the feed's lock; this run is skipped."""
+
+
+class ExportAborted(TransientError):
+    """Shutdown stopped a run before it published anything."""

@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import httpx
 import pyarrow as pa
@@ -33,6 +33,9 @@ from lakeexportd.errors import (
 )
 from lakeexportd.framing import DEFAULT_BLOCK_BYTES, DelimitedStream, QueryHeader, StreamedRowStream
 from lakeexportd.ksql_types import KsqlType, parse_type
+
+if TYPE_CHECKING:
+    from lakeexportd.config import KsqlDBSettings
 
 Api = Literal["auto", "query-stream", "query"]
 DELIMITED = "application/vnd.ksqlapi.delimited.v1"
@@ -124,6 +127,28 @@ def build_http_client(
         http1=not h2c,
         http2=http2,
         follow_redirects=False,
+    )
+
+
+def client_from_settings(
+    settings: KsqlDBSettings, *, observer: RequestObserver | None = None
+) -> KsqlDBClient:
+    """The client a configuration describes (``ksqldb:`` section of the YAML)."""
+    password = settings.password.reveal() if settings.password is not None else None
+    http = build_http_client(
+        settings.url,
+        username=settings.username,
+        password=password,
+        connect_timeout=settings.connect_timeout,
+        read_timeout=settings.read_timeout,
+        http2=settings.http2,
+        verify=settings.tls.verify,
+        ca_file=str(settings.tls.ca_file) if settings.tls.ca_file else None,
+        cert_file=str(settings.tls.cert_file) if settings.tls.cert_file else None,
+        key_file=str(settings.tls.key_file) if settings.tls.key_file else None,
+    )
+    return KsqlDBClient(
+        http, api=settings.api, max_retries=settings.max_retries, observer=observer
     )
 
 

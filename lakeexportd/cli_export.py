@@ -1,0 +1,181 @@
+"""``lakeexportd export`` and ``lakeexportd repair``: one-shot runs from the command line.
+
+Each feed's outcome is one line on stderr; on a terminal a progress line shows rows and rows/s
+while a feed exports. The exit code is the worst outcome: 78 (configuration) over 1 (a feed
+failed) over 75 (locked or transient) over 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import sys
+import time
+from pathlib import Path
+from typing import TextIO
+
+from lakeexportd.config import Config, Feed, default_config_path, load_config
+from lakeexportd.errors import (
+    EX_CONFIG,
+    EX_FAILED,
+    EX_OK,
+    EX_TEMPFAIL,
+    EX_USAGE,
+    LakeExportError,
+)
+from lakeexportd.exporter import DataLakeExporter, ExportResult
+from lakeexportd.ksqldb import client_from_settings
+
+_SEVERITY = {EX_OK: 0, EX_TEMPFAIL: 1, EX_FAILED: 2, EX_CONFIG: 3}
+
+
+def add_config_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "-c",
+        "--config",
+        type=Path,
+        default=None,
+        help="config file (default: $LAKEEXPORTD_CONFIG, then /etc/lakeexportd/lakeexportd.yaml)",
+    )
+
+
+def add_export_arguments(parser: argparse.ArgumentParser) -> None:
+    add_config_argument(parser)
+    parser.add_argument("feeds", nargs="*", metavar="FEED", help="feeds to export now")
+    parser.add_argument("--all", action="store_true", help="export every enabled feed")
+
+
+def add_repair_arguments(parser: argparse.ArgumentParser) -> None:
+    add_config_argument(parser)
+    parser.add_argument(
+        "feeds", nargs="*", metavar="FEED", help="feeds to repair (default: every feed)"
+    )
+    parser.add_argument(
+        "--dry-run", action="store_true", help="list what would be removed, remove nothing"
+    )
+
+
+def _load(args: argparse.Namespace) -> Config:
+    return load_config(args.config or default_config_path())
+
+
+def _select(config: Config, names: list[str], *, every: bool) -> list[Feed]:
+    if every:
+        return [f for f in config.feeds if f.enabled]
+    known = {f.name: f for f in config.feeds}
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise _UsageError(
+            f"unknown feed {', '.join(map(repr, unknown))} in {config.path}; "
+            f"known feeds: {', '.join(known) or '(none)'}"
+        )
+    return [known[n] for n in dict.fromkeys(names)]
+
+
+class _UsageError(Exception):
+    pass
+
+
+def _exporter(config: Config) -> DataLakeExporter:
+    client = client_from_settings(config.ksqldb)
+    return DataLakeExporter(client, config.lake.root, lock_wait=config.scheduler.lock_wait)
+
+
+class Progress:
+    """A progress line (rows, rows/s) on a terminal; nothing otherwise."""
+
+    def __init__(self, feed: str, stream: TextIO) -> None:
+        self.feed = feed
+        self.stream = stream
+        self.tty = stream.isatty()
+        self.started = time.monotonic()
+        self._last = 0.0
+
+    def __call__(self, rows: int) -> None:
+        now = time.monotonic()
+        if not self.tty or now - self._last < 0.2:
+            return
+        self._last = now
+        rate = rows / max(now - self.started, 1e-9)
+        self.stream.write(f"\r  {self.feed}: {rows:,} rows  {rate:,.0f} rows/s ")
+        self.stream.flush()
+
+    def done(self) -> None:
+        if self.tty and self._last:
+            self.stream.write("\r\033[K")
+            self.stream.flush()
+
+
+def describe(result: ExportResult) -> str:
+    mb = result.bytes / 1_048_576
+    rate = result.rows / result.duration_s if result.duration_s > 0 else 0.0
+    text = (
+        f"export {result.feed}: {result.rows:,} rows, {result.files} files, {mb:.1f} MiB "
+        f"in {result.duration_s:.1f}s ({rate:,.0f} rows/s)"
+    )
+    if result.watermark_ms is not None:
+        mark = dt.datetime.fromtimestamp(result.watermark_ms / 1000, dt.UTC)
+        text += f", watermark {mark:%Y-%m-%dT%H:%M:%S.%f}"[:-3] + "Z"
+    if result.version is not None:
+        text += f", version v{result.version} current ({result.versions_kept} kept)"
+    return text
+
+
+def run_export(args: argparse.Namespace) -> int:
+    if not args.feeds and not args.all:
+        print("lakeexportd export: name one or more feeds, or --all", file=sys.stderr)
+        return EX_USAGE
+    if args.feeds and args.all:
+        print("lakeexportd export: give feed names or --all, not both", file=sys.stderr)
+        return EX_USAGE
+    config = _load(args)
+    try:
+        feeds = _select(config, args.feeds, every=args.all)
+    except _UsageError as exc:
+        print(f"lakeexportd export: {exc}", file=sys.stderr)
+        return EX_USAGE
+    exporter = _exporter(config)
+    worst = EX_OK
+    try:
+        for feed in feeds:
+            progress = Progress(feed.name, sys.stderr)
+            try:
+                result = exporter.export(feed, dt.datetime.now(dt.UTC), progress=progress)
+            except LakeExportError as exc:
+                progress.done()
+                code = exc.exit_code
+                kind = "skipped" if code == EX_TEMPFAIL else "failed"
+                print(f"export {feed.name}: {kind}: {exc}", file=sys.stderr)
+                worst = max(worst, code, key=_SEVERITY.__getitem__)
+                continue
+            progress.done()
+            print(describe(result), file=sys.stderr)
+    finally:
+        exporter.client.close()
+    return worst
+
+
+def run_repair(args: argparse.Namespace) -> int:
+    config = _load(args)
+    try:
+        feeds = _select(config, args.feeds, every=not args.feeds)
+    except _UsageError as exc:
+        print(f"lakeexportd repair: {exc}", file=sys.stderr)
+        return EX_USAGE
+    exporter = _exporter(config)
+    worst = EX_OK
+    try:
+        for feed in feeds:
+            try:
+                removed = exporter.repair(feed, dry_run=args.dry_run)
+            except LakeExportError as exc:
+                print(f"repair {feed.name}: failed: {exc}", file=sys.stderr)
+                worst = max(worst, exc.exit_code, key=_SEVERITY.__getitem__)
+                continue
+            verb = "would remove" if args.dry_run else "removed"
+            print(f"repair {feed.name}: {verb} {len(removed)} unlisted files", file=sys.stderr)
+            for path in removed:
+                print(f"  {path}", file=sys.stderr)
+    finally:
+        exporter.client.close()
+    return worst

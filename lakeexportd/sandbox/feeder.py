@@ -54,10 +54,11 @@ class Feeder:
         if rate <= 0:
             return
         owed = 0.0
-        last = self.clock()
+        # Pace by real elapsed time even when tests pin the event-time clock.
+        last = time.monotonic()
         while True:
             await asyncio.sleep(tick)
-            current = self.clock()
+            current = time.monotonic()
             owed += (current - last) * rate
             last = current
             due = int(owed)

@@ -1,0 +1,105 @@
+"""Push queries (EMIT CHANGES): offsets reset, LIMIT, /close-query, disconnects (reference 8)."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable
+
+import httpx
+
+from lakeexportd.sandbox import Sandbox
+
+from .helpers import query
+
+PUSH = "SELECT TRANSACTION_ID FROM TRANSACTION_FLATTENED EMIT CHANGES"
+
+
+def test_earliest_with_limit(fresh: Callable[..., Sandbox]) -> None:
+    """earliest replays existing rows; LIMIT ends the response after that many rows."""
+    sb = fresh(preload=50)
+    with httpx.Client(base_url=sb.url, timeout=10) as c:
+        r = query(c, PUSH + " LIMIT 5;", properties={"auto.offset.reset": "earliest"})
+        head, *rows = r.text.splitlines()
+    assert json.loads(head)["queryId"].startswith("transient_TRANSACTION_FLATTENED_")
+    assert len(rows) == 5
+
+
+def test_latest_sees_only_new_rows(fresh: Callable[..., Sandbox]) -> None:
+    """latest (the default) skips existing rows and streams rows generated afterwards."""
+    sb = fresh(preload=50)
+    before = {r["TRANSACTION_ID"] for r in sb.rows("TRANSACTION_FLATTENED")}
+    timer = threading.Timer(0.3, sb.generate, args=(3,))
+    timer.start()
+    with httpx.Client(base_url=sb.url, timeout=10) as c:
+        r = query(c, PUSH + " LIMIT 3;")
+    timer.join()
+    ids = [json.loads(x)[0] for x in r.text.splitlines()[1:]]
+    assert len(ids) == 3 and not before & set(ids)
+
+
+def test_limit_on_query_endpoint(fresh: Callable[..., Sandbox]) -> None:
+    """On /query a push query at its LIMIT ends with "Limit Reached"; LIMIT 0 is header + that."""
+    sb = fresh(preload=20)
+    with httpx.Client(base_url=sb.url, timeout=10) as c:
+        v1 = {"Accept": "application/vnd.ksql.v1+json"}
+        props = {"auto.offset.reset": "earliest"}
+        r = c.post("/query", json={"ksql": PUSH + " LIMIT 2;", "streamsProperties": props},
+                   headers=v1)
+        assert json.loads(r.text)[-1] == {"finalMessage": "Limit Reached"}
+        r = c.post("/query", json={"ksql": PUSH + " LIMIT 0;"}, headers=v1)
+        assert len(json.loads(r.text)) == 2
+
+
+def test_close_query_ends_push(fresh: Callable[..., Sandbox]) -> None:
+    """/close-query with the id from the metadata ends an unbounded push query (200, empty)."""
+    sb = fresh(preload=10, rate=50)
+    with httpx.Client(base_url=sb.url, timeout=10) as c, c.stream(
+        "POST", "/query-stream", json={"sql": PUSH + ";"}
+    ) as r:
+        lines = r.iter_lines()
+        query_id = json.loads(next(lines))["queryId"]
+        first = next(lines)
+        assert first.startswith('["txn_')
+        with httpx.Client(base_url=sb.url, timeout=10) as other:
+            closed = other.post("/close-query", json={"queryId": query_id})
+        assert closed.status_code == 200 and closed.content == b""
+        rest = list(lines)  # the body ends instead of streaming forever
+    assert all(x.startswith('["txn_') for x in rest)
+
+
+def test_disconnect_releases_query(fresh: Callable[..., Sandbox]) -> None:
+    """When the client goes away the push query is dropped from the server's registry."""
+    sb = fresh(preload=10)
+    with httpx.Client(base_url=sb.url, timeout=10) as c:
+        with c.stream("POST", "/query-stream", json={"sql": PUSH + ";"}) as r:
+            next(r.iter_lines())
+            assert len(sb.app.queries) == 1
+    deadline = time.monotonic() + 5
+    while sb.app.queries and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not sb.app.queries
+
+
+def test_table_push_emits_updates(fresh: Callable[..., Sandbox]) -> None:
+    """A push query on a table streams the updated aggregate rows."""
+    sb = fresh(preload=30)
+    timer = threading.Timer(0.3, sb.generate, args=(2,))
+    timer.start()
+    with httpx.Client(base_url=sb.url, timeout=10) as c:
+        r = query(c, "SELECT * FROM PAYMENT_TOTALS EMIT CHANGES LIMIT 2;")
+    timer.join()
+    rows = [json.loads(x) for x in r.text.splitlines()[1:]]
+    assert len(rows) == 2 and all(len(x) == 4 for x in rows)
+
+
+def test_rowpartition_allowed_in_push(fresh: Callable[..., Sandbox]) -> None:
+    """ROWPARTITION and ROWOFFSET may be selected in push queries."""
+    sb = fresh(preload=30)
+    with httpx.Client(base_url=sb.url, timeout=10) as c:
+        r = query(c, "SELECT ROWPARTITION, ROWOFFSET FROM TRANSACTION_FLATTENED EMIT CHANGES "
+                     "LIMIT 3;", properties={"auto.offset.reset": "earliest"})
+    head, *rows = r.text.splitlines()
+    assert json.loads(head)["columnTypes"] == ["INTEGER", "BIGINT"]
+    assert [json.loads(x)[1] for x in rows] == [0, 1, 2]

@@ -74,6 +74,30 @@ def _add_export(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     repair.set_defaults(handler=cli_export.run_repair)
 
 
+def _add_run(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = sub.add_parser(
+        "run",
+        help="run the daemon: export every enabled feed on its schedule",
+        description="Run until SIGTERM/SIGINT: export each enabled feed on its schedule, serve "
+        "/metrics, /healthz and /readyz on metrics.listen, and reload the configuration on "
+        "SIGHUP. An invalid configuration at start exits 78.",
+    )
+    parser.add_argument(
+        "-c", "--config", metavar="FILE", default=None,
+        help="configuration file (default: $LAKEEXPORTD_CONFIG, then "
+        "/etc/lakeexportd/lakeexportd.yaml)",
+    )
+    parser.set_defaults(handler=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from lakeexportd import config, daemon, logs
+
+    loaded = config.load_config(args.config or config.default_config_path())
+    logs.configure(loaded.logging)
+    return daemon.serve(loaded)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lakeexportd",
@@ -83,6 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _add_sandbox(sub)
     _add_validate(sub)
+    _add_run(sub)
     _add_export(sub)
     return parser
 

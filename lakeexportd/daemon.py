@@ -1,0 +1,326 @@
+"""The long-running daemon: one scheduled job per active feed, reload on SIGHUP, stop on SIGTERM.
+
+The main thread owns the signals: handlers only enqueue, and ``run()`` loops on that queue,
+calling ``reload()`` or ``stop()`` (plain methods tests call directly) and pinging systemd's
+watchdog. Exports run on APScheduler's thread pool (``scheduler.workers``), at most one per
+feed, missed ticks coalesced. The daemon owns the clock: each run reads ``clock()`` once and
+passes it to ``exporter.export(feed, now)``.
+
+A reload never interrupts a run: a job holds the frozen ``Feed`` and the exporter it started
+with, so a rescheduled or removed feed's running export finishes as configured before. A
+changed ``ksqldb`` section, lake root or lock wait builds a new exporter for later runs; the
+old client closes when its last run ends. ``stop()`` lets runs finish within
+``scheduler.stop_grace``, then sets the cancel event: they abort without publishing.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import queue
+import signal
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from types import FrameType
+
+import structlog
+from apscheduler.executors.pool import ThreadPoolExecutor
+from apscheduler.jobstores.base import JobLookupError
+from apscheduler.schedulers.background import BackgroundScheduler
+from prometheus_client import CollectorRegistry
+
+from lakeexportd import runs, scheduling
+from lakeexportd.config import Config, Feed, load_config
+from lakeexportd.errors import LakeExportError
+from lakeexportd.ksqldb import RequestObserver
+from lakeexportd.metrics import Metrics
+from lakeexportd.metrics_http import MetricsServer
+from lakeexportd.sdnotify import Notifier
+
+log = structlog.get_logger(__name__)
+
+Clock = Callable[[], dt.datetime]
+ExporterFactory = Callable[[Config, RequestObserver], tuple[runs.Exporter, Callable[[], None]]]
+
+
+def utc_now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def build_exporter(
+    config: Config, observer: RequestObserver
+) -> tuple[runs.Exporter, Callable[[], None]]:
+    """The real exporter for ``config`` and the function that closes its ksqlDB client."""
+    from lakeexportd.exporter import DataLakeExporter
+    from lakeexportd.ksqldb import client_from_settings
+
+    client = client_from_settings(config.ksqldb, observer=observer)
+    exporter = DataLakeExporter(client, config.lake.root, lock_wait=config.scheduler.lock_wait)
+    return exporter, client.close
+
+
+def _backend_key(config: Config) -> tuple[object, ...]:
+    return (config.ksqldb, config.lake.root, config.scheduler.lock_wait)
+
+
+@dataclass
+class _Backend:
+    """An exporter and its client; closed once retired and no run uses it."""
+
+    exporter: runs.Exporter
+    close: Callable[[], None]
+    users: int = 0
+    retired: bool = False
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def acquire(self) -> None:
+        with self.lock:
+            self.users += 1
+
+    def release(self) -> None:
+        with self.lock:
+            self.users -= 1
+            done = self.retired and self.users == 0
+        if done:
+            self.close()
+
+    def retire(self) -> None:
+        with self.lock:
+            self.retired = True
+            done = self.users == 0
+        if done:
+            self.close()
+
+
+class Daemon:
+    """Schedules the active feeds of a ``Config``; ``start``, ``reload``, ``stop``, ``run``."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        clock: Clock = utc_now,
+        loader: Callable[[str], Config] = load_config,
+        exporter_factory: ExporterFactory = build_exporter,
+        registry: CollectorRegistry | None = None,
+        notifier: Notifier | None = None,
+        serve_metrics: bool = True,
+    ) -> None:
+        self.config = config
+        self.clock = clock
+        self.loader = loader
+        self.exporter_factory = exporter_factory
+        self.notifier = notifier or Notifier(None)
+        self.metrics = Metrics(registry or CollectorRegistry(), clock=lambda: clock().timestamp())
+        self.cancel = threading.Event()  # set past stop_grace: running exports abort
+        self.events: queue.SimpleQueue[str] = queue.SimpleQueue()  # reentrant: signal-safe
+        self.scheduler = BackgroundScheduler(
+            executors={"default": ThreadPoolExecutor(
+                config.scheduler.workers, pool_kwargs={"thread_name_prefix": "export"})},
+            timezone=dt.UTC,
+        )
+        self.server = MetricsServer(
+            self.metrics.registry, config.metrics.host, config.metrics.port, self.is_ready
+        ) if serve_metrics else None
+        self.feeds: dict[str, Feed] = {}  # the active feeds that have a job
+        self.state = "new"  # new -> running -> stopping -> stopped
+        self._backend: _Backend | None = None
+        self._running: dict[int, str] = {}  # thread id -> feed, for stop() to wait on
+        self._idle = threading.Condition()
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Serve metrics, schedule the active feeds, tell systemd we are ready."""
+        self._backend = self._new_backend(self.config)
+        if self.server is not None:
+            self.server.start()
+        self.metrics.up.set(1)
+        self.scheduler.start()
+        self.state = "running"
+        self._apply(self.config, initial=True)
+        self.metrics.ready.set(1)
+        log.info("daemon.started", config=str(self.config.path), feeds=sorted(self.feeds),
+                 workers=self.config.scheduler.workers, metrics=self.config.metrics.listen)
+        self.notifier.ready(self._status())
+
+    def is_ready(self) -> bool:
+        return self.state == "running" and self.scheduler.running
+
+    def reload(self) -> bool:
+        """Load the config file again and apply what changed; keep the old config if invalid."""
+        self.notifier.reloading("reloading configuration")
+        try:
+            new = self.loader(str(self.config.path))
+        except LakeExportError as exc:
+            self.metrics.reloads.labels(result="error").inc()
+            log.error("config.reload_failed", path=str(self.config.path), reason=str(exc),
+                      kept_feeds=sorted(self.feeds))
+            self.notifier.ready(self._status("reload failed; old configuration kept"))
+            return False
+        restart = _needs_restart(self.config, new)
+        if restart:
+            log.warning("config.restart_needed", keys=restart,
+                        hint="these settings apply at the next start: systemctl restart")
+        if _backend_key(new) != _backend_key(self.config):
+            old, self._backend = self._backend, self._new_backend(new)
+            if old is not None:
+                old.retire()  # closes once its running exports end
+            log.info("config.exporter_rebuilt", ksqldb=new.ksqldb.url, lake=str(new.lake.root))
+        diff = self._apply(new, initial=False)
+        self.config = new
+        self.metrics.reloads.labels(result="success").inc()
+        log.info("config.reloaded", path=str(new.path), added=[f.name for f in diff.added],
+                 rescheduled=[f.name for f in diff.changed],
+                 removed=[f.name for f in diff.removed])
+        self.notifier.ready(self._status())
+        return True
+
+    def stop(self) -> None:
+        """Stop scheduling; let runs finish within stop_grace, then abort them; close up."""
+        if self.state in ("stopping", "stopped"):
+            return
+        with self._idle:
+            self.state = "stopping"
+        self.metrics.ready.set(0)
+        grace = self.config.scheduler.stop_grace
+        self.notifier.stopping(f"stopping: {len(self.running())} exports running")
+        log.info("daemon.stopping", running=self.running(), grace_s=grace)
+        if self.scheduler.running:
+            self.scheduler.shutdown(wait=False)
+        if not self.wait_idle(grace):
+            log.warning("daemon.aborting_exports", running=self.running(), grace_s=grace)
+            self.cancel.set()
+            self.wait_idle(None)
+        if self._backend is not None:
+            self._backend.retire()
+        if self.server is not None:
+            self.server.stop()
+        self.metrics.up.set(0)
+        self.state = "stopped"
+        log.info("daemon.stopped")
+
+    def run(self) -> int:
+        """Run until SIGTERM/SIGINT: the main loop. Returns the exit code (0)."""
+        previous = {sig: signal.getsignal(sig) for sig in (signal.SIGHUP, signal.SIGTERM,
+                                                             signal.SIGINT)}
+        signal.signal(signal.SIGHUP, self._on_signal)
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+        try:
+            self.start()
+            tick = self.notifier.watchdog_interval or 1.0
+            while True:
+                try:
+                    event = self.events.get(timeout=tick)
+                except queue.Empty:
+                    event = None
+                if self.notifier.watchdog_interval is not None:
+                    self.notifier.watchdog()  # from the main loop: a hung loop stops pinging
+                if event == "reload":
+                    self.reload()
+                elif event == "stop":
+                    break
+        finally:
+            self.stop()
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        return 0
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        self.events.put("reload" if signum == signal.SIGHUP else "stop")
+
+    # -- runs ------------------------------------------------------------------------------
+
+    def running(self) -> list[str]:
+        with self._idle:
+            return sorted(self._running.values())
+
+    def wait_idle(self, timeout: float | None) -> bool:
+        """Wait until no export runs; False if ``timeout`` passed first."""
+        with self._idle:
+            return self._idle.wait_for(lambda: not self._running, timeout)
+
+    def run_feed(self, feed: Feed) -> str | None:
+        """The job: export ``feed`` once (the ``Feed`` the job was scheduled with)."""
+        me = threading.get_ident()
+        with self._idle:  # atomic with stop()'s state change: no run starts after it
+            backend = self._backend
+            if self.state != "running" or backend is None:
+                return None  # queued in the pool before stop(): do not start
+            self._running[me] = feed.name
+        backend.acquire()
+        try:
+            return runs.run_export(
+                backend.exporter, feed, self.clock(), cancel=self.cancel, metrics=self.metrics,
+                wall_clock=lambda: self.clock().timestamp(),
+            )
+        finally:
+            with self._idle:
+                del self._running[me]
+                self._idle.notify_all()
+            backend.release()
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    def _new_backend(self, config: Config) -> _Backend:
+        exporter, close = self.exporter_factory(config, self.metrics.observer())
+        return _Backend(exporter, close)
+
+    def _apply(self, new: Config, *, initial: bool) -> scheduling.FeedDiff:
+        wanted = scheduling.active(new.feeds)
+        jitter_changed = new.scheduler.jitter != self.config.scheduler.jitter
+        diff = scheduling.diff_feeds(self.feeds, wanted, all_changed=jitter_changed)
+        for feed in diff.removed:
+            try:
+                self.scheduler.remove_job(feed.name)
+            except JobLookupError:
+                pass  # already gone: nothing to unschedule
+            self.metrics.remove_feed(feed.name)
+            log.info("feed.removed", feed=feed.name)
+        for feed in diff.added:
+            self._schedule(feed, new.scheduler.jitter, first_now=True)
+            self.metrics.add_feed(feed.name)
+            runs.seed_from_metadata(self.metrics, feed, new.lake.root)
+            log.info("feed.scheduled" if initial else "feed.added", feed=feed.name,
+                     kind=feed.kind, source=feed.source, schedule=str(feed.schedule))
+        for feed in diff.changed:
+            self._schedule(feed, new.scheduler.jitter, first_now=False)
+            log.info("feed.rescheduled", feed=feed.name, schedule=str(feed.schedule))
+        if new.lake.root != self.config.lake.root:
+            for feed in wanted.values():
+                runs.seed_from_metadata(self.metrics, feed, new.lake.root)
+        self.feeds = wanted
+        self.metrics.set_feed_counts(active=len(wanted), disabled=len(new.feeds) - len(wanted))
+        return diff
+
+    def _schedule(self, feed: Feed, jitter: float, *, first_now: bool) -> None:
+        extra = {"next_run_time": utc_now()} if first_now and feed.schedule.every else {}
+        # Same job id on reschedule: APScheduler counts running instances per id, so the
+        # replacement never runs while the old job's export is still going.
+        self.scheduler.add_job(
+            self.run_feed, scheduling.trigger_for(feed, jitter), args=[feed], id=feed.name,
+            name=feed.name, max_instances=1, coalesce=True,
+            misfire_grace_time=scheduling.misfire_grace(feed), replace_existing=True, **extra,
+        )
+
+    def _status(self, note: str | None = None) -> str:
+        text = f"{len(self.feeds)} feeds scheduled"
+        return f"{text}; {note}" if note else text
+
+
+def _needs_restart(old: Config, new: Config) -> list[str]:
+    """Settings a reload does not apply (the listener, the pool, the log files)."""
+    keys = []
+    if old.metrics != new.metrics:
+        keys.append("metrics.listen")
+    if old.scheduler.workers != new.scheduler.workers:
+        keys.append("scheduler.workers")
+    if old.logging != new.logging:
+        keys.append("logging")
+    return keys
+
+
+def serve(config: Config) -> int:
+    """``lakeexportd run``: the daemon under systemd (or a terminal) until SIGTERM/SIGINT."""
+    return Daemon(config, notifier=Notifier.from_environ()).run()

@@ -1,0 +1,238 @@
+"""Prometheus metrics of the daemon (DESIGN.md section 8: the names are fixed).
+
+``Metrics`` registers everything on the ``CollectorRegistry`` it is given (never the global
+one, so tests build as many as they like). Per-feed series appear in ``add_feed`` and vanish in
+``remove_feed``. Lag and last success are kept as timestamps and turned into values at scrape
+time, so ``lakeexportd_lag_seconds`` keeps growing between runs, as an alerting rule expects.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from typing import Final, Literal
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from lakeexportd import __version__
+
+Result = Literal["success", "failed", "transient", "skipped", "aborted"]
+RESULTS: Final[tuple[Result, ...]] = ("success", "failed", "transient", "skipped", "aborted")
+STATES: Final = ("active", "disabled", "archived")
+# Exports take from a fraction of a second (an empty stream window) to many minutes (a first
+# export of a large topic).
+DURATION_BUCKETS: Final = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
+
+# The feed whose run is making the current ksqlDB request: the client is shared by every
+# feed, so its observer learns the feed from the run's context (each run sets it).
+current_feed: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "lakeexportd_current_feed", default=None
+)
+
+
+class _FeedState:
+    """What the scrape-time gauges are computed from, for one feed."""
+
+    __slots__ = ("lag_origin", "last_success", "table_versions")
+
+    def __init__(self) -> None:
+        self.lag_origin: float | None = None  # epoch seconds the lag counts from
+        self.last_success: float | None = None
+        self.table_versions: int | None = None
+
+
+class _ScrapeTimeCollector(Collector):
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    def collect(self) -> Iterable[Metric]:
+        return self._metrics._scrape_time_families()
+
+
+class Metrics:
+    """Every ``lakeexportd_*`` metric, registered on ``registry``."""
+
+    def __init__(
+        self, registry: CollectorRegistry, *, clock: Callable[[], float] = time.time
+    ) -> None:
+        self.registry = registry
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._feeds: dict[str, _FeedState] = {}
+        self.runs = Counter(
+            "lakeexportd_export_runs", "Export runs by feed and result "
+            "(success, failed, transient, skipped: feed locked, aborted: shutdown).",
+            ["feed", "result"], registry=registry,
+        )
+        self.rows = Counter(
+            "lakeexportd_rows_written", "Rows written (tables: the whole snapshot of each run).",
+            ["feed"], registry=registry,
+        )
+        self.bytes = Counter(
+            "lakeexportd_bytes_written", "Parquet bytes written.", ["feed"], registry=registry
+        )
+        self.duration = Histogram(
+            "lakeexportd_export_duration_seconds", "Duration of export runs, whatever the result.",
+            ["feed"], buckets=DURATION_BUCKETS, registry=registry,
+        )
+        self.feeds = Gauge(
+            "lakeexportd_feeds", "Configured feeds by state.", ["state"], registry=registry
+        )
+        self.reloads = Counter(
+            "lakeexportd_config_reloads", "Configuration reloads (SIGHUP) by result.",
+            ["result"], registry=registry,
+        )
+        self.requests = Counter(
+            "lakeexportd_ksqldb_requests", "HTTP requests to ksqlDB by endpoint and status "
+            "code ('error' when no answer came).", ["endpoint", "code"], registry=registry,
+        )
+        self.retries = Counter(
+            "lakeexportd_retries", "ksqlDB requests retried after a transient failure.",
+            ["feed"], registry=registry,
+        )
+        self.up = Gauge("lakeexportd_up", "1 while the daemon runs.", registry=registry)
+        self.ready = Gauge(
+            "lakeexportd_ready", "1 when the config is loaded and the scheduler runs.",
+            registry=registry,
+        )
+        self.info = Gauge(
+            "lakeexportd_build_info", "Always 1; the version is in the label.", ["version"],
+            registry=registry,
+        )
+        self.info.labels(version=__version__).set(1)
+        for result in ("success", "error"):
+            self.reloads.labels(result=result)
+        registry.register(_ScrapeTimeCollector(self))
+
+    # -- feeds -----------------------------------------------------------------------------
+
+    def add_feed(self, feed: str) -> None:
+        """Create the feed's series (zeros), so dashboards and rate() see it from the start."""
+        with self._lock:
+            if feed in self._feeds:
+                return
+            self._feeds[feed] = _FeedState()
+        for result in RESULTS:
+            self.runs.labels(feed=feed, result=result)
+        self.rows.labels(feed=feed)
+        self.bytes.labels(feed=feed)
+        self.duration.labels(feed=feed)
+        self.retries.labels(feed=feed)
+
+    def remove_feed(self, feed: str) -> None:
+        with self._lock:
+            if self._feeds.pop(feed, None) is None:
+                return
+        for result in RESULTS:
+            self.runs.remove(feed, result)
+        for metric in (self.rows, self.bytes, self.duration, self.retries):
+            metric.remove(feed)
+
+    def known(self, feed: str) -> bool:
+        with self._lock:
+            return feed in self._feeds
+
+    def set_feed_counts(self, active: int, disabled: int, archived: int = 0) -> None:
+        for state, count in zip(STATES, (active, disabled, archived), strict=True):
+            self.feeds.labels(state=state).set(count)
+
+    # -- runs ------------------------------------------------------------------------------
+
+    def observe_run(
+        self,
+        feed: str,
+        result: Result,
+        *,
+        duration_s: float,
+        rows: int = 0,
+        bytes_written: int = 0,
+    ) -> None:
+        """Count one finished run; a feed removed while it ran is not counted (no series)."""
+        if not self.known(feed):
+            return
+        self.runs.labels(feed=feed, result=result).inc()
+        self.duration.labels(feed=feed).observe(duration_s)
+        if result == "success":
+            self.rows.labels(feed=feed).inc(rows)
+            self.bytes.labels(feed=feed).inc(bytes_written)
+
+    def set_progress(
+        self,
+        feed: str,
+        *,
+        last_success: float | None = None,
+        lag_origin: float | None = None,
+        table_versions: int | None = None,
+    ) -> None:
+        """Record a success time, the point lag counts from (epoch seconds), versions kept."""
+        with self._lock:
+            state = self._feeds.get(feed)
+            if state is None:
+                return
+            if last_success is not None:
+                state.last_success = last_success
+            if lag_origin is not None:
+                state.lag_origin = lag_origin
+            if table_versions is not None:
+                state.table_versions = table_versions
+
+    # -- ksqlDB client observer ------------------------------------------------------------
+
+    def observer(self) -> RequestCounter:
+        return RequestCounter(self)
+
+    @contextlib.contextmanager
+    def feed_context(self, feed: str) -> Iterator[None]:
+        """Attribute the ksqlDB retries made inside the block to ``feed``."""
+        token = current_feed.set(feed)
+        try:
+            yield
+        finally:
+            current_feed.reset(token)
+
+    # -- scrape ----------------------------------------------------------------------------
+
+    def _scrape_time_families(self) -> Iterator[Metric]:
+        now = self._clock()
+        lag = GaugeMetricFamily(
+            "lakeexportd_lag_seconds", "Now minus the watermark (streams) or minus the current "
+            "version's scan start (tables).", labels=["feed"],
+        )
+        success = GaugeMetricFamily(
+            "lakeexportd_last_success_timestamp_seconds", "When the feed's last successful run "
+            "finished (Unix time).", labels=["feed"],
+        )
+        versions = GaugeMetricFamily(
+            "lakeexportd_table_versions", "Snapshot versions kept on disk (tables).",
+            labels=["feed"],
+        )
+        with self._lock:
+            states = sorted(self._feeds.items())
+        for feed, state in states:
+            if state.lag_origin is not None:
+                lag.add_metric([feed], max(0.0, now - state.lag_origin))
+            if state.last_success is not None:
+                success.add_metric([feed], state.last_success)
+            if state.table_versions is not None:
+                versions.add_metric([feed], state.table_versions)
+        yield from (lag, success, versions)
+
+
+class RequestCounter:
+    """The ksqlDB client's ``RequestObserver``: counts requests and per-feed retries."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    def request(self, endpoint: str, code: str) -> None:
+        self._metrics.requests.labels(endpoint=endpoint, code=code).inc()
+
+    def retry(self, endpoint: str) -> None:
+        feed = current_feed.get()
+        if feed is not None and self._metrics.known(feed):
+            self._metrics.retries.labels(feed=feed).inc()

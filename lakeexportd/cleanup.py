@@ -104,6 +104,8 @@ def remove_orphans(
         meta_tmp = feed_dir / layout.temp_name(layout.METADATA_NAME)
         if meta_tmp.exists():
             temps.insert(0, meta_tmp)
+        if staging_dir is not None and staging_dir.is_dir() and not any(staging_dir.iterdir()):
+            staging_dir.rmdir()  # what a successful publish leaves: nothing to report
         staging = [staging_dir] if staging_dir is not None and staging_dir.exists() else []
         found = temps + data + versions + staging
         if dry_run or not found:

@@ -1,0 +1,394 @@
+"""DataLakeExporter against the sandbox over real HTTP: the lake contracts of DESIGN.md 3-5."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import re
+import stat
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+from lakecheck import NOW, assert_consistent, assert_exactly_once, exporter, feed, read_listed
+
+from lakeexportd import layout
+from lakeexportd.errors import (
+    FeedLocked,
+    KsqlDBProtocolError,
+    KsqlDBStreamError,
+    LakeStateError,
+    SchemaError,
+)
+from lakeexportd.locking import FeedLock
+from lakeexportd.metadata import MetadataStore
+from lakeexportd.metadata_model import StreamMetadata, TableMetadata
+from lakeexportd.sandbox import Sandbox
+
+DAY_MS = 86_400_000
+
+
+@pytest.fixture(scope="module")
+def static() -> Iterator[Sandbox]:
+    """A sandbox whose data never changes: 3,000 transactions over 5 days."""
+    with Sandbox.start(seed=3, preload=3000, preload_days=5) as sb:
+        yield sb
+
+
+@pytest.fixture
+def fresh() -> Iterator[Sandbox]:
+    """A sandbox a test may change (faults, schema, new rows)."""
+    with Sandbox.start(seed=5, preload=600, preload_days=3) as sb:
+        yield sb
+
+
+def wall_now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def metadata(root: Path, kind: str, name: str) -> dict:  # type: ignore[type-arg]
+    return json.loads((layout.feed_dir(root, kind, name) / "_metadata.json").read_text())  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("source", ["TRANSACTION_FLATTENED", "TRANSACTION_STREAM"])
+def test_stream_rows_land_once_in_their_event_day(static: Sandbox, tmp_path: Path, source: str) -> None:
+    """Every row lands exactly once, typed as ksqlDB declares, in the partition of its ROWTIME day."""
+    name = source.lower()
+    result = exporter(static.url, tmp_path).export(feed(name, source), NOW)
+    truth = static.arrow(source)
+    assert result.rows == truth.num_rows == 3000
+    lake = read_listed(tmp_path, "stream", name)
+    assert_exactly_once(lake, truth)
+    assert_consistent(tmp_path, "stream", name)
+    doc = MetadataStore().load(layout.feed_dir(tmp_path, "stream", name))
+    assert isinstance(doc, StreamMetadata) and len(doc.partitions) >= 5
+    for partition in doc.partitions:
+        day = layout.partition_day(partition.path)
+        for entry in partition.files:
+            rowtimes = pq.read_table(tmp_path / "streams" / name / partition.path / entry.name, columns=["ROWTIME"])
+            days = {dt.datetime.fromtimestamp(ms / 1000, dt.UTC).date() for ms in rowtimes.column(0).to_pylist()}
+            assert days == {day}
+            assert entry.name == f"data_{NOW:%Y%m%d_%H%M%S}.parquet"
+
+
+def test_each_run_exports_only_its_window_and_commits_the_watermark(fresh: Sandbox, tmp_path: Path) -> None:
+    """Runs export ROWTIME in (watermark, now - settle_delay]; windows chain; rows land once."""
+    ex = exporter(fresh.url, tmp_path)
+    f = feed("tx", "TRANSACTION_FLATTENED", settle_delay=30.0)
+    t0 = wall_now()
+    first = ex.export(f, t0)
+    wm0 = first.watermark_ms
+    assert wm0 is not None and first.rows == 600
+    fresh.generate(100, (wm0 + 1, wm0 + 20_000))  # inside the next window
+    fresh.generate(40, (wm0 + 60_001, wm0 + 90_000))  # after it: the run after next
+    second = ex.export(f, t0 + dt.timedelta(seconds=60))
+    assert (second.window_from_ms, second.watermark_ms, second.rows) == (wm0, wm0 + 60_000, 100)
+    third = ex.export(f, t0 + dt.timedelta(seconds=600))
+    assert third.rows == 40
+    empty = ex.export(f, t0 + dt.timedelta(seconds=600))
+    assert empty.rows == 0 and empty.files == 0 and empty.watermark_ms == third.watermark_ms
+    assert_exactly_once(read_listed(tmp_path, "stream", "tx"), fresh.arrow("TRANSACTION_FLATTENED"))
+    exports = metadata(tmp_path, "stream", "tx")["exports"]
+    windows = [(e["window"]["from_ms"], e["window"]["to_ms"]) for e in exports]
+    assert windows[0][0] is None
+    assert all(prev[1] == cur[0] for prev, cur in zip(windows, windows[1:]))
+    assert metadata(tmp_path, "stream", "tx")["watermark"] == {"rowtime_ms": third.watermark_ms}
+
+
+def test_start_now_skips_the_history(static: Sandbox, tmp_path: Path) -> None:
+    """A feed with start: now commits its first watermark without exporting old rows."""
+    result = exporter(static.url, tmp_path).export(feed("tx", "TRANSACTION_FLATTENED", start="now"), NOW)
+    assert result.rows == 0 and result.watermark_ms == layout_ms(NOW) - 30_000
+    assert metadata(tmp_path, "stream", "tx")["total_records"] == 0
+
+
+def layout_ms(moment: dt.datetime) -> int:
+    return int(moment.timestamp() * 1000)
+
+
+def test_event_time_column_and_timezone_choose_the_partition(static: Sandbox, tmp_path: Path) -> None:
+    """With event_time and timezone set, a row's partition is its local calendar day."""
+    tz = "Pacific/Auckland"
+    f = feed("tx", "TRANSACTION_FLATTENED", event_time="TRANSACTION_TIME", timezone=tz)
+    exporter(static.url, tmp_path).export(f, NOW)
+    doc = MetadataStore().load(layout.feed_dir(tmp_path, "stream", "tx"))
+    assert isinstance(doc, StreamMetadata)
+    zone = layout.zone(tz)
+    for partition in doc.partitions:
+        for entry in partition.files:
+            times = pq.read_table(tmp_path / "streams/tx" / partition.path / entry.name).column("TRANSACTION_TIME")
+            assert {t.astimezone(zone).date() for t in times.to_pylist()} == {layout.partition_day(partition.path)}
+    assert_exactly_once(read_listed(tmp_path, "stream", "tx"), static.arrow("TRANSACTION_FLATTENED"))
+
+
+def test_large_runs_split_into_parts_and_lru_closes_partitions(static: Sandbox, tmp_path: Path) -> None:
+    """Past max_rows_per_file or max_open_partitions a partition gets _partNNNN files; rows stay once."""
+    f = feed("tx", "TRANSACTION_FLATTENED", max_rows_per_file=150, max_open_partitions=1, batch_size=97)
+    exporter(static.url, tmp_path).export(f, NOW)
+    names = [p.name for p in (tmp_path / "streams/tx").rglob("*.parquet")]
+    assert any("_part0002" in n for n in names)
+    assert all(pq.ParquetFile(p).metadata.num_rows <= 150 for p in (tmp_path / "streams/tx").rglob("*.parquet"))
+    assert_exactly_once(read_listed(tmp_path, "stream", "tx"), static.arrow("TRANSACTION_FLATTENED"))
+    assert_consistent(tmp_path, "stream", "tx")
+
+
+def test_same_second_runs_get_a_collision_suffix(fresh: Sandbox, tmp_path: Path) -> None:
+    """Two runs that start in the same second write data_..._01.parquet beside the first file."""
+    ex = exporter(fresh.url, tmp_path)
+    f = feed("tx", "TRANSACTION_FLATTENED", settle_delay=0.0)
+    t1 = dt.datetime(2030, 1, 1, 12, 0, 0, 100_000, tzinfo=dt.UTC)
+    fresh.generate(3, (layout_ms(t1) - 3_600_000, layout_ms(t1) - 3_500_000))  # same day as below
+    first = ex.export(f, t1)
+    assert first.watermark_ms is not None
+    fresh.generate(5, (first.watermark_ms + 1, first.watermark_ms + 300))
+    second = ex.export(f, t1 + dt.timedelta(milliseconds=500))
+    assert second.rows == 5
+    names = {p.name for p in (tmp_path / "streams/tx").rglob("*.parquet")}
+    assert "data_20300101_120000_01.parquet" in names and "data_20300101_120000.parquet" in names
+    assert_consistent(tmp_path, "stream", "tx")
+
+
+def test_table_versions_are_kept_pruned_and_never_reused(static: Sandbox, tmp_path: Path) -> None:
+    """Each run adds version=vN; the newest retention_versions stay; numbers keep growing."""
+    ex = exporter(static.url, tmp_path)
+    f = feed("totals", "PAYMENT_TOTALS", kind="table", retention_versions=3)
+    for i in range(5):
+        result = ex.export(f, NOW + dt.timedelta(minutes=i))
+        assert result.version == i + 1
+    folder = tmp_path / "tables/totals"
+    assert sorted(p.name for p in folder.glob("version=v*")) == ["version=v3", "version=v4", "version=v5"]
+    doc = metadata(tmp_path, "table", "totals")
+    assert [v["version"] for v in doc["versions"]] == [3, 4, 5]
+    assert (doc["current_version"], doc["last_version"], doc["mode"]) == (5, 5, "overwrite")
+    assert ex.export(f, NOW + dt.timedelta(hours=1)).version == 6
+    assert_consistent(tmp_path, "table", "totals")
+    assert not (tmp_path / ".staging/totals").exists() or not any((tmp_path / ".staging/totals").iterdir())
+
+
+@pytest.mark.parametrize("source", ["USER_SUMMARY", "PAYMENT_TOTALS", "PRODUCT_COUNTS"])
+def test_table_snapshot_equals_the_table(static: Sandbox, tmp_path: Path, source: str) -> None:
+    """The current version holds exactly the table's rows, typed as ksqlDB declares."""
+    name = source.lower()
+    exporter(static.url, tmp_path).export(feed(name, source, kind="table"), NOW)
+    truth = static.arrow(source).drop_columns(["ROWTIME"])
+    lake = read_listed(tmp_path, "table", name)
+    key = truth.column_names[0]
+    assert lake.schema.equals(truth.schema, check_metadata=False)
+    assert lake.sort_by(key).to_pylist() == truth.sort_by(key).to_pylist()
+    if source == "PAYMENT_TOTALS":
+        flat = static.arrow("TRANSACTION_STREAM")
+        assert sum(lake.column("TRANSACTION_COUNT").to_pylist()) == flat.num_rows
+        assert sum(lake.column("TOTAL_AMOUNT").to_pylist()) == sum(flat.column("AMOUNT").to_pylist())
+
+
+def test_empty_table_publishes_a_readable_version(fresh: Sandbox, tmp_path: Path) -> None:
+    """A table with no rows still gets a version with a zero-row file carrying the schema."""
+    exporter(fresh.url, tmp_path).export(feed("blk", "TRANSACTION_BLACKLISTED"), NOW)  # stream: maybe empty
+    with Sandbox.start(seed=1, preload=0) as empty:
+        exporter(empty.url, tmp_path).export(feed("users", "USER_SUMMARY", kind="table"), NOW)
+    table = read_listed(tmp_path, "table", "users")
+    assert table.num_rows == 0 and "TOTAL_AMOUNT" in table.column_names
+
+
+def test_metadata_document_follows_the_contract(static: Sandbox, tmp_path: Path) -> None:
+    """_metadata.json has the fixed keys, and totals equal the sizes of the files on disk."""
+    ex = exporter(static.url, tmp_path)
+    ex.export(feed("tx", "TRANSACTION_FLATTENED"), NOW)
+    ex.export(feed("users", "USER_SUMMARY", kind="table"), NOW)
+    doc = metadata(tmp_path, "stream", "tx")
+    for key in ("format_version", "source", "feed", "kind", "mode", "last_export", "last_status",
+                "total_records", "total_size_bytes", "total_size_mb", "schema", "watermark", "partitions", "exports"):
+        assert key in doc, key
+    assert (doc["format_version"], doc["kind"], doc["mode"], doc["last_status"]) == (1, "stream", "append", "success")
+    on_disk = sum(p.stat().st_size for p in (tmp_path / "streams/tx").rglob("*.parquet"))
+    assert doc["total_size_bytes"] == on_disk == sum(p["size_bytes"] for p in doc["partitions"])
+    assert doc["total_size_mb"] == round(on_disk / 1_048_576, 1)
+    assert doc["total_records"] == 3000
+    assert {"name": "AMOUNT", "ksql_type": "DECIMAL(10, 2)", "arrow_type": "decimal128(10, 2)"} in doc["schema"]
+    assert doc["last_export"].endswith("Z") and doc["exports"][-1]["window"]["to_ms"] == doc["watermark"]["rowtime_ms"]
+    table = metadata(tmp_path, "table", "users")
+    assert table["mode"] == "overwrite" and "partitions" not in table and "watermark" not in table
+    users = len(set(static.arrow("TRANSACTION_FLATTENED").column("USER_ID").to_pylist()))
+    assert table["total_records"] == table["versions"][-1]["records"] == users
+    assert table["versions"][-1]["path"] == "version=v1"
+
+
+def test_added_column_is_accepted_and_recorded(fresh: Sandbox, tmp_path: Path) -> None:
+    """A column added to the source is written in new files and recorded in schema_history."""
+    ex = exporter(fresh.url, tmp_path)
+    f = feed("tx", "TRANSACTION_FLATTENED", settle_delay=0.0)
+    t0 = wall_now()
+    first = ex.export(f, t0)
+    ex.client.ksql("ALTER STREAM TRANSACTION_FLATTENED ADD COLUMN NOTE STRING;")
+    assert first.watermark_ms is not None
+    fresh.generate(20, (first.watermark_ms + 1, first.watermark_ms + 500))
+    second = ex.export(f, t0 + dt.timedelta(seconds=1))
+    assert second.rows == 20
+    doc = metadata(tmp_path, "stream", "tx")
+    assert doc["schema"][-1] == {"name": "NOTE", "ksql_type": "STRING", "arrow_type": "string"}
+    assert doc["schema_history"][-1]["added"] == ["NOTE"]
+    import duckdb
+
+    with_note = [p for p in (tmp_path / "streams/tx").rglob("*.parquet") if "NOTE" in pq.read_schema(p).names]
+    assert sum(pq.ParquetFile(p).metadata.num_rows for p in with_note) == 20
+    count = duckdb.sql(
+        f"select count(*), count(NOTE), count(*) filter (where NOTE is null) "
+        f"from read_parquet('{tmp_path}/streams/tx/**/*.parquet', union_by_name=true)"
+    ).fetchall()
+    assert count == [(620, 0, 620)]  # the sandbox leaves the new column null
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        ({"action": "change_type", "column": "QUANTITY", "type": "BIGINT"}, "QUANTITY changed type from INTEGER to BIGINT"),
+        ({"action": "drop", "column": "CITY"}, "CITY (STRING) was removed"),
+    ],
+)
+def test_incompatible_schema_change_fails_and_writes_nothing(fresh: Sandbox, tmp_path: Path, change: dict, expected: str) -> None:  # type: ignore[type-arg]
+    """A retyped or removed column fails the feed, naming column and types; nothing is written."""
+    import httpx
+
+    ex = exporter(fresh.url, tmp_path)
+    f = feed("tx", "TRANSACTION_FLATTENED")
+    ex.export(f, wall_now())
+    before = sorted(p.name for p in (tmp_path / "streams/tx").rglob("*.parquet"))
+    httpx.post(f"{fresh.url}/_sandbox/schema", json={"source": "TRANSACTION_FLATTENED", **change}).raise_for_status()
+    fresh.generate(10)
+    with pytest.raises(SchemaError, match=re.escape(expected)) as info:
+        ex.export(f, wall_now() + dt.timedelta(minutes=5))
+    assert "feed 'tx'" in str(info.value)
+    assert sorted(p.name for p in (tmp_path / "streams/tx").rglob("*.parquet")) == before
+    doc = metadata(tmp_path, "stream", "tx")
+    assert doc["last_status"] == "failed" and expected in doc["exports"][-1]["error"]
+    assert_consistent(tmp_path, "stream", "tx")
+
+
+@pytest.mark.parametrize(
+    ("security", "dirs", "files"), [("raw", 0o750, 0o640), ("anonymized", 0o755, 0o644), ("aggregated", 0o755, 0o644)]
+)
+def test_security_level_sets_permissions(static: Sandbox, tmp_path: Path, security: str, dirs: int, files: int) -> None:
+    """raw feeds get 0750/0640, anonymized and aggregated 0755/0644, metadata included."""
+    ex = exporter(static.url, tmp_path)
+    ex.export(feed("tx", "TRANSACTION_ANONYMIZED", security=security), NOW)
+    ex.export(feed("users", "USER_SUMMARY", kind="table", security=security), NOW)
+    for folder in (tmp_path / "streams/tx", tmp_path / "tables/users"):
+        for path in [folder, *folder.rglob("*")]:
+            mode = stat.S_IMODE(path.stat().st_mode)
+            if path.name == ".lock":
+                continue
+            assert mode == (dirs if path.is_dir() else files), (path, oct(mode))
+
+
+@pytest.mark.parametrize(
+    ("fault", "error"),
+    [
+        ({"kind": "error_after_rows", "rows": 250}, KsqlDBStreamError),
+        ({"kind": "cut_after_rows", "rows": 250}, KsqlDBStreamError),
+        ({"kind": "malformed_line", "rows": 100}, KsqlDBProtocolError),
+        ({"kind": "wrong_column_count", "rows": 100}, KsqlDBProtocolError),
+    ],
+)
+def test_broken_answer_publishes_nothing_and_the_next_run_recovers(
+    fresh: Sandbox, tmp_path: Path, fault: dict, error: type  # type: ignore[type-arg]
+) -> None:
+    """A broken answer fails the run: no file published, watermark kept; the next run is exact."""
+    ex = exporter(fresh.url, tmp_path)
+    f = feed("tx", "TRANSACTION_FLATTENED")
+    fresh.inject(path="/query-stream", **fault)
+    with pytest.raises(error):
+        ex.export(f, NOW)
+    assert not list((tmp_path / "streams/tx").rglob("*.parquet"))
+    doc = metadata(tmp_path, "stream", "tx")
+    assert doc["last_status"] == "failed" and doc.get("watermark") in (None, {"rowtime_ms": None})
+    ex.export(f, NOW)
+    assert_exactly_once(read_listed(tmp_path, "stream", "tx"), fresh.arrow("TRANSACTION_FLATTENED"))
+    assert_consistent(tmp_path, "stream", "tx")
+
+
+def test_second_writer_waits_then_skips(static: Sandbox, tmp_path: Path) -> None:
+    """While another process holds a feed's lock, an export gives up with FeedLocked."""
+    ex = exporter(static.url, tmp_path)
+    f = feed("tx", "TRANSACTION_FLATTENED")
+    started = time.monotonic()
+    with FeedLock(layout.feed_dir(tmp_path, "stream", "tx"), feed="tx", wait=0):
+        with pytest.raises(FeedLocked, match="feed 'tx' is locked"):
+            ex.export(f, NOW)
+    assert 1.5 < time.monotonic() - started < 10
+    assert not list((tmp_path / "streams/tx").rglob("*.parquet"))
+
+
+def test_corrupted_metadata_fails_clearly_and_is_never_overwritten(static: Sandbox, tmp_path: Path) -> None:
+    """An unreadable _metadata.json stops the feed with a clear error and stays byte-identical."""
+    ex = exporter(static.url, tmp_path)
+    f = feed("tx", "TRANSACTION_FLATTENED")
+    ex.export(f, NOW)
+    path = tmp_path / "streams/tx/_metadata.json"
+    path.write_text(path.read_text()[:-40])
+    damaged = path.read_bytes()
+    with pytest.raises(LakeStateError, match="will not overwrite"):
+        ex.export(f, NOW + dt.timedelta(minutes=1))
+    assert path.read_bytes() == damaged
+
+
+def test_unlisted_files_are_removed_by_the_next_run_and_by_repair(static: Sandbox, tmp_path: Path) -> None:
+    """Files from an interrupted run (temps, unlisted data, versions) are removed, listed ones kept."""
+    ex = exporter(static.url, tmp_path)
+    f = feed("tx", "TRANSACTION_FLATTENED")
+    t = feed("users", "USER_SUMMARY", kind="table")
+    ex.export(f, NOW)
+    ex.export(t, NOW)
+    partition = next((tmp_path / "streams/tx").glob("year=*/month=*/day=*"))
+    stray = [partition / "data_20991231_000000.parquet", partition / ".data_x.parquet.tmp"]
+    for path in stray:
+        path.write_bytes(b"PAR1")
+    (tmp_path / "tables/users/version=v9").mkdir()
+    assert sorted(ex.repair(f, dry_run=True)) == sorted(stray)
+    assert all(p.exists() for p in stray)
+    assert sorted(ex.repair(f)) == sorted(stray)
+    assert ex.repair(t) == [tmp_path / "tables/users/version=v9"]
+    partition.joinpath("data_20991231_000000.parquet").write_bytes(b"PAR1")
+    ex.export(f, NOW + dt.timedelta(minutes=1))
+    assert not partition.joinpath("data_20991231_000000.parquet").exists()
+    assert_consistent(tmp_path, "stream", "tx")
+    assert_consistent(tmp_path, "table", "users")
+
+
+def test_retention_days_drops_old_partitions_in_the_same_commit(static: Sandbox, tmp_path: Path) -> None:
+    """Partitions older than retention_days leave the metadata and the disk; totals follow."""
+    ex = exporter(static.url, tmp_path)
+    latest = max(static.arrow("TRANSACTION_FLATTENED").column("ROWTIME").to_pylist())
+    now = dt.datetime.fromtimestamp(latest / 1000 + 3600, dt.UTC)
+    ex.export(feed("tx", "TRANSACTION_FLATTENED", settle_delay=0.0), now)
+    days_before = len(metadata(tmp_path, "stream", "tx")["partitions"])
+    ex.export(feed("tx", "TRANSACTION_FLATTENED", settle_delay=0.0, retention_days=2), now)
+    doc = metadata(tmp_path, "stream", "tx")
+    cutoff = layout.retention_cutoff(now, 2)
+    assert days_before > len(doc["partitions"]) >= 1
+    assert all(layout.partition_day(p["path"]) >= cutoff for p in doc["partitions"])
+    lake = read_listed(tmp_path, "stream", "tx")
+    assert doc["total_records"] == lake.num_rows
+    oldest = pc.min(lake.column("ROWTIME")).as_py()
+    assert dt.datetime.fromtimestamp(oldest / 1000, dt.UTC).date() >= cutoff
+    assert_consistent(tmp_path, "stream", "tx")
+
+
+@pytest.mark.parametrize("name", ["../escape", "a/b", "..", ".hidden", ""])
+def test_feed_names_cannot_escape_the_lake(tmp_path: Path, name: str) -> None:
+    """A feed name that would leave its folder is refused before any path is built."""
+    with pytest.raises((ValueError, LakeStateError)):
+        layout.feed_dir(tmp_path, "stream", name)
+
+
+def test_lake_files_never_get_world_writable(static: Sandbox, tmp_path: Path) -> None:
+    """Whatever the umask, modes are set explicitly."""
+    old = os.umask(0)
+    try:
+        exporter(static.url, tmp_path).export(feed("tx", "TRANSACTION_FLATTENED"), NOW)
+    finally:
+        os.umask(old)
+    assert all(not stat.S_IMODE(p.stat().st_mode) & 0o002 for p in (tmp_path / "streams").rglob("*"))

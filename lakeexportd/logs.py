@@ -206,5 +206,8 @@ def unconfigure() -> None:
         root.removeHandler(handler)
         handler.close()
     _installed.clear()
+    root.setLevel(logging.WARNING)
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.NOTSET)
     structlog.reset_defaults()
 

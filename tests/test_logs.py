@@ -1,0 +1,133 @@
+from __future__ import annotations
+
+import datetime as dt
+import io
+import json
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import structlog
+
+from lakeexportd import logs
+from lakeexportd.config import LoggingSettings, Secret
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging() -> Iterator[None]:
+    yield
+    logs.unconfigure()
+
+
+def lines(path: Path) -> list[dict[str, object]]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def this_month(kind: str) -> str:
+    return logs.file_name(kind, dt.datetime.now(dt.UTC))
+
+
+def test_events_are_routed_to_monthly_files_by_name(tmp_path: Path) -> None:
+    """export.* go to export_YYYY_MM.log, metadata.* to metadata_, the rest to feed_."""
+    logs.configure(LoggingSettings(dir=tmp_path), stderr=io.StringIO())
+    log = structlog.get_logger("t")
+    log.info("export.finished", feed="orders", rows=3)
+    log.info("metadata.committed", feed="orders")
+    log.info("feed.added", feed="orders")
+    log.info("daemon.started")
+    assert [e["event"] for e in lines(tmp_path / this_month("export"))] == ["export.finished"]
+    assert [e["event"] for e in lines(tmp_path / this_month("metadata"))] == [
+        "metadata.committed"]
+    assert [e["event"] for e in lines(tmp_path / this_month("feed"))] == [
+        "feed.added", "daemon.started"]
+
+
+def test_lines_carry_level_utc_timestamp_and_bound_context(tmp_path: Path) -> None:
+    """Each JSON line has level, an ISO UTC timestamp and the run's bound feed and run_id."""
+    logs.configure(LoggingSettings(dir=tmp_path), stderr=io.StringIO())
+    with structlog.contextvars.bound_contextvars(feed="orders", run_id="r1"):
+        structlog.get_logger().info("export.finished", rows=1)
+    (entry,) = lines(tmp_path / this_month("export"))
+    assert entry["level"] == "info" and entry["feed"] == "orders" and entry["run_id"] == "r1"
+    assert str(entry["timestamp"]).endswith("Z")
+
+
+def record(msg: object, created: dt.datetime) -> logging.LogRecord:
+    rec = logging.LogRecord("t", logging.INFO, __file__, 1, msg, None, None)
+    rec.created = created.timestamp()
+    return rec
+
+
+def test_the_file_follows_the_month_of_each_event(tmp_path: Path) -> None:
+    """An event of a new month opens the new month's file; the old one stays."""
+    handler = logs.MonthlyFileHandler(tmp_path)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    try:
+        handler.emit(record({"event": "export.finished"}, dt.datetime(2025, 1, 31, 23, 59,
+                                                                    tzinfo=dt.UTC)))
+        handler.emit(record({"event": "export.finished"}, dt.datetime(2025, 2, 1, 0, 0, 1,
+                                                                    tzinfo=dt.UTC)))
+    finally:
+        handler.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "export_2025_01.log", "export_2025_02.log"]
+
+
+def test_months_older_than_keep_months_are_deleted(tmp_path: Path) -> None:
+    """With keep_months=3, March keeps January..March files and deletes December's."""
+    for name in ("export_2024_12.log", "feed_2025_01.log", "metadata_2025_02.log", "notes.txt"):
+        (tmp_path / name).write_text("x\n")
+    handler = logs.MonthlyFileHandler(tmp_path, keep_months=3)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    try:
+        handler.emit(record("foreign", dt.datetime(2025, 3, 2, tzinfo=dt.UTC)))
+    finally:
+        handler.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "feed_2025_01.log", "feed_2025_03.log", "metadata_2025_02.log", "notes.txt"]
+
+
+def test_stderr_is_json_unless_human(tmp_path: Path) -> None:
+    """Off a terminal stderr gets JSON lines; human=True gets the readable console format."""
+    out = io.StringIO()
+    logs.configure(None, stderr=out)
+    structlog.get_logger().info("feed.added", feed="orders")
+    assert json.loads(out.getvalue())["event"] == "feed.added"
+    human = io.StringIO()
+    logs.configure(None, stderr=human, human=True)
+    structlog.get_logger().info("feed.added", feed="orders")
+    text = human.getvalue()
+    assert "feed.added" in text and "feed=orders" in text and not text.startswith("{")
+
+
+def test_secrets_never_appear(tmp_path: Path) -> None:
+    """A Secret prints as ***, and keys that name secrets are masked whatever their value."""
+    logs.configure(LoggingSettings(dir=tmp_path), stderr=io.StringIO())
+    log = structlog.get_logger()
+    log.info("feed.added", settings=Secret("hunter2"), password="hunter3",
+             authorization="Basic aHVudGVyNA==")
+    text = (tmp_path / this_month("feed")).read_text()
+    assert "hunter" not in text and "aHVudGVyNA" not in text
+
+
+def test_noisy_libraries_are_turned_down_to_warning(tmp_path: Path) -> None:
+    """httpx, httpcore and apscheduler INFO lines are dropped; their warnings are kept."""
+    logs.configure(LoggingSettings(dir=tmp_path), stderr=io.StringIO())
+    logging.getLogger("httpx").info("HTTP Request: POST /query-stream")
+    logging.getLogger("apscheduler.scheduler").info("Added job")
+    logging.getLogger("apscheduler.scheduler").warning("skipped: maximum number of instances")
+    entries = lines(tmp_path / this_month("feed"))
+    assert [e["event"] for e in entries] == ["skipped: maximum number of instances"]
+    assert entries[0]["level"] == "warning"
+
+
+def test_level_setting_filters_debug(tmp_path: Path) -> None:
+    """logging.level=warning drops info events from files and stderr."""
+    out = io.StringIO()
+    logs.configure(LoggingSettings(dir=tmp_path, level="warning"), stderr=out)
+    structlog.get_logger().info("feed.added")
+    structlog.get_logger().warning("config.reload_failed", reason="x")
+    assert [e["event"] for e in lines(tmp_path / this_month("feed"))] == [
+        "config.reload_failed"]
+    assert "feed.added" not in out.getvalue()

@@ -82,7 +82,8 @@ def run_export(
             # Skips and aborts are expected in normal operation; other failures need a look,
             # and a bug (not a LakeExportError) needs its traceback.
             log.log(
-                _LEVELS[outcome], "export.failed", result=outcome, rows=0, files=0, bytes=0,
+                _LEVELS[outcome], "export.failed", feed=feed.name, run_id=run_id,
+                result=outcome, rows=0, files=0, bytes=0,
                 duration_s=round(duration, 3), error=str(exc), error_type=type(exc).__name__,
                 exc_info=not isinstance(exc, LakeExportError),
             )
@@ -102,7 +103,8 @@ def run_export(
         )
         # The exporter names the run in _metadata.json; the line carries that id.
         log.info(
-            "export.finished", run_id=result.run_id, result="success", rows=result.rows,
+            "export.finished", feed=feed.name, run_id=result.run_id, result="success",
+            rows=result.rows,
             files=result.files, bytes=result.bytes, duration_s=round(duration, 3),
             orphans_removed=result.orphans_removed, **details,
         )

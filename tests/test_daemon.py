@@ -16,6 +16,7 @@ import structlog
 import yaml
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
+from scrape import value
 
 from lakeexportd import layout
 from lakeexportd.config import Config, Feed, load_config
@@ -37,8 +38,6 @@ from lakeexportd.metadata_model import (
     Version,
 )
 from lakeexportd.sdnotify import Notifier
-
-from .test_metrics import value
 
 NOW = dt.datetime(2025, 1, 15, 14, 30, tzinfo=dt.UTC)
 YEARLY = {"cron": "0 0 1 1 *"}  # never fires during a test: runs are started by hand

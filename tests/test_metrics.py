@@ -5,7 +5,7 @@ import socket
 import httpx
 import pytest
 from prometheus_client import CollectorRegistry
-from prometheus_client.parser import text_string_to_metric_families
+from scrape import names, samples, value
 
 from lakeexportd.metrics import RESULTS, Metrics
 from lakeexportd.metrics_http import MetricsServer, MetricsServerError
@@ -25,24 +25,6 @@ class Clock:
 
     def __call__(self) -> float:
         return self.now
-
-
-def samples(registry: CollectorRegistry) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    from prometheus_client import generate_latest
-
-    out = {}
-    for family in text_string_to_metric_families(generate_latest(registry).decode()):
-        for s in family.samples:
-            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
-    return out
-
-
-def value(registry: CollectorRegistry, name: str, **labels: str) -> float | None:
-    return samples(registry).get((name, tuple(sorted(labels.items()))))
-
-
-def names(registry: CollectorRegistry) -> set[str]:
-    return {name for name, _ in samples(registry)}
 
 
 @pytest.fixture

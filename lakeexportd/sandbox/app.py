@@ -10,6 +10,7 @@ import asyncio
 import base64
 import binascii
 import json
+import logging
 import random
 import threading
 from collections.abc import Awaitable, Callable
@@ -28,6 +29,7 @@ Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 Scope = dict[str, Any]
 
+_log = logging.getLogger(__name__)
 JSON_TYPE = (b"content-type", b"application/json")
 SERVER_INFO = {"KsqlServerInfo": {"version": "0.29.0", "kafkaClusterId": "j3tOi6E_RtO_TMH3gBmK7A",
                                   "ksqlServiceId": "default_", "serverStatus": "RUNNING"}}
@@ -104,6 +106,7 @@ class SandboxApp:
             extra = [JSON_TYPE] if path in ("/ksql", "/query") else []
             await _respond(out, exc.status, exc.body, extra + exc.headers)
         except Exception:
+            _log.exception("sandbox.request_failed path=%s", path)
             if out.started:
                 await out.abort()
                 return

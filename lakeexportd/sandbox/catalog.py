@@ -7,10 +7,12 @@ the tables always agree exactly with the stream rows.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import threading
 import zlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from dataclasses import replace
 from decimal import Decimal
 from typing import Any
 
@@ -18,7 +20,10 @@ from lakeexportd.ksql_types import parse_type
 from lakeexportd.sandbox.generator import (
     BLACKLISTED_MERCHANTS,
     BLACKLISTED_USERS,
+    PRODUCT_IDS,
     Transaction,
+    decode_payload,
+    decode_tags,
 )
 from lakeexportd.sandbox.sources import Column, Source, StreamSource, TableSource
 
@@ -109,19 +114,47 @@ def mask_card(card: str | None) -> str | None:
     return "-".join("****" for _ in range(3)) + "-" + card[-4:]
 
 
+@functools.cache  # emails repeat (one per user): hash each once and share the text
 def sha256_hex(text: str | None) -> str | None:
     return None if text is None else hashlib.sha256(text.encode()).hexdigest()
 
 
 def flatten(v: dict[str, Any]) -> tuple[Any, ...]:
-    payload = v["PAYLOAD"]
-    first = payload["ITEMS"][0]
+    """TRANSACTION_FLATTENED's row, read from the compact PAYLOAD (``decode_payload``)."""
+    card, email, items, (country, city, _), *_ = v["PAYLOAD"]
+    product, quantity, *_ = items[0]
     return (
         v["TRANSACTION_ID"], v["USER_ID"], v["MERCHANT_ID"], v["AMOUNT"], v["CURRENCY"],
-        v["PAYMENT_METHOD"], v["STATUS"], payload["META"]["country"], payload["META"]["city"],
-        first["PRODUCT_ID"], first["QUANTITY"], payload["CARD"], payload["EMAIL"],
-        v["RISK_SCORE"], v["IS_FRAUD"], v["TRANSACTION_TIME"],
+        v["PAYMENT_METHOD"], v["STATUS"], country, city, PRODUCT_IDS[product], quantity, card,
+        email, v["RISK_SCORE"], v["IS_FRAUD"], v["TRANSACTION_TIME"],
     )
+
+
+def _blacklist_reason(user: str) -> str:
+    return "USER" if user in BLACKLISTED_USERS else "MERCHANT"
+
+
+# Columns of the derived streams as (slot in TRANSACTION_STREAM's stored row, read function);
+# slot 14 is the compact PAYLOAD: (card, email, items, (country, city, channel), ...).
+_BASE_SLOTS = {name: (slot, None) for slot, name in enumerate((
+    "TRANSACTION_ID", "USER_ID", "MERCHANT_ID", "AMOUNT", "CURRENCY", "PAYMENT_METHOD", "STATUS",
+    "RISK_SCORE", "IS_FRAUD", "TRANSACTION_TIME"))}
+_FROM_PAYLOAD: dict[str, tuple[int, Callable[[Any], Any] | None]] = {
+    "COUNTRY": (14, lambda p: p[3][0]),
+    "CITY": (14, lambda p: p[3][1]),
+    "PRODUCT_ID": (14, lambda p: PRODUCT_IDS[p[2][0][0]]),
+    "QUANTITY": (14, lambda p: p[2][0][1]),
+    "CARD": (14, lambda p: p[0]),
+    "EMAIL": (14, lambda p: p[1]),
+    "MASKED_CARD": (14, lambda p: mask_card(p[0])),
+    "EMAIL_HASH": (14, lambda p: sha256_hex(p[1])),
+}
+VIEWS: dict[str, dict[str, tuple[int, Callable[[Any], Any] | None]]] = {
+    "TRANSACTION_STREAM": {"TAGS": (13, decode_tags), "PAYLOAD": (14, decode_payload)},
+    "TRANSACTION_FLATTENED": {**_BASE_SLOTS, **_FROM_PAYLOAD},
+    "TRANSACTION_ANONYMIZED": {**_BASE_SLOTS, **_FROM_PAYLOAD},
+    "TRANSACTION_BLACKLISTED": {**_BASE_SLOTS, "BLACKLIST_REASON": (1, _blacklist_reason)},
+}
 
 
 class Catalog:
@@ -141,6 +174,13 @@ class Catalog:
                 name=name, kind=kind, topic=topic, columns=parse_columns(specs),
                 partitions=partitions, timestamp_column=ts, query_text=query,
             )
+        # Derived streams store the base row itself and read their columns out of it.
+        for name, view in VIEWS.items():
+            source = self.sources[name]
+            source.columns = [
+                replace(c, slot=view[c.name][0], cast=view[c.name][1]) if c.name in view else c
+                for c in source.columns
+            ]
 
     def stream(self, name: str) -> StreamSource:
         source = self.sources[name]
@@ -167,17 +207,13 @@ class Catalog:
             for t in transactions:
                 v = t.values
                 part = self.partition_of(v["TRANSACTION_ID"])
-                base.append(tuple(v[c] for c in columns), t.rowtime, part)
-                flat = flatten(v)
-                flat_s.append(flat, t.rowtime, part)
-                anon_s.append(flat[:8] + (mask_card(flat[11]), sha256_hex(flat[12]), flat[15]),
-                              t.rowtime, part)
-                user, merchant = v["USER_ID"], v["MERCHANT_ID"]
-                if user in BLACKLISTED_USERS or merchant in BLACKLISTED_MERCHANTS:
-                    reason = "USER" if user in BLACKLISTED_USERS else "MERCHANT"
-                    black_s.append((flat[0], user, merchant, flat[3], flat[5], reason, flat[15]),
-                                   t.rowtime, part)
-                self._aggregate(flat, t.rowtime)
+                stored = tuple(v[c] for c in columns)
+                base.append(stored, t.rowtime, part)
+                flat_s.append(stored, t.rowtime, part)
+                anon_s.append(stored, t.rowtime, part)
+                if v["USER_ID"] in BLACKLISTED_USERS or v["MERCHANT_ID"] in BLACKLISTED_MERCHANTS:
+                    black_s.append(stored, t.rowtime, part)
+                self._aggregate(flatten(v), t.rowtime)
                 count += 1
         return count
 

@@ -80,7 +80,7 @@ def _end_offsets(source: Source) -> list[int]:
         return source.end_offsets()
     assert isinstance(source, TableSource)
     # Changelog records land in partitions by key; an even split is close enough here.
-    total = len(source.changelog)
+    total = source.changes
     return [total // source.partitions + (p < total % source.partitions)
             for p in range(source.partitions)]
 

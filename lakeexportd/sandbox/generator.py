@@ -62,6 +62,7 @@ class TransactionGenerator:
             yield base
 
     def make(self, rowtime: int) -> Transaction:
+        """The next transaction; PAYLOAD is in its compact form (see ``decode_payload``)."""
         r = self._random
         rnd = r.random
 
@@ -71,20 +72,16 @@ class TransactionGenerator:
 
         self._seq += 1
         seq = self._seq
-        user = f"user_{pick(USERS):04d}"
-        merchant = f"merchant_{pick(MERCHANTS):03d}"
-        country, city = PLACES[pick(len(PLACES))]
-        items: list[dict[str, Any]] = []
+        user = pick(USERS)
+        merchant = MERCHANT_IDS[pick(MERCHANTS)]
+        place = pick(len(PLACES))
+        items = []
         for _ in range(1 + pick(3)):
             product = pick(PRODUCTS)
-            items.append({
-                "PRODUCT_ID": f"prod_{product:03d}",
-                "NAME": f"{PRODUCT_NAMES[product % len(PRODUCT_NAMES)]} {product}",
-                "QUANTITY": 1 + pick(5),
-                "UNIT_PRICE": Decimal(99 + pick(49_901)).scaleb(-2),
-                "ADDED_AT": rowtime - pick(3_600_000),
-            })
-        amount = sum((i["UNIT_PRICE"] * i["QUANTITY"] for i in items), Decimal("0.00"))
+            quantity = 1 + pick(5)
+            cents = 99 + pick(49_901)
+            items.append((product, quantity, cents, rowtime - pick(3_600_000)))
+        amount = Decimal(sum(cents * quantity for _, quantity, cents, _ in items)).scaleb(-2)
         card_digits = f"{r.getrandbits(64) % 10**16:016d}"
         card = "-".join(card_digits[i:i + 4] for i in range(0, 16, 4))
         # A quarter of the times fall on a whole minute so TIME shows its "HH:mm" form.
@@ -96,7 +93,7 @@ class TransactionGenerator:
             risk = 1.0e-4  # exercises the "1.0E-4" form of Java's Double.toString
         values: dict[str, Any] = {
             "TRANSACTION_ID": f"txn_{seq:09d}",
-            "USER_ID": user,
+            "USER_ID": USER_IDS[user],
             "MERCHANT_ID": merchant,
             "AMOUNT": amount,
             "CURRENCY": CURRENCIES[pick(len(CURRENCIES))],
@@ -108,16 +105,49 @@ class TransactionGenerator:
             "SETTLEMENT_DATE": rowtime // MS_PER_DAY + 1 + pick(2),
             "LOCAL_TIME": local_time,
             "DEVICE_FINGERPRINT": r.randbytes(8),
-            "TAGS": r.sample(TAG_WORDS, pick(3)),
-            "PAYLOAD": {
-                "CARD": card,
-                "EMAIL": f"{user}@example.com" if seq % 50 else None,
-                "ITEMS": items,
-                "META": {"country": country, "city": city, "channel": ("web", "app")[pick(2)]},
-                "BILLING_DATE": rowtime // MS_PER_DAY,
-                "LOCAL_TIME": local_time,
-                "SIGNATURE": r.randbytes(4),
-                "GEO": {"LAT": round(rnd() * 120 - 60, 5), "LON": round(rnd() * 340 - 170, 5)},
-            },
+            "TAGS": _tags(tuple(r.sample(TAG_WORDS, pick(3)))),
         }
+        meta = META[place * 2 + pick(2)]
+        values["PAYLOAD"] = (
+            card, EMAILS[user] if seq % 50 else None, tuple(items), meta,
+            rowtime // MS_PER_DAY, local_time, r.randbytes(4),
+            round(rnd() * 120 - 60, 5), round(rnd() * 340 - 170, 5),
+        )
         return Transaction(seq, rowtime, values)
+
+
+# Shared objects for repeated values keep a million stored rows within a few hundred MB.
+USER_IDS = [f"user_{i:04d}" for i in range(USERS)]
+EMAILS = [f"{u}@example.com" for u in USER_IDS]
+MERCHANT_IDS = [f"merchant_{i:03d}" for i in range(MERCHANTS)]
+PRODUCT_IDS = [f"prod_{i:03d}" for i in range(PRODUCTS)]
+PRODUCT_LABELS = [f"{PRODUCT_NAMES[i % len(PRODUCT_NAMES)]} {i}" for i in range(PRODUCTS)]
+META = [(country, city, channel) for country, city in PLACES for channel in ("web", "app")]
+_TAGS: dict[tuple[str, ...], tuple[str, ...]] = {}
+
+
+def _tags(tags: tuple[str, ...]) -> tuple[str, ...]:
+    return _TAGS.setdefault(tags, tags)
+
+
+def decode_tags(tags: tuple[str, ...]) -> list[str]:
+    return list(tags)
+
+
+def decode_payload(p: tuple[Any, ...]) -> dict[str, Any]:
+    """The PAYLOAD STRUCT value (a fresh dict) from its compact stored tuple."""
+    country, city, channel = p[3]
+    return {
+        "CARD": p[0],
+        "EMAIL": p[1],
+        "ITEMS": [
+            {"PRODUCT_ID": PRODUCT_IDS[product], "NAME": PRODUCT_LABELS[product],
+             "QUANTITY": quantity, "UNIT_PRICE": Decimal(cents).scaleb(-2), "ADDED_AT": added}
+            for product, quantity, cents, added in p[2]
+        ],
+        "META": {"country": country, "city": city, "channel": channel},
+        "BILLING_DATE": p[4],
+        "LOCAL_TIME": p[5],
+        "SIGNATURE": p[6],
+        "GEO": {"LAT": p[7], "LON": p[8]},
+    }

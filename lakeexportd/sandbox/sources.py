@@ -9,6 +9,7 @@ without a lock. A schema change swaps in new lists, so a running query keeps a c
 from __future__ import annotations
 
 import threading
+from array import array
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -90,14 +91,15 @@ class StreamSource(Source):
     """An append-only stream: stored rows, ROWTIMEs, and per-partition offsets."""
 
     rows: list[tuple[Any, ...]] = field(default_factory=list, repr=False)
-    rowtimes: list[int] = field(default_factory=list, repr=False)
-    by_partition: list[list[int]] = field(default_factory=list, repr=False)
+    # Machine-integer arrays: 8 bytes an entry instead of a Python int object each.
+    rowtimes: array[int] = field(default_factory=lambda: array("q"), repr=False)
+    by_partition: list[array[int]] = field(default_factory=list, repr=False)
     _lines: list[bytes] = field(default_factory=list, repr=False)
     _format_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def __post_init__(self) -> None:
         if not self.by_partition:
-            self.by_partition = [[] for _ in range(self.partitions)]
+            self.by_partition = [array("q") for _ in range(self.partitions)]
 
     def append(self, stored: tuple[Any, ...], rowtime: int, partition: int) -> None:
         """Called with the catalog lock held."""
@@ -135,12 +137,26 @@ class TableSource(Source):
     """A materialised table: current row per key, and a changelog for push queries."""
 
     current: dict[Any, tuple[tuple[Any, ...], int]] = field(default_factory=dict, repr=False)
+    # Only push queries read the changelog, and only its recent end: keep a bounded window.
     changelog: list[tuple[tuple[Any, ...], int]] = field(default_factory=list, repr=False)
+    changelog_start: int = 0  # absolute position of changelog[0]
+    changelog_keep: int = 10_000
+    changes: int = 0  # updates ever made (DESCRIBE EXTENDED's end offsets)
 
     def upsert(self, key: Any, stored: tuple[Any, ...], rowtime: int) -> None:
         """Called with the catalog lock held."""
         self.current[key] = (stored, rowtime)
         self.changelog.append((stored, rowtime))
+        self.changes += 1
+        if len(self.changelog) > 2 * self.changelog_keep:
+            dropped = len(self.changelog) - self.changelog_keep
+            del self.changelog[:dropped]
+            self.changelog_start += dropped
+
+    def changes_since(self, position: int) -> tuple[list[tuple[tuple[Any, ...], int]], int]:
+        """Updates after absolute ``position`` (a reader that fell behind skips ahead)."""
+        first = max(0, position - self.changelog_start)
+        return self.changelog[first:], self.changes
 
     def snapshot(self) -> list[tuple[tuple[Any, ...], int]]:
         """Rows in key order (a pull scan reads the state store in key order)."""

@@ -243,7 +243,7 @@ async def run_push(plan: Plan, emitter: Emitter, catalog: Catalog, stop: asyncio
         assert isinstance(source, TableSource)
         with catalog.lock:
             pending = source.snapshot() if earliest else []
-            position = len(source.changelog)
+            position = source.changes
         while not stop.is_set() and not emitter.limit_reached() and not emitter.done:
             for stored, rowtime in pending:
                 if emitter.limit_reached() or emitter.done:
@@ -257,8 +257,7 @@ async def run_push(plan: Plan, emitter: Emitter, catalog: Catalog, stop: asyncio
                 break
             await _wait(stop)
             with catalog.lock:
-                pending = source.changelog[position:]
-                position += len(pending)
+                pending, position = source.changes_since(position)
     if emitter.done:
         return
     if emitter.limit_reached():

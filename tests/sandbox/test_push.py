@@ -74,7 +74,8 @@ def test_disconnect_releases_query(fresh: Callable[..., Sandbox]) -> None:
     sb = fresh(preload=10)
     with httpx.Client(base_url=sb.url, timeout=10) as c:
         with c.stream("POST", "/query-stream", json={"sql": PUSH + ";"}) as r:
-            next(r.iter_lines())
+            stream = r.iter_lines()  # a dropped iterator would close the response itself
+            next(stream)
             assert len(sb.app.queries) == 1
     deadline = time.monotonic() + 5
     while sb.app.queries and time.monotonic() < deadline:

@@ -35,6 +35,7 @@ from lakeexportd import cleanup, layout
 from lakeexportd import metadata_update as update
 from lakeexportd.config import Feed
 from lakeexportd.errors import ExportAborted, LakeExportError, SchemaError
+from lakeexportd.failpoints import failpoint
 from lakeexportd.ksqldb import KsqlDBClient
 from lakeexportd.locking import FeedLock
 from lakeexportd.metadata import MetadataStore
@@ -161,6 +162,7 @@ class _Run:
         removed = cleanup.remove_orphans(
             self.feed_dir, doc, kind=self.feed.kind, staging_dir=self.staging
         )
+        failpoint("export.after_cleanup")
         if doc is None:
             doc = update.new_document(self.feed.kind, feed=self.feed.name, source=self.feed.source)
         try:
@@ -197,8 +199,10 @@ class _Run:
             cutoff = layout.retention_cutoff(self.now, feed.retention_days, feed.timezone)
             new, dropped = update.without_partitions_before(new, cutoff)
         self._commit(new)
+        failpoint("export.after_commit")
         if dropped:
             cleanup.delete_partitions(self.feed_dir, dropped)
+        failpoint("export.after_prune")
         return ExportResult(
             feed=feed.name,
             kind="stream",
@@ -269,8 +273,10 @@ class _Run:
             now=self.now,
         )
         self._commit(new)
+        failpoint("export.after_commit")
         if dropped:
             cleanup.delete_versions(self.feed_dir, dropped)
+        failpoint("export.after_prune")
         return ExportResult(
             feed=feed.name,
             kind="table",
@@ -288,6 +294,7 @@ class _Run:
     # -- shared steps ----------------------------------------------------------------------
 
     def _batches(self, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        failpoint("export.after_header")
         for batch in batches:
             if self.cancel.is_set():
                 raise ExportAborted(
@@ -296,6 +303,8 @@ class _Run:
                 )
             self.rows += batch.num_rows
             yield batch
+            if self.rows == batch.num_rows:
+                failpoint("export.after_first_batch")
             if self.progress is not None:
                 self.progress(self.rows)
 
@@ -345,6 +354,7 @@ class _Run:
         )
 
     def _commit(self, doc: FeedMetadata) -> None:
+        failpoint("export.before_commit")
         try:
             self.store.commit(self.feed_dir, doc, file_mode=self.file_mode)
         except BaseException:

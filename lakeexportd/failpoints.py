@@ -67,6 +67,13 @@ FAILPOINTS: dict[str, str] = {
     "cleanup.after_version_dir": "one unlisted version directory removed",
     "cleanup.after_staging": "the feed's staging directory removed",
     "cleanup.after_empty_dirs": "empty partition directories removed",
+    # export run (exporter.py)
+    "export.after_cleanup": "orphans of earlier runs removed, nothing queried yet",
+    "export.after_header": "query answered with its header, no row written",
+    "export.after_first_batch": "one batch handed to the sink",
+    "export.before_commit": "files published under final names, metadata not committed",
+    "export.after_commit": "metadata committed, old versions or partitions not yet deleted",
+    "export.after_prune": "run complete, lock still held",
     # feed lock
     "lock.after_acquire": "feed lock held, nothing done yet",
     "lock.before_release": "work done, lock about to be released",

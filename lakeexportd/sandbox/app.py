@@ -162,6 +162,10 @@ class SandboxApp:
         if legacy and not text.strip():
             raise errors.bad_request('"ksql" field must be populated')
         props = request.get("streamsProperties" if legacy else "properties") or {}
+        variables = request.get("sessionVariables") or {}
+        if isinstance(variables, dict):
+            for name, value in variables.items():
+                text = text.replace("${" + str(name) + "}", str(value))
         statements = sql.split_statements(text)
         if len(statements) != 1:
             raise errors.bad_statement(

@@ -226,3 +226,10 @@ def test_more_than_one_statement(client: httpx.Client) -> None:
     assert r.status_code == 400
     assert r.json()["message"] == "Expected exactly one KSQL statement; found 2 instead"
     assert r.json()["error_code"] == 40001
+
+
+def test_session_variables(client: httpx.Client) -> None:
+    """${name} in the statement is replaced by the request's sessionVariables value."""
+    r = query(client, "SELECT * FROM ${src} LIMIT ${n};",
+              sessionVariables={"src": FLAT, "n": 2})
+    assert r.status_code == 200 and len(lines(r)) == 3

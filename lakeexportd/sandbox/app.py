@@ -52,6 +52,7 @@ class SandboxApp:
         self.queries: dict[str, asyncio.Event] = {}
         self._rng = random.Random(seed ^ 0x5EED)
         self._feed_task: asyncio.Task[None] | None = None
+        self._stopping = threading.Event()
         self.started = threading.Event()  # set once Hypercorn has run the lifespan startup
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -65,9 +66,12 @@ class SandboxApp:
             message = await receive()
             if message["type"] == "lifespan.startup":
                 self._feed_task = asyncio.create_task(self.feeder.run(self.rate))
+                threading.Thread(target=self.catalog.warm_lines, args=(self._stopping,),
+                                 name="sandbox-warm-lines", daemon=True).start()
                 await send({"type": "lifespan.startup.complete"})
                 self.started.set()
             elif message["type"] == "lifespan.shutdown":
+                self._stopping.set()
                 for stop in self.queries.values():
                     stop.set()
                 if self._feed_task is not None:

@@ -244,6 +244,20 @@ class Catalog:
             (_, n, qty), old_time = old
             products.upsert(flat[9], (flat[9], n + 1, qty + flat[10]), max(old_time, rowtime))
 
+    def warm_lines(self, stop: threading.Event, step: int = 10_000) -> None:
+        """Format the stored rows' text ahead of the first query (run in a background thread).
+
+        Small steps keep the format lock short, so a query arriving meanwhile waits little.
+        """
+        for name in ("TRANSACTION_FLATTENED", "TRANSACTION_STREAM", "TRANSACTION_ANONYMIZED",
+                     "TRANSACTION_BLACKLISTED"):
+            source = self.stream(name)
+            total = len(source.rows)
+            for upto in range(min(step, total), total + step, step):
+                if stop.is_set():
+                    return
+                source.lines(min(upto, total))
+
     def counts(self) -> dict[str, int]:
         with self.lock:
             return {

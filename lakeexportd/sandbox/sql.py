@@ -266,8 +266,10 @@ class _Parser:
                     raise self.fail()
                 self.i += 1
                 limit = -int(tok[1]) if negative else int(tok[1])
-        if self.is_word("GROUP", "JOIN", "WINDOW", "PARTITION", "HAVING", "INNER", "LEFT"):
-            raise SqlError(f"The sandbox does not support {self.peek()[1]} clauses")  # type: ignore[index]
+        clause = self.peek()
+        if clause is not None and self.is_word("GROUP", "JOIN", "WINDOW", "PARTITION", "HAVING",
+                                               "INNER", "LEFT"):
+            raise SqlError(f"The sandbox does not support {clause[1]} clauses")
         self.end()
         return Select(tuple(items), source, where, push, limit)
 

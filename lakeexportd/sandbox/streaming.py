@@ -11,7 +11,7 @@ from typing import Any
 
 from lakeexportd.sandbox.catalog import Catalog
 from lakeexportd.sandbox.errors import PROCESSING_FAILURE, generic
-from lakeexportd.sandbox.faults import Fault
+from lakeexportd.sandbox.faults import ROW_KINDS, Fault
 from lakeexportd.sandbox.formatting import row_formatter
 from lakeexportd.sandbox.query import Plan, interleave
 from lakeexportd.sandbox.sources import StreamSource, TableSource
@@ -74,8 +74,7 @@ class Emitter:
         self.plan = plan
         self.writer = writer
         self.out = out
-        self.faults = {k: f for k, f in faults.items() if k != "trickle" and k != "latency"
-                       and k != "status"}
+        self.faults = {k: f for k, f in faults.items() if k in ROW_KINDS}
         self.count = 0
         self.done = False  # a fault ended the response
         self._fmt: Callable[[Sequence[Any]], str] | None = None

@@ -153,3 +153,12 @@ def test_cli_fault_spec() -> None:
     assert Fault.parse("cut_after_rows:rows=10,count=2").count == 2
     with pytest.raises(FaultSpecError):
         Fault.parse("latency:oops")
+
+
+def test_cut_over_http2(sb: Sandbox) -> None:
+    """Over HTTP/2 a cut response also breaks off (the client sees a protocol error)."""
+    sb.inject("cut_after_rows", rows=3)
+    with httpx.Client(base_url=sb.url, http1=False, http2=True) as h2, pytest.raises(
+        httpx.RemoteProtocolError
+    ):
+        query(h2, SQL)

@@ -109,6 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_validate(sub)
     _add_run(sub)
     _add_export(sub)
+    from lakeexportd import cli_feeds  # operations commands (feed registry, metadata, verify)
+
+    cli_feeds.register(sub)
     return parser
 
 

@@ -31,9 +31,11 @@ class Feeder:
         end = now_ms(self.clock) - 1_000
         return self.generate_between(rows, end - int(days * MS_PER_DAY), end)
 
-    def generate_between(self, rows: int, start_ms: int, end_ms: int, batch: int = 10_000) -> int:
+    def generate_between(
+        self, rows: int, start_ms: int, end_ms: int, batch: int = 10_000, *, inside: bool = False
+    ) -> int:
         made = 0
-        times = self.generator.times(start_ms, end_ms, rows)
+        times = self.generator.times(start_ms, end_ms, rows, inside=inside)
         while made < rows:
             step = min(batch, rows - made)
             with self.catalog.lock:  # the generator's random state is shared: keep it in order
@@ -45,7 +47,7 @@ class Feeder:
     def generate(self, rows: int, rowtime_ms: tuple[int, int] | None = None) -> int:
         """Append ``rows`` rows now (ROWTIME about now) or spread over ``rowtime_ms``."""
         if rowtime_ms is not None:
-            return self.generate_between(rows, rowtime_ms[0], rowtime_ms[1])
+            return self.generate_between(rows, rowtime_ms[0], rowtime_ms[1], inside=True)
         now = now_ms(self.clock)
         return self.generate_between(rows, now, now + 1)
 

@@ -48,17 +48,22 @@ class TransactionGenerator:
         self.disorder_ms = disorder_ms
         self.late_fraction = late_fraction
 
-    def times(self, start_ms: int, end_ms: int, count: int) -> Iterator[int]:
+    def times(
+        self, start_ms: int, end_ms: int, count: int, *, inside: bool = False
+    ) -> Iterator[int]:
         """``count`` event times spread evenly over [start, end), a few pulled back in time.
 
         A pulled-back row is at most ``disorder_ms`` older than rows generated before it, which
-        bounds how late a row can be (DESIGN.md section 4: settle delay).
+        bounds how late a row can be (DESIGN.md section 4: settle delay). With ``inside`` the
+        pulled-back times stay within [start, end): a caller that names the window gets it.
         """
         span = max(0, end_ms - start_ms)
         for i in range(count):
             base = start_ms + (span * i) // max(count, 1)
             if self.disorder_ms > 0 and self._random.random() < self.late_fraction:
                 base -= self._random.randrange(1, self.disorder_ms)
+                if inside:
+                    base = max(base, start_ms)
             yield base
 
     def make(self, rowtime: int) -> Transaction:

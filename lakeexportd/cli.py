@@ -109,9 +109,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_validate(sub)
     _add_run(sub)
     _add_export(sub)
-    from lakeexportd import cli_feeds  # operations commands (feed registry, metadata, verify)
+    from lakeexportd import cli_feeds, cli_metadata  # operations: registry, metadata, verify
 
     cli_feeds.register(sub)
+    cli_metadata.register(sub)
     return parser
 
 

@@ -109,10 +109,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_validate(sub)
     _add_run(sub)
     _add_export(sub)
-    from lakeexportd import cli_feeds, cli_metadata  # operations: registry, metadata, verify
+    from lakeexportd import cli_feeds, cli_metadata, cli_verify  # operations commands
 
     cli_feeds.register(sub)
     cli_metadata.register(sub)
+    cli_verify.register(sub)
     return parser
 
 

@@ -94,7 +94,7 @@ class SandboxApp:
             await self._admin(method, path, body, send)
             return
         faults = self.faults.take(path, path in QUERY_PATHS)
-        out = streaming.Output(send, faults.get("trickle"))
+        out = streaming.Output(send, faults.get("trickle"), http2=scope["http_version"] == "2")
         try:
             if "latency" in faults:
                 await asyncio.sleep(faults["latency"].seconds)

@@ -26,8 +26,9 @@ FORMAT_IN_THREAD = 5_000  # above this many unformatted rows, format off the eve
 class Output:
     """A response body: buffered into large chunks, or trickled when a fault asks for it."""
 
-    def __init__(self, send: Send, trickle: Fault | None = None) -> None:
+    def __init__(self, send: Send, trickle: Fault | None = None, http2: bool = False) -> None:
         self._send = send
+        self._http2 = http2
         self._trickle = trickle
         self._buffer: list[bytes] = []
         self._size = 0
@@ -63,8 +64,15 @@ class Output:
         await self._send({"type": "http.response.body", "body": b"", "more_body": False})
 
     async def abort(self) -> None:
-        """Stop without ending the body: the server then closes the connection mid-response."""
+        """Stop without ending the body: the server then closes the connection mid-response.
+
+        Over HTTP/2 Hypercorn would leave the stream hanging until its idle timeout (an ASGI
+        app cannot reset a stream), so there the body ends early instead; the partial last
+        row without its newline is still there for the client to detect.
+        """
         await self.flush()
+        if self._http2:
+            await self._send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
 class Emitter:

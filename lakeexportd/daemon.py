@@ -20,7 +20,6 @@ import queue
 import signal
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from types import FrameType
 
 import structlog
@@ -30,9 +29,9 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from prometheus_client import CollectorRegistry
 
 from lakeexportd import runs, scheduling
+from lakeexportd.backends import Backend, ExporterFactory, backend_key, build_exporter
 from lakeexportd.config import Config, Feed, load_config
 from lakeexportd.errors import LakeExportError
-from lakeexportd.ksqldb import RequestObserver
 from lakeexportd.metrics import Metrics
 from lakeexportd.metrics_http import MetricsServer
 from lakeexportd.sdnotify import Notifier
@@ -40,56 +39,10 @@ from lakeexportd.sdnotify import Notifier
 log = structlog.get_logger(__name__)
 
 Clock = Callable[[], dt.datetime]
-ExporterFactory = Callable[[Config, RequestObserver], tuple[runs.Exporter, Callable[[], None]]]
 
 
 def utc_now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
-
-
-def build_exporter(
-    config: Config, observer: RequestObserver
-) -> tuple[runs.Exporter, Callable[[], None]]:
-    """The real exporter for ``config`` and the function that closes its ksqlDB client."""
-    from lakeexportd.exporter import DataLakeExporter
-    from lakeexportd.ksqldb import client_from_settings
-
-    client = client_from_settings(config.ksqldb, observer=observer)
-    exporter = DataLakeExporter(client, config.lake.root, lock_wait=config.scheduler.lock_wait)
-    return exporter, client.close
-
-
-def _backend_key(config: Config) -> tuple[object, ...]:
-    return (config.ksqldb, config.lake.root, config.scheduler.lock_wait)
-
-
-@dataclass
-class _Backend:
-    """An exporter and its client; closed once retired and no run uses it."""
-
-    exporter: runs.Exporter
-    close: Callable[[], None]
-    users: int = 0
-    retired: bool = False
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def acquire(self) -> None:
-        with self.lock:
-            self.users += 1
-
-    def release(self) -> None:
-        with self.lock:
-            self.users -= 1
-            done = self.retired and self.users == 0
-        if done:
-            self.close()
-
-    def retire(self) -> None:
-        with self.lock:
-            self.retired = True
-            done = self.users == 0
-        if done:
-            self.close()
 
 
 class Daemon:
@@ -124,7 +77,7 @@ class Daemon:
         ) if serve_metrics else None
         self.feeds: dict[str, Feed] = {}  # the active feeds that have a job
         self.state = "new"  # new -> running -> stopping -> stopped
-        self._backend: _Backend | None = None
+        self._backend: Backend | None = None
         self._running: dict[int, str] = {}  # thread id -> feed, for stop() to wait on
         self._idle = threading.Condition()
 
@@ -158,11 +111,11 @@ class Daemon:
                       kept_feeds=sorted(self.feeds))
             self.notifier.ready(self._status("reload failed; old configuration kept"))
             return False
-        restart = _needs_restart(self.config, new)
+        restart = scheduling.restart_needed(self.config, new)
         if restart:
             log.warning("config.restart_needed", keys=restart,
                         hint="these settings apply at the next start: systemctl restart")
-        if _backend_key(new) != _backend_key(self.config):
+        if backend_key(new) != backend_key(self.config):
             old, self._backend = self._backend, self._new_backend(new)
             if old is not None:
                 old.retire()  # closes once its running exports end
@@ -263,9 +216,9 @@ class Daemon:
 
     # -- helpers ---------------------------------------------------------------------------
 
-    def _new_backend(self, config: Config) -> _Backend:
+    def _new_backend(self, config: Config) -> Backend:
         exporter, close = self.exporter_factory(config, self.metrics.observer())
-        return _Backend(exporter, close)
+        return Backend(exporter, close)
 
     def _apply(self, new: Config, *, initial: bool) -> scheduling.FeedDiff:
         wanted = scheduling.active(new.feeds)
@@ -307,18 +260,6 @@ class Daemon:
     def _status(self, note: str | None = None) -> str:
         text = f"{len(self.feeds)} feeds scheduled"
         return f"{text}; {note}" if note else text
-
-
-def _needs_restart(old: Config, new: Config) -> list[str]:
-    """Settings a reload does not apply (the listener, the pool, the log files)."""
-    keys = []
-    if old.metrics != new.metrics:
-        keys.append("metrics.listen")
-    if old.scheduler.workers != new.scheduler.workers:
-        keys.append("scheduler.workers")
-    if old.logging != new.logging:
-        keys.append("logging")
-    return keys
 
 
 def serve(config: Config) -> int:

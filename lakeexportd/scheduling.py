@@ -15,7 +15,7 @@ from apscheduler.triggers.base import BaseTrigger
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
-from lakeexportd.config import Feed
+from lakeexportd.config import Config, Feed
 
 # A cron run delayed (host suspended, scheduler thread starved) by up to this much still
 # runs; coalescing makes several missed ticks one run.
@@ -69,3 +69,16 @@ def diff_feeds(
         changed=tuple(new[name] for name in kept if all_changed or new[name] != old[name]),
         removed=tuple(old[name] for name in old if name not in new),
     )
+
+
+def restart_needed(old: Config, new: Config) -> list[str]:
+    """Settings a reload does not apply (the listener, the pool, the log files)."""
+    keys = []
+    if old.metrics != new.metrics:
+        keys.append("metrics.listen")
+    if old.scheduler.workers != new.scheduler.workers:
+        keys.append("scheduler.workers")
+    if old.logging != new.logging:
+        keys.append("logging")
+    return keys
+

@@ -133,6 +133,6 @@ def _show(reader: MetadataReader, feed: str, as_json: bool) -> int:
         print(render(("RUN", "STARTED", "STATUS", "RECORDS", "WINDOW/VERSION"),
                      [(e.run_id, e.started, e.status, f"{e.records:,}",
                        f"v{e.version}" if e.version else
-                       (f"({e.window.from_ms}, {e.window.to_ms}]" if e.window else None))
+                       (f"({e.window.from_ms or 'start'}, {e.window.to_ms}]" if e.window else None))
                       for e in exports], right=("RECORDS",)))
     return EX_OK

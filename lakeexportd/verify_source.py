@@ -50,7 +50,9 @@ class WindowCount:
 
     def label(self) -> str:
         start = "start" if self.from_ms is None else iso_ms(self.from_ms)
-        return f"window ({start}, {iso_ms(self.to_ms)}] ({self.from_ms}, {self.to_ms}]"
+        rowtime = f"ROWTIME <= {self.to_ms}" if self.from_ms is None else \
+            f"{self.from_ms} < ROWTIME <= {self.to_ms}"
+        return f"window ({start}, {iso_ms(self.to_ms)}] ({rowtime})"
 
 
 @dataclass(frozen=True)

@@ -16,13 +16,12 @@ import threading
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from lakeexportd.errors import SchemaError
-from lakeexportd.ksql_types import parse_type
-from lakeexportd.sandbox import admin, describe, errors, sql, streaming, writers
+from lakeexportd.sandbox import admin, describe, errors, sql, statements, streaming, writers
 from lakeexportd.sandbox.catalog import Catalog
 from lakeexportd.sandbox.errors import KsqlError
 from lakeexportd.sandbox.faults import FaultSet
 from lakeexportd.sandbox.feeder import Feeder
+from lakeexportd.sandbox.output import Emitter, Output
 from lakeexportd.sandbox.query import plan as plan_query
 
 Receive = Callable[[], Awaitable[dict[str, Any]]]
@@ -94,7 +93,7 @@ class SandboxApp:
             await self._admin(method, path, body, send)
             return
         faults = self.faults.take(path, path in QUERY_PATHS)
-        out = streaming.Output(send, faults.get("trickle"), http2=scope["http_version"] == "2")
+        out = Output(send, faults.get("trickle"), http2=scope["http_version"] == "2")
         try:
             if "latency" in faults:
                 await asyncio.sleep(faults["latency"].seconds)
@@ -128,7 +127,7 @@ class SandboxApp:
         return (user, password) == self.credentials
 
     async def _route(self, method: str, path: str, body: bytes, headers: dict[str, str],
-                     out: streaming.Output, faults: dict[str, Any], receive: Receive) -> None:
+                     out: Output, faults: dict[str, Any], receive: Receive) -> None:
         route = (method, path)
         if route == ("GET", "/healthcheck"):
             await _respond(out, 200, HEALTH, [JSON_TYPE])
@@ -154,7 +153,7 @@ class SandboxApp:
             await _respond(out, 404, b"Not Found", [(b"content-type", b"text/plain")])
 
     async def _query(self, legacy: bool, body: bytes, headers: dict[str, str],
-                     out: streaming.Output, faults: dict[str, Any], receive: Receive) -> None:
+                     out: Output, faults: dict[str, Any], receive: Receive) -> None:
         request = _json_body(body)
         key = "ksql" if legacy else "sql"
         text = request.get(key) if isinstance(request, dict) else None
@@ -194,7 +193,7 @@ class SandboxApp:
         watcher = asyncio.create_task(_watch_disconnect(receive, stop))
         try:
             await out.start(200, [(b"content-type", writer.content_type.encode())])
-            emitter = streaming.Emitter(plan, writer, out, faults)
+            emitter = Emitter(plan, writer, out, faults)
             if plan.kind == "table_pull":
                 await streaming.run_table_pull(plan, emitter, self.catalog)
             elif plan.kind == "stream_pull":
@@ -206,55 +205,16 @@ class SandboxApp:
             watcher.cancel()
             self.queries.pop(plan.query_id, None)
 
-    async def _ksql(self, body: bytes, out: streaming.Output) -> None:
+    async def _ksql(self, body: bytes, out: Output) -> None:
         request = _json_body(body)
         text = request.get("ksql") if isinstance(request, dict) else None
         if not isinstance(text, str) or not text.strip():
             raise errors.bad_request('"ksql" field must be populated')
-        entities = []
-        for statement_text in sql.split_statements(text):
-            try:
-                statement = sql.parse(statement_text)
-            except sql.SqlError as exc:
-                raise errors.bad_statement(str(exc), statement_text) from exc
-            entities.append(self._ksql_statement(statement, statement_text))
+        entities = statements.run(self.catalog, text)
         await _respond(out, 200, describe.dumps(entities), [JSON_TYPE])
 
-    def _ksql_statement(self, statement: sql.Statement, text: str) -> dict[str, Any]:
-        sources = self.catalog.sources
-        if isinstance(statement, sql.Select):
-            raise KsqlError(400, errors.statement(40002, errors.QUERY_ENDPOINT, text))
-        if isinstance(statement, sql.Show):
-            return describe.show(statement.what, text, sources, statement.extended)
-        source = sources.get(statement.source)
-        if source is None:
-            raise errors.bad_statement(
-                f"Could not find STREAM/TABLE '{statement.source}' in the Metastore", text)
-        if isinstance(statement, sql.Describe):
-            with self.catalog.lock:
-                return describe.describe(source, text, sources, statement.extended)
-        if source.kind != statement.kind:
-            raise errors.bad_statement(
-                f"Incompatible data source type is {source.kind}, but statement was ALTER "
-                f"{statement.kind}", text)
-        parsed = []
-        for name, type_text in statement.additions:
-            if source.column(name) is not None:
-                raise errors.bad_statement(
-                    f"Cannot add column `{name}` to schema. A column with the same name "
-                    "already exists.", text)
-            try:
-                parsed.append((name, parse_type(type_text, column=name)))
-            except SchemaError as exc:
-                raise errors.bad_statement(str(exc), text) from exc
-        with self.catalog.lock:
-            for name, ksql_type in parsed:
-                source.add_column(name, ksql_type)
-            self.catalog.command_sequence += 1
-            return describe.altered(source, text, self.catalog.command_sequence)
-
     async def _admin(self, method: str, path: str, body: bytes, send: Send) -> None:
-        out = streaming.Output(send)
+        out = Output(send)
         try:
             request = json.loads(body) if body.strip() else {}
             route = (method, path)
@@ -288,7 +248,7 @@ def _json_body(body: bytes) -> Any:
         raise errors.bad_request(f"Invalid JSON in request: {exc}") from exc
 
 
-async def _respond(out: streaming.Output, status: int, body: bytes,
+async def _respond(out: Output, status: int, body: bytes,
                    headers: list[tuple[bytes, bytes]]) -> None:
     await out.start(status, [*headers, (b"content-length", str(len(body)).encode())])
     await out.write(body)

@@ -1,0 +1,74 @@
+"""``POST /ksql`` statements: SHOW/LIST, DESCRIBE and ALTER against the catalog (reference 5).
+
+Each statement gives one entity; the first bad statement fails the whole request, as ksqlDB
+validates every statement before it executes any.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from lakeexportd.errors import SchemaError
+from lakeexportd.ksql_types import KsqlType, parse_type
+from lakeexportd.sandbox import describe, errors, sql
+from lakeexportd.sandbox.catalog import Catalog
+from lakeexportd.sandbox.errors import KsqlError
+
+
+def run(catalog: Catalog, text: str) -> list[dict[str, Any]]:
+    """The entities of every statement in ``text``."""
+    parsed = []
+    for statement_text in sql.split_statements(text):
+        try:
+            parsed.append((sql.parse(statement_text), statement_text))
+        except sql.SqlError as exc:
+            raise errors.bad_statement(str(exc), statement_text) from exc
+    checked = [(_check(catalog, s, t), s, t) for s, t in parsed]
+    return [_execute(catalog, s, t, additions) for additions, s, t in checked]
+
+
+def _check(catalog: Catalog, statement: sql.Statement,
+           text: str) -> list[tuple[str, KsqlType]]:
+    """Validate one statement; for ALTER, return the parsed columns to add."""
+    if isinstance(statement, sql.Select):
+        raise KsqlError(400, errors.statement(40002, errors.QUERY_ENDPOINT, text))
+    if isinstance(statement, sql.Show):
+        return []
+    source = catalog.sources.get(statement.source)
+    if source is None:
+        raise errors.bad_statement(
+            f"Could not find STREAM/TABLE '{statement.source}' in the Metastore", text)
+    if isinstance(statement, sql.Describe):
+        return []
+    if source.kind != statement.kind:
+        raise errors.bad_statement(
+            f"Incompatible data source type is {source.kind}, but statement was ALTER "
+            f"{statement.kind}", text)
+    additions: list[tuple[str, KsqlType]] = []
+    for name, type_text in statement.additions:
+        if source.column(name) is not None or name in (n for n, _ in additions):
+            raise errors.bad_statement(
+                f"Cannot add column `{name}` to schema. A column with the same name "
+                "already exists.", text)
+        try:
+            additions.append((name, parse_type(type_text, column=name)))
+        except SchemaError as exc:
+            raise errors.bad_statement(str(exc), text) from exc
+    return additions
+
+
+def _execute(catalog: Catalog, statement: sql.Statement, text: str,
+             additions: list[tuple[str, KsqlType]]) -> dict[str, Any]:
+    sources = catalog.sources
+    if isinstance(statement, sql.Show):
+        with catalog.lock:
+            return describe.show(statement.what, text, sources, statement.extended)
+    assert isinstance(statement, sql.Describe | sql.Alter)
+    source = sources[statement.source]
+    with catalog.lock:
+        if isinstance(statement, sql.Describe):
+            return describe.describe(source, text, sources, statement.extended)
+        for name, ksql_type in additions:
+            source.add_column(name, ksql_type)
+        catalog.command_sequence += 1
+        return describe.altered(source, text, catalog.command_sequence)

@@ -16,7 +16,16 @@ import threading
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from lakeexportd.sandbox import admin, describe, errors, sql, statements, streaming, writers
+from lakeexportd.sandbox import (
+    admin,
+    describe,
+    errors,
+    sql,
+    statements,
+    streaming,
+    syntax,
+    writers,
+)
 from lakeexportd.sandbox.catalog import Catalog
 from lakeexportd.sandbox.errors import KsqlError
 from lakeexportd.sandbox.faults import FaultSet
@@ -179,7 +188,7 @@ class SandboxApp:
             raise errors.bad_statement("Neither a query nor a print statement", text) from exc
         except sql.SqlError as exc:
             raise errors.bad_statement(str(exc), text) from exc
-        if not isinstance(statement, sql.Select):
+        if not isinstance(statement, syntax.Select):
             raise errors.bad_statement("Neither a query nor a print statement", text)
         plan = plan_query(statement, text, self.catalog.sources, self._rng)
         writer = writers.choose(headers.get("accept"), plan.kind, legacy=legacy)

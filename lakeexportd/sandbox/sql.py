@@ -9,9 +9,23 @@ numeric, 'string', TRUE/FALSE/NULL literals. Pure: text in, syntax tree out.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any
+
+from lakeexportd.sandbox.syntax import (
+    Alter,
+    Cmp,
+    Col,
+    Describe,
+    Expr,
+    IsNull,
+    Lit,
+    Logic,
+    Not,
+    Select,
+    SelectItem,
+    Show,
+    Statement,
+)
 
 
 class SqlError(Exception):
@@ -21,80 +35,6 @@ class SqlError(Exception):
 class UnsupportedStatement(SqlError):
     """A statement kind outside the sandbox's subset (not a query, not a catalog command)."""
 
-
-@dataclass(frozen=True)
-class Col:
-    name: str
-
-
-@dataclass(frozen=True)
-class Lit:
-    value: Any
-
-
-@dataclass(frozen=True)
-class Cmp:
-    op: str
-    left: Expr
-    right: Expr
-
-
-@dataclass(frozen=True)
-class Logic:
-    op: str  # AND, OR
-    left: Expr
-    right: Expr
-
-
-@dataclass(frozen=True)
-class Not:
-    operand: Expr
-
-
-@dataclass(frozen=True)
-class IsNull:
-    operand: Expr
-    negated: bool
-
-
-Expr = Col | Lit | Cmp | Logic | Not | IsNull
-
-
-@dataclass(frozen=True)
-class SelectItem:
-    column: str | None  # None means "*"
-    alias: str | None = None
-
-
-@dataclass(frozen=True)
-class Select:
-    items: tuple[SelectItem, ...]
-    source: str
-    where: Expr | None
-    push: bool
-    limit: int | None
-
-
-@dataclass(frozen=True)
-class Show:
-    what: str  # STREAMS or TABLES
-    extended: bool
-
-
-@dataclass(frozen=True)
-class Describe:
-    source: str
-    extended: bool
-
-
-@dataclass(frozen=True)
-class Alter:
-    kind: str
-    source: str
-    additions: tuple[tuple[str, str], ...]  # column name, type text
-
-
-Statement = Select | Show | Describe | Alter
 
 _TOKEN = re.compile(
     r"\s*(?:(?P<str>'(?:[^']|'')*')|(?P<qid>`(?:[^`]|``)*`)|(?P<num>\d+(?:\.\d*)?(?:[eE][+-]?\d+)?)"
@@ -359,13 +299,3 @@ def _number(text: str) -> int | Decimal:
 def parse(text: str) -> Statement:
     """Parse one statement (with or without its ``;``)."""
     return _Parser(text).statement()
-
-
-def columns_in(expr: Expr | None) -> set[str]:
-    if expr is None or isinstance(expr, Lit):
-        return set()
-    if isinstance(expr, Col):
-        return {expr.name}
-    if isinstance(expr, Cmp | Logic):
-        return columns_in(expr.left) | columns_in(expr.right)
-    return columns_in(expr.operand)

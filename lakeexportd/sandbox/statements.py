@@ -10,7 +10,7 @@ from typing import Any
 
 from lakeexportd.errors import SchemaError
 from lakeexportd.ksql_types import KsqlType, parse_type
-from lakeexportd.sandbox import describe, errors, sql
+from lakeexportd.sandbox import describe, errors, sql, syntax
 from lakeexportd.sandbox.catalog import Catalog
 from lakeexportd.sandbox.errors import KsqlError
 
@@ -27,18 +27,18 @@ def run(catalog: Catalog, text: str) -> list[dict[str, Any]]:
     return [_execute(catalog, s, t, additions) for additions, s, t in checked]
 
 
-def _check(catalog: Catalog, statement: sql.Statement,
+def _check(catalog: Catalog, statement: syntax.Statement,
            text: str) -> list[tuple[str, KsqlType]]:
     """Validate one statement; for ALTER, return the parsed columns to add."""
-    if isinstance(statement, sql.Select):
+    if isinstance(statement, syntax.Select):
         raise KsqlError(400, errors.statement(40002, errors.QUERY_ENDPOINT, text))
-    if isinstance(statement, sql.Show):
+    if isinstance(statement, syntax.Show):
         return []
     source = catalog.sources.get(statement.source)
     if source is None:
         raise errors.bad_statement(
             f"Could not find STREAM/TABLE '{statement.source}' in the Metastore", text)
-    if isinstance(statement, sql.Describe):
+    if isinstance(statement, syntax.Describe):
         return []
     if source.kind != statement.kind:
         raise errors.bad_statement(
@@ -57,16 +57,16 @@ def _check(catalog: Catalog, statement: sql.Statement,
     return additions
 
 
-def _execute(catalog: Catalog, statement: sql.Statement, text: str,
+def _execute(catalog: Catalog, statement: syntax.Statement, text: str,
              additions: list[tuple[str, KsqlType]]) -> dict[str, Any]:
     sources = catalog.sources
-    if isinstance(statement, sql.Show):
+    if isinstance(statement, syntax.Show):
         with catalog.lock:
             return describe.show(statement.what, text, sources, statement.extended)
-    assert isinstance(statement, sql.Describe | sql.Alter)
+    assert isinstance(statement, syntax.Describe | syntax.Alter)
     source = sources[statement.source]
     with catalog.lock:
-        if isinstance(statement, sql.Describe):
+        if isinstance(statement, syntax.Describe):
             return describe.describe(source, text, sources, statement.extended)
         for name, ksql_type in additions:
             source.add_column(name, ksql_type)

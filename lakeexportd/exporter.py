@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Literal
 
 import pyarrow as pa
+import structlog
 
 from lakeexportd import cleanup, layout
 from lakeexportd import metadata_update as update
@@ -53,6 +54,7 @@ from lakeexportd.metadata_model import (
 from lakeexportd.sinks import AppendSink, SnapshotSink
 
 Progress = Callable[[int], None]
+log = structlog.get_logger(__name__)
 
 
 @dataclass(frozen=True)
@@ -109,11 +111,15 @@ class DataLakeExporter:
         *,
         cancel: threading.Event | None = None,
         progress: Progress | None = None,
+        run_id: str | None = None,
     ) -> ExportResult:
-        """Run one export of ``feed`` as of ``now`` (timezone-aware); raise on failure."""
+        """Run one export of ``feed`` as of ``now`` (timezone-aware); raise on failure.
+
+        ``run_id`` names the run in ``_metadata.json`` (the caller's log lines carry the same).
+        """
         if now.tzinfo is None:
             raise ValueError("now must be timezone-aware")
-        run = _Run(self, feed, now, cancel or threading.Event(), progress)
+        run = _Run(self, feed, now, cancel or threading.Event(), progress, run_id)
         dir_mode, _ = layout.modes(feed.security)
         with FeedLock(self.feed_dir(feed), feed=feed.name, wait=self.lock_wait, dir_mode=dir_mode):
             return run.execute()
@@ -125,9 +131,14 @@ class DataLakeExporter:
         with FeedLock(feed_dir, feed=feed.name, wait=self.lock_wait, dir_mode=dir_mode):
             doc = self.store.load(feed_dir)
             staging = layout.staging_dir(self.root, feed.name) if feed.kind == "table" else None
-            return cleanup.remove_orphans(
+            removed = cleanup.remove_orphans(
                 feed_dir, doc, kind=feed.kind, staging_dir=staging, dry_run=dry_run
             )
+        if removed and not dry_run:
+            log.info(
+                "metadata.repaired", feed=feed.name, removed=[str(p) for p in removed]
+            )
+        return removed
 
 
 class _Run:
@@ -140,12 +151,13 @@ class _Run:
         now: dt.datetime,
         cancel: threading.Event,
         progress: Progress | None,
+        run_id: str | None,
     ) -> None:
         self.exporter = exporter
         self.store = exporter.store
         self.feed = feed
         self.now = now.astimezone(dt.UTC)
-        self.run_id = new_run_id(self.now)
+        self.run_id = run_id or new_run_id(self.now)
         self.cancel = cancel
         self.progress = progress
         self.feed_dir = exporter.feed_dir(feed)
@@ -162,6 +174,13 @@ class _Run:
         removed = cleanup.remove_orphans(
             self.feed_dir, doc, kind=self.feed.kind, staging_dir=self.staging
         )
+        if removed:
+            log.warning(
+                "metadata.orphans_removed",
+                feed=self.feed.name,
+                removed=[str(p) for p in removed],
+                hint="files of an interrupted run; their rows are exported again",
+            )
         failpoint("export.after_cleanup")
         if doc is None:
             doc = update.new_document(self.feed.kind, feed=self.feed.name, source=self.feed.source)
@@ -362,6 +381,13 @@ class _Run:
             # next run; remove them now if the document on disk really does not list them.
             self._remove_unlisted()
             raise
+        log.info(
+            "metadata.committed",
+            feed=self.feed.name,
+            run_id=self.run_id,
+            total_records=doc.total_records,
+            total_size_bytes=doc.total_size_bytes,
+        )
 
     def _remove_unlisted(self) -> None:
         try:

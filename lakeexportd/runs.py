@@ -44,6 +44,7 @@ class Exporter(Protocol):
         *,
         cancel: threading.Event | None = None,
         progress: Progress | None = None,
+        run_id: str | None = None,
     ) -> ExportResult: ...
 
 
@@ -74,7 +75,7 @@ def run_export(
     with structlog.contextvars.bound_contextvars(feed=feed.name, run_id=run_id), \
             metrics.feed_context(feed.name):
         try:
-            result = exporter.export(feed, now, cancel=cancel)
+            result = exporter.export(feed, now, cancel=cancel, run_id=run_id)
         except Exception as exc:
             outcome = classify(exc)
             duration = monotonic() - started
@@ -101,9 +102,8 @@ def run_export(
             {"watermark_ms": result.watermark_ms} if result.kind == "stream"
             else {"version": result.version, "versions_kept": result.versions_kept}
         )
-        # The exporter names the run in _metadata.json; the line carries that id.
         log.info(
-            "export.finished", feed=feed.name, run_id=result.run_id, result="success",
+            "export.finished", feed=feed.name, run_id=run_id, result="success",
             rows=result.rows,
             files=result.files, bytes=result.bytes, duration_s=round(duration, 3),
             orphans_removed=result.orphans_removed, **details,

@@ -1,4 +1,4 @@
-"""Reconcile a feed's files with its ``_metadata.json`` (the offline half of ``lakeexportd verify``).
+"""Reconcile a feed's files with its ``_metadata.json`` (offline half of ``lakeexportd verify``).
 
 Every listed file must exist with the listed size and the listed row count (read from its
 Parquet footer); no data file, temp file or version directory may exist unlisted; totals are

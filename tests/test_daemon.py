@@ -49,6 +49,7 @@ class Call:
     now: dt.datetime
     done: threading.Event = field(default_factory=threading.Event)
     outcome: str = "running"
+    run_id: str | None = None
 
 
 class FakeExporter:
@@ -62,8 +63,9 @@ class FakeExporter:
         self.started = threading.Condition()
 
     def export(self, feed: Feed, now: dt.datetime, *, cancel: threading.Event | None = None,
-               progress: Any = None) -> ExportResult:
+               progress: Any = None, run_id: str | None = None) -> ExportResult:
         call = Call(feed, now)
+        call.run_id = run_id
         with self.started:
             self.calls.append(call)
             self.started.notify_all()
@@ -82,7 +84,7 @@ class FakeExporter:
         call.outcome = "success"
         stream = feed.kind == "stream"
         return ExportResult(
-            feed=feed.name, kind=feed.kind, run_id="exp-run", rows=10, files=1, bytes=1000,
+            feed=feed.name, kind=feed.kind, run_id=run_id or "exp-run", rows=10, files=1, bytes=1000,
             started=now, duration_s=0.01,
             watermark_ms=epoch_ms(now) - 30_000 if stream else None,
             version=None if stream else 1, versions_kept=None if stream else 1,
@@ -228,7 +230,9 @@ def test_jitter_is_passed_to_triggers(make_daemon: Callable[..., Daemon], files:
 # -- one run ---------------------------------------------------------------------------------
 
 
-def test_a_successful_run_updates_metrics(make_daemon: Callable[..., Daemon]) -> None:
+def test_a_successful_run_updates_metrics(
+    make_daemon: Callable[..., Daemon], backends: Backends
+) -> None:
     """A run counts success, rows, bytes, duration, last success and lag from the watermark."""
     daemon = make_daemon([feed("orders")])
     with structlog.testing.capture_logs() as logs:
@@ -245,6 +249,7 @@ def test_a_successful_run_updates_metrics(make_daemon: Callable[..., Daemon]) ->
     assert {k: line[k] for k in ("feed", "rows", "files", "bytes")} == {
         "feed": "orders", "rows": 10, "files": 1, "bytes": 1000}
     assert line["run_id"] and "duration_s" in line
+    assert line["run_id"] == backends.current.calls[-1].run_id  # the id _metadata.json records
 
 
 @pytest.mark.parametrize(("error", "result"), [
@@ -267,6 +272,7 @@ def test_failures_are_classified_and_logged_once(
     (line,) = [e for e in logs if e["event"].startswith("export.")]
     assert line["event"] == "export.failed" and line["result"] == result
     assert line["error"] == str(error) and line["feed"] == "orders" and line["run_id"]
+    assert line["run_id"] == backends.current.calls[-1].run_id
     assert {line[k] for k in ("rows", "files", "bytes")} == {0}
 
 

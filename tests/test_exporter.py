@@ -26,7 +26,7 @@ from lakeexportd.errors import (
 )
 from lakeexportd.locking import FeedLock
 from lakeexportd.metadata import MetadataStore
-from lakeexportd.metadata_model import StreamMetadata, TableMetadata
+from lakeexportd.metadata_model import StreamMetadata
 from lakeexportd.sandbox import Sandbox
 
 DAY_MS = 86_400_000

@@ -62,12 +62,20 @@ class _Blocks:
         """Complete lines when ``block_bytes`` are buffered (or ``force``), else ``b""``."""
         if not self._parts or (self._size < self.block_bytes and not force):
             return b""
-        data = self._parts[0] if len(self._parts) == 1 else b"".join(self._parts)
-        cut = data.rfind(b"\n") + 1
-        rest = data[cut:]
+        last = self._parts[-1]
+        cut = last.rfind(b"\n") + 1
+        if cut and len(self._parts) > 1:
+            # The common case: the block ends in the last chunk, so one join copies each byte
+            # once (joining everything, then slicing off the tail, copied the block twice).
+            block = b"".join([*self._parts[:-1], memoryview(last)[:cut]])
+            rest = last[cut:]
+        else:
+            data = last if len(self._parts) == 1 else b"".join(self._parts)
+            cut = data.rfind(b"\n") + 1
+            block, rest = (data, b"") if cut == len(data) else (data[:cut], data[cut:])
         self._parts = [rest] if rest else []
         self._size = len(rest)
-        return data[:cut]
+        return block
 
     @property
     def pending(self) -> bytes:

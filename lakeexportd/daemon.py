@@ -6,6 +6,11 @@ watchdog. Exports run on APScheduler's thread pool (``scheduler.workers``), at m
 feed, missed ticks coalesced. The daemon owns the clock: each run reads ``clock()`` once and
 passes it to ``exporter.export(feed, now)``.
 
+The feed registry (``feeds.py``) is synced with the YAML at start and on every reload, and
+re-read every ``registry_poll`` seconds from the main loop and before each run, so what
+``lakeexportd feeds enable|disable|add|archive`` changes applies without a restart or a pid file:
+a disabled feed skips its next tick and is unscheduled; an enabled or added one is scheduled.
+
 A reload never interrupts a run: a job holds the frozen ``Feed`` and the exporter it started
 with, so a rescheduled or removed feed's running export finishes as configured before. A
 changed ``ksqldb`` section, lake root or lock wait builds a new exporter for later runs; the
@@ -19,6 +24,7 @@ import datetime as dt
 import queue
 import signal
 import threading
+import time
 from collections.abc import Callable
 from types import FrameType
 
@@ -32,6 +38,7 @@ from lakeexportd import runs, scheduling
 from lakeexportd.backends import Backend, ExporterFactory, backend_key, build_exporter
 from lakeexportd.config import Config, Feed, load_config
 from lakeexportd.errors import LakeExportError
+from lakeexportd.feeds import FeedManager
 from lakeexportd.metrics import Metrics
 from lakeexportd.metrics_http import MetricsServer
 from lakeexportd.sdnotify import Notifier
@@ -58,6 +65,7 @@ class Daemon:
         registry: CollectorRegistry | None = None,
         notifier: Notifier | None = None,
         serve_metrics: bool = True,
+        registry_poll: float = 5.0,
     ) -> None:
         self.config = config
         self.clock = clock
@@ -80,12 +88,15 @@ class Daemon:
         self._backend: Backend | None = None
         self._running: dict[int, str] = {}  # thread id -> feed, for stop() to wait on
         self._idle = threading.Condition()
+        self.registry_poll = registry_poll
+        self.manager = self._manager(config)
 
     # -- lifecycle -------------------------------------------------------------------------
 
     def start(self) -> None:
         """Serve metrics, schedule the active feeds, tell systemd we are ready."""
         self._backend = self._new_backend(self.config)
+        self._sync(self.manager, self.config)  # a ConfigError here is an invalid start: 78
         if self.server is not None:
             self.server.start()
         self.metrics.up.set(1)
@@ -111,6 +122,16 @@ class Daemon:
                       kept_feeds=sorted(self.feeds))
             self.notifier.ready(self._status("reload failed; old configuration kept"))
             return False
+        manager = self._manager(new) if new.lake.root != self.config.lake.root else self.manager
+        try:
+            self._sync(manager, new)
+        except LakeExportError as exc:
+            self.metrics.reloads.labels(result="error").inc()
+            log.error("config.reload_failed", path=str(self.config.path), reason=str(exc),
+                      kept_feeds=sorted(self.feeds))
+            self.notifier.ready(self._status("reload failed; old configuration kept"))
+            return False
+        self.manager = manager
         restart = scheduling.restart_needed(self.config, new)
         if restart:
             log.warning("config.restart_needed", keys=restart,
@@ -162,7 +183,8 @@ class Daemon:
         signal.signal(signal.SIGINT, self._on_signal)
         try:
             self.start()
-            tick = self.notifier.watchdog_interval or 1.0
+            tick = min(self.notifier.watchdog_interval or 1.0, self.registry_poll)
+            next_poll = time.monotonic() + self.registry_poll
             while True:
                 try:
                     event = self.events.get(timeout=tick)
@@ -174,11 +196,23 @@ class Daemon:
                     self.reload()
                 elif event == "stop":
                     break
+                if time.monotonic() >= next_poll:
+                    self.refresh()
+                    next_poll = time.monotonic() + self.registry_poll
         finally:
             self.stop()
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
         return 0
+
+    def refresh(self) -> None:
+        """Re-read the feed registry and apply what operators changed with the CLI."""
+        if self.state != "running":
+            return
+        try:
+            self._apply(self.config, initial=False)
+        except LakeExportError as exc:
+            log.error("feed.registry_unreadable", reason=str(exc), kept_feeds=sorted(self.feeds))
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         self.events.put("reload" if signum == signal.SIGHUP else "stop")
@@ -201,6 +235,8 @@ class Daemon:
             backend = self._backend
             if self.state != "running" or backend is None:
                 return None  # queued in the pool before stop(): do not start
+            if not self._still_active(feed):
+                return None
             self._running[me] = feed.name
         backend.acquire()
         try:
@@ -216,12 +252,32 @@ class Daemon:
 
     # -- helpers ---------------------------------------------------------------------------
 
+    def _manager(self, config: Config) -> FeedManager:
+        return FeedManager(config.lake.root, now=self.clock, lock_wait=config.scheduler.lock_wait)
+
+    def _sync(self, manager: FeedManager, config: Config) -> None:
+        report = manager.sync_from_config(config)
+        if report.changed:
+            log.info("feed.registry_synced", changes=report.lines())
+
+    def _still_active(self, feed: Feed) -> bool:
+        """Re-read the registry before a run: the CLI may have disabled or archived the feed."""
+        try:
+            names = {f.name for f in self.manager.effective_feeds(self.config)}
+        except LakeExportError as exc:
+            log.error("feed.registry_unreadable", feed=feed.name, reason=str(exc))
+            return True  # an unreadable registry must not stop exports the YAML asks for
+        if feed.name in names:
+            return True
+        log.info("feed.skipped", feed=feed.name, reason="disabled or archived in the registry")
+        return False
+
     def _new_backend(self, config: Config) -> Backend:
         exporter, close = self.exporter_factory(config, self.metrics.observer())
         return Backend(exporter, close)
 
     def _apply(self, new: Config, *, initial: bool) -> scheduling.FeedDiff:
-        wanted = scheduling.active(new.feeds)
+        wanted = scheduling.active(self.manager.effective_feeds(new))
         jitter_changed = new.scheduler.jitter != self.config.scheduler.jitter
         diff = scheduling.diff_feeds(self.feeds, wanted, all_changed=jitter_changed)
         for feed in diff.removed:
@@ -244,7 +300,10 @@ class Daemon:
             for feed in wanted.values():
                 runs.seed_from_metadata(self.metrics, feed, new.lake.root)
         self.feeds = wanted
-        self.metrics.set_feed_counts(active=len(wanted), disabled=len(new.feeds) - len(wanted))
+        states = [e.state for e in self.manager.list()]
+        self.metrics.set_feed_counts(
+            active=len(wanted), disabled=states.count("disabled"), archived=states.count("archived")
+        )
         return diff
 
     def _schedule(self, feed: Feed, jitter: float, *, first_now: bool) -> None:

@@ -19,7 +19,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 from scrape import value
 
 from lakeexportd import layout
-from lakeexportd.config import Config, Feed, load_config
+from lakeexportd.config import Config, Feed, Schedule, load_config
 from lakeexportd.daemon import Daemon
 from lakeexportd.errors import (
     ExportAborted,
@@ -28,6 +28,7 @@ from lakeexportd.errors import (
     SchemaError,
 )
 from lakeexportd.exporter import ExportResult, epoch_ms
+from lakeexportd.feeds import FeedManager
 from lakeexportd.ksqldb import RequestObserver
 from lakeexportd.metadata import MetadataStore
 from lakeexportd.metadata_model import (
@@ -498,3 +499,85 @@ def test_daemon_tells_systemd_ready_reloading_and_stopping(
         daemon.stop()
         got = [sock.recv(4096).decode().splitlines()[0] for _ in range(4)]
     assert got == ["READY=1", "RELOADING=1", "READY=1", "STOPPING=1"]
+
+
+# -- the feed registry -------------------------------------------------------------------------
+
+
+def registry(files: Files) -> FeedManager:
+    return FeedManager(files.root, now=lambda: NOW)
+
+
+def test_start_registers_the_yaml_feeds(make_daemon: Callable[..., Daemon], files: Files) -> None:
+    """At start the YAML feeds are synced into feeds/active/, with origin config."""
+    make_daemon([feed("orders"), feed("users", "table")])
+    entries = {e.name: (e.origin, e.state) for e in registry(files).list()}
+    assert entries == {"orders": ("config", "active"), "users": ("config", "active")}
+    assert (files.root / "feeds/active/orders.json").exists()
+
+
+def test_cli_disable_unschedules_and_enable_reschedules(
+    make_daemon: Callable[..., Daemon], files: Files, backends: Backends
+) -> None:
+    """A feed disabled with the CLI skips its next run and leaves the scheduler; enable brings it back."""
+    daemon = make_daemon([feed("orders"), feed("users", "table")])
+    orders = job_feed(daemon, "orders")
+    registry(files).disable("orders", reason="maintenance")
+    assert daemon.run_feed(orders) is None  # re-read before the run: skipped
+    assert backends.current.calls == []
+    daemon.refresh()
+    assert daemon.scheduler.get_job("orders") is None and "orders" not in daemon.feeds
+    assert value(daemon.metrics.registry, "lakeexportd_feeds", state="disabled") == 1
+    registry(files).enable("orders", reason="done")
+    daemon.refresh()
+    assert daemon.run_feed(job_feed(daemon, "orders")) == "success"
+
+
+def test_cli_added_feed_is_scheduled_without_a_restart(
+    make_daemon: Callable[..., Daemon], files: Files
+) -> None:
+    """A feed added with `lakeexportd feeds add` gets a job at the next registry re-read."""
+    daemon = make_daemon([feed("orders")])
+    added = Feed(name="extra", source="EXTRA", kind="stream", schedule=Schedule(cron="0 0 1 1 *"))
+    registry(files).add(added, reason="ad hoc")
+    daemon.refresh()
+    assert job_feed(daemon, "extra").source == "EXTRA"
+    assert value(daemon.metrics.registry, "lakeexportd_feeds", state="active") == 2
+
+
+def test_feed_that_left_the_yaml_is_archived_on_reload(
+    make_daemon: Callable[..., Daemon], files: Files
+) -> None:
+    """Removing a feed from the YAML archives it in the registry (its data is kept)."""
+    daemon = make_daemon([feed("orders"), feed("users", "table")])
+    files.write([feed("orders")])
+    assert daemon.reload()
+    assert registry(files).get("users").state == "archived"
+    assert value(daemon.metrics.registry, "lakeexportd_feeds", state="archived") == 1
+
+
+def test_reusing_an_archived_name_for_another_source_keeps_the_old_config(
+    make_daemon: Callable[..., Daemon], files: Files
+) -> None:
+    """A reload that gives an archived feed's name another source is refused and counted."""
+    daemon = make_daemon([feed("orders"), feed("users", "table")])
+    files.write([feed("orders")])
+    assert daemon.reload()
+    files.write([feed("orders"), {**feed("users", "table"), "source": "OTHER"}])
+    with structlog.testing.capture_logs() as logs:
+        assert not daemon.reload()
+    assert value(daemon.metrics.registry, "lakeexportd_config_reloads_total", result="error") == 1
+    assert any(e["event"] == "config.reload_failed" for e in logs)
+    assert sorted(daemon.feeds) == ["orders"]
+
+
+def test_unreadable_registry_keeps_feeds_running(
+    make_daemon: Callable[..., Daemon], files: Files
+) -> None:
+    """A registry file edited into invalid JSON is logged; scheduled feeds keep running."""
+    daemon = make_daemon([feed("orders")])
+    (files.root / "feeds/active/orders.json").write_text("{not json")
+    with structlog.testing.capture_logs() as logs:
+        daemon.refresh()
+        assert daemon.run_feed(job_feed(daemon, "orders")) == "success"
+    assert any(e["event"] == "feed.registry_unreadable" for e in logs)

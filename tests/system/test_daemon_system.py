@@ -215,7 +215,11 @@ def test_exports_run_on_schedule_and_metrics_agree_with_metadata(setup: Setup) -
     finished = [e for e in daemon.events() if e["event"] == "export.finished"]
     assert {"feed", "run_id", "rows", "files", "bytes", "duration_s"} <= set(finished[0])
     logs = sorted(p.name for p in (setup.lake / "logs").iterdir())
-    assert [re.sub(r"\d", "N", n) for n in logs] == ["export_NNNN_NN.log", "feed_NNNN_NN.log"]
+    assert [re.sub(r"\d", "N", n) for n in logs] == [
+        "export_NNNN_NN.log", "feed_NNNN_NN.log", "metadata_NNNN_NN.log"]
+    metadata_log = next((setup.lake / "logs").glob("metadata_*")).read_text().splitlines()
+    committed = [json.loads(line) for line in metadata_log]
+    assert {e["event"] for e in committed} == {"metadata.committed"}
 
 
 def test_health_readiness_and_every_deployed_metric_name(setup: Setup) -> None:

@@ -6,6 +6,7 @@ operator (or the daemon) should do about it::
     LakeExportError
      +-- ConfigError            fix the config: exit 78 at start, keep the old config on reload
      |    +-- KsqlDBAuthError   ksqlDB answered 401/403: credentials or roles are wrong
+     |    +-- KsqlDBTLSError    the TLS handshake failed: CA bundle, certificate or key is wrong
      +-- FeedError              this feed is broken until its config (or its source) changes
      |    +-- KsqlDBRequestError     ksqlDB refused the statement (4xx with error_code/message)
      |    +-- SchemaError            unsupported type, or an incompatible schema change
@@ -80,6 +81,10 @@ class KsqlDBAuthError(ConfigError):
         super().__init__(
             f"ksqlDB refused {what}: HTTP {status} error_code {error_code}: {message} ({hint})"
         )
+
+
+class KsqlDBTLSError(ConfigError):
+    """The TLS handshake with ksqlDB failed; retrying cannot help until the TLS settings change."""
 
 
 class SchemaError(FeedError):

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import random
 import re
+import ssl
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -29,6 +30,7 @@ from lakeexportd.errors import (
     KsqlDBProtocolError,
     KsqlDBRequestError,
     KsqlDBStreamError,
+    KsqlDBTLSError,
     KsqlDBUnavailable,
 )
 from lakeexportd.framing import DEFAULT_BLOCK_BYTES, DelimitedStream, QueryHeader, StreamedRowStream
@@ -106,8 +108,6 @@ def build_http_client(
     key_file: str | None = None,
 ) -> httpx.Client:
     """The ``httpx.Client`` for a ksqlDB server: auth, TLS, timeouts and HTTP version."""
-    import ssl
-
     tls: ssl.SSLContext | bool = verify
     if verify:
         tls = (
@@ -147,9 +147,7 @@ def client_from_settings(
         cert_file=str(settings.tls.cert_file) if settings.tls.cert_file else None,
         key_file=str(settings.tls.key_file) if settings.tls.key_file else None,
     )
-    return KsqlDBClient(
-        http, api=settings.api, max_retries=settings.max_retries, observer=observer
-    )
+    return KsqlDBClient(http, api=settings.api, max_retries=settings.max_retries, observer=observer)
 
 
 class KsqlDBClient:
@@ -311,9 +309,25 @@ class KsqlDBClient:
                 response = self.http.send(request, stream=True)
             except httpx.TransportError as exc:
                 self._observer.request(path, "error")
+                tls = _tls_problem(exc)
+                if tls is not None:
+                    raise KsqlDBTLSError(
+                        f"{what}: TLS with ksqlDB at {self.http.base_url} failed ({tls}); check "
+                        "ksqldb.tls.ca_file (the CA that signed the server's certificate), "
+                        "cert_file/key_file if the server requires a client certificate, "
+                        "and that the URL's host name matches the certificate"
+                    ) from exc
                 failure = (
                     f"cannot reach ksqlDB at {self.http.base_url} ({type(exc).__name__}: {exc})"
                 )
+                if self.http.base_url.scheme == "https" and isinstance(
+                    exc, httpx.RemoteProtocolError | httpx.ReadError
+                ):
+                    # TLS 1.3 servers that require a client certificate just hang up.
+                    failure += (
+                        "; if the server requires a client certificate, set "
+                        "ksqldb.tls.cert_file and key_file"
+                    )
             else:
                 self._observer.request(path, str(response.status_code))
                 if response.status_code < 300:
@@ -456,6 +470,16 @@ def schema_info_type(schema: dict[str, Any], *, column: str) -> KsqlType:
         )
         return KsqlType("STRUCT", fields=fields)
     return parse_type(base, column=column)
+
+
+def _tls_problem(exc: BaseException) -> str | None:
+    """The SSL error behind a transport failure, if there is one."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ssl.SSLError):
+            return str(seen)
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 def _short(sql: str, limit: int = 80) -> str:

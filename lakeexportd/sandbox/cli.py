@@ -12,7 +12,7 @@ import sys
 from lakeexportd.errors import EX_CONFIG, EX_OK, EX_USAGE
 from lakeexportd.sandbox.app import SandboxApp
 from lakeexportd.sandbox.faults import KINDS, Fault, FaultSpecError
-from lakeexportd.sandbox.server import Settings, bind, build, serve
+from lakeexportd.sandbox.server import Settings, TLSFiles, bind, build, serve
 
 DESCRIPTION = (
     "Run a ksqlDB-compatible server (0.29 wire format) with demo transaction streams and "
@@ -37,6 +37,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--user", help="require HTTP Basic auth with this user name")
     parser.add_argument("--password-env", metavar="VAR",
                         help="environment variable holding the Basic auth password")
+    parser.add_argument("--tls-cert", metavar="PEM", help="serve HTTPS with this certificate")
+    parser.add_argument("--tls-key", metavar="PEM", help="the certificate's private key")
+    parser.add_argument("--tls-client-ca", metavar="PEM",
+                        help="require client certificates signed by this CA (mutual TLS)")
     parser.add_argument(
         "--fault", action="append", default=[], metavar="KIND[:key=value,...]",
         help=f"inject a fault on every matching request for the whole run; KIND is one of "
@@ -60,11 +64,14 @@ def run(args: argparse.Namespace) -> int:
         return EX_CONFIG
     host, port = sock.getsockname()[:2]
     app = build(settings)
-    asyncio.run(_serve(app, sock, f"sandbox listening on http://{host}:{port}"))
+    scheme = "https" if settings.tls else "http"
+    asyncio.run(_serve(app, sock, f"sandbox listening on {scheme}://{host}:{port}", settings.tls))
     return EX_OK
 
 
-async def _serve(app: SandboxApp, sock: socket.socket, ready_line: str) -> None:
+async def _serve(
+    app: SandboxApp, sock: socket.socket, ready_line: str, tls: TLSFiles | None
+) -> None:
     shutdown = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -76,7 +83,7 @@ async def _serve(app: SandboxApp, sock: socket.socket, ready_line: str) -> None:
         print(ready_line, flush=True)
 
     announcer = asyncio.create_task(announce())
-    await serve(app, sock, shutdown)
+    await serve(app, sock, shutdown, tls)
     announcer.cancel()
 
 
@@ -90,11 +97,16 @@ def _settings(args: argparse.Namespace) -> Settings:
             raise ValueError(f"environment variable {args.password_env} (--password-env) is "
                              "not set")
         credentials = (args.user, password)
+    tls = None
+    if args.tls_cert or args.tls_key or args.tls_client_ca:
+        if not (args.tls_cert and args.tls_key):
+            raise ValueError("HTTPS needs both --tls-cert and --tls-key")
+        tls = TLSFiles(args.tls_cert, args.tls_key, args.tls_client_ca)
     if args.rate < 0 or args.preload < 0 or args.partitions < 1:
         raise ValueError("--rate and --preload must be >= 0 and --partitions >= 1")
     return Settings(
         host=args.host, port=args.port, seed=args.seed, rate=args.rate, preload=args.preload,
         preload_days=args.preload_days, partitions=args.partitions,
         max_disorder_ms=args.max_disorder_ms, credentials=credentials,
-        faults=[Fault.parse(spec) for spec in args.fault],
+        faults=[Fault.parse(spec) for spec in args.fault], tls=tls,
     )

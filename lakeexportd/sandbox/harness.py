@@ -20,7 +20,7 @@ import pyarrow as pa
 
 from lakeexportd.ksql_types import KsqlType
 from lakeexportd.sandbox.faults import Fault
-from lakeexportd.sandbox.server import Settings, bind, build, serve
+from lakeexportd.sandbox.server import Settings, TLSFiles, bind, build, serve
 from lakeexportd.sandbox.sources import StreamSource, TableSource
 
 
@@ -33,7 +33,7 @@ class Sandbox:
         self.catalog = self.app.catalog
         self._sock = bind(settings.host, settings.port)
         self.host, self.port = self._sock.getsockname()[:2]
-        self.url = f"http://{self.host}:{self.port}"
+        self.url = f"{'https' if settings.tls else 'http'}://{self.host}:{self.port}"
         self._loop: asyncio.AbstractEventLoop | None = None
         self._shutdown: asyncio.Event | None = None
         self._error: BaseException | None = None
@@ -44,13 +44,14 @@ class Sandbox:
               preload_days: float = 7.0, partitions: int = 4, max_disorder_ms: int = 5_000,
               user: str | None = None, password: str | None = None,
               faults: list[Fault] | None = None, clock: Callable[[], float] = time.time,
+              tls: TLSFiles | None = None,
               ) -> Sandbox:
         """Build, preload and start a sandbox; returns once it accepts requests."""
         settings = Settings(
             port=port, seed=seed, rate=rate, preload=preload, preload_days=preload_days,
             partitions=partitions, max_disorder_ms=max_disorder_ms,
             credentials=(user, password or "") if user else None, faults=list(faults or []),
-            clock=clock,
+            clock=clock, tls=tls,
         )
         sandbox = cls(settings)
         sandbox._thread.start()
@@ -71,7 +72,7 @@ class Sandbox:
 
     async def _main(self) -> None:
         self._shutdown = asyncio.Event()
-        await serve(self.app, self._sock, self._shutdown)
+        await serve(self.app, self._sock, self._shutdown, self.settings.tls)
 
     def stop(self) -> None:
         if self._loop is not None and self._shutdown is not None and self._thread.is_alive():

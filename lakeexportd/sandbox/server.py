@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,6 +22,16 @@ from lakeexportd.sandbox.catalog import Catalog
 from lakeexportd.sandbox.faults import Fault, FaultSet
 from lakeexportd.sandbox.feeder import Feeder
 from lakeexportd.sandbox.generator import TransactionGenerator
+
+
+@dataclass(frozen=True)
+class TLSFiles:
+    """Serve HTTPS (ALPN h2 and http/1.1, as ksqlDB's listener); ``client_ca`` requires client
+    certificates signed by it (``ssl.client.authentication=REQUIRED``)."""
+
+    cert: str
+    key: str
+    client_ca: str | None = None
 
 
 @dataclass
@@ -38,6 +49,7 @@ class Settings:
     credentials: tuple[str, str] | None = None
     faults: list[Fault] = field(default_factory=list)
     clock: Callable[[], float] = time.time
+    tls: TLSFiles | None = None
 
 
 def build(settings: Settings) -> SandboxApp:
@@ -64,9 +76,14 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def hypercorn_config(sock: socket.socket) -> Config:
+def hypercorn_config(sock: socket.socket, tls: TLSFiles | None = None) -> Config:
     """Hypercorn settings; takes ownership of ``sock`` (its descriptor is handed over)."""
     config = Config()
+    if tls is not None:
+        config.certfile, config.keyfile = tls.cert, tls.key
+        if tls.client_ca:
+            config.ca_certs = tls.client_ca
+            config.verify_mode = ssl.CERT_REQUIRED
     config.bind = [f"fd://{sock.detach()}"]
     config.accesslog = None
     config.errorlog = logging.getLogger("lakeexportd.sandbox.hypercorn")
@@ -78,8 +95,10 @@ def hypercorn_config(sock: socket.socket) -> Config:
     return config
 
 
-async def serve(app: SandboxApp, sock: socket.socket, shutdown: asyncio.Event) -> None:
+async def serve(
+    app: SandboxApp, sock: socket.socket, shutdown: asyncio.Event, tls: TLSFiles | None = None
+) -> None:
     """Serve on ``sock`` until ``shutdown`` is set."""
     # Hypercorn's ASGI typing is narrower than the plain-dict protocol the app is written to.
-    await hypercorn_serve(app, hypercorn_config(sock),  # type: ignore[arg-type]
+    await hypercorn_serve(app, hypercorn_config(sock, tls),  # type: ignore[arg-type]
                           shutdown_trigger=shutdown.wait, mode="asgi")

@@ -37,7 +37,7 @@ from prometheus_client import CollectorRegistry
 from lakeexportd import runs, scheduling
 from lakeexportd.backends import Backend, ExporterFactory, backend_key, build_exporter
 from lakeexportd.config import Config, Feed, load_config
-from lakeexportd.errors import LakeExportError
+from lakeexportd.errors import ConfigError, LakeExportError
 from lakeexportd.feeds import FeedManager
 from lakeexportd.metrics import Metrics
 from lakeexportd.metrics_http import MetricsServer
@@ -90,6 +90,7 @@ class Daemon:
         self._idle = threading.Condition()
         self.registry_poll = registry_poll
         self.manager = self._manager(config)
+        self._sync_pending = False
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -210,6 +211,8 @@ class Daemon:
         if self.state != "running":
             return
         try:
+            if self._sync_pending:
+                self._sync(self.manager, self.config)
             self._apply(self.config, initial=False)
         except LakeExportError as exc:
             log.error("feed.registry_unreadable", reason=str(exc), kept_feeds=sorted(self.feeds))
@@ -256,7 +259,22 @@ class Daemon:
         return FeedManager(config.lake.root, now=self.clock, lock_wait=config.scheduler.lock_wait)
 
     def _sync(self, manager: FeedManager, config: Config) -> None:
-        report = manager.sync_from_config(config)
+        """Sync the registry with ``config``; a ConfigError (a refused name reuse) propagates.
+
+        A registry that cannot be written (read-only or full lake) must not stop the daemon:
+        the YAML's feeds run as declared, their runs fail with the real error until the lake
+        is writable, and ``refresh`` retries the sync.
+        """
+        try:
+            report = manager.sync_from_config(config)
+        except ConfigError:
+            raise
+        except LakeExportError as exc:
+            self._sync_pending = True
+            log.error("feed.registry_unwritable", reason=str(exc),
+                      hint="feeds run as the YAML declares; retried every few seconds")
+            return
+        self._sync_pending = False
         if report.changed:
             log.info("feed.registry_synced", changes=report.lines())
 

@@ -191,6 +191,9 @@ class _Run:
                 assert isinstance(doc, TableMetadata)
                 result = self._table(doc)
         except BaseException as exc:
+            # Whatever a failed run left (temps a sink could not remove, files renamed before a
+            # failed commit) goes now, under the lock, rather than at the next run.
+            self._remove_unlisted()
             self._record_failure(doc, exc)
             raise
         return dataclasses.replace(result, orphans_removed=len(removed))

@@ -3,10 +3,14 @@
 ``LAKEEXPORTD_FAILPOINT=name`` kills at the first hit, ``name:N`` at the Nth. SIGKILL, not an
 exception: no ``finally`` block, atexit hook or buffered flush may run, exactly as in a power
 cut of the process (the page cache survives, which is what fsync ordering is about).
+
+``name:enospc`` (or ``name:N:enospc``) raises ``OSError(ENOSPC)`` there instead: a disk that
+fills up at exactly that step, for the error paths a real full disk cannot hit on cue.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import threading
@@ -90,11 +94,16 @@ def failpoint(name: str) -> None:
     armed = os.environ.get(ENV)
     if not armed:
         return
-    target, _, nth = armed.partition(":")
+    target, *options = armed.split(":")
     if target != name:
         return
+    enospc = "enospc" in options
+    nth = next((int(o) for o in options if o.isdigit()), 1)
     with _guard:
         _hits[name] = _hits.get(name, 0) + 1
         count = _hits[name]
-    if count >= (int(nth) if nth else 1):
-        os.kill(os.getpid(), signal.SIGKILL)
+    if count < nth:
+        return
+    if enospc:
+        raise OSError(errno.ENOSPC, f"{os.strerror(errno.ENOSPC)} (injected at {name})")
+    os.kill(os.getpid(), signal.SIGKILL)

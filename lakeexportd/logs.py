@@ -20,6 +20,7 @@ import datetime as dt
 import logging
 import re
 import sys
+import time
 from pathlib import Path
 from typing import IO, Final
 
@@ -73,20 +74,48 @@ class MonthlyFileHandler(logging.Handler):
         self.keep_months = keep_months
         self._open: dict[str, tuple[str, IO[str]]] = {}
         self._month: int | None = None
-        directory.mkdir(parents=True, exist_ok=True)
+        self._failing_since: float | None = None  # when writing started to fail, for warnings
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            self._warn(exc)
+
+    def _warn(self, exc: BaseException) -> None:
+        """One line on stderr when log files stop working (then at most every 10 minutes)."""
+        now = time.monotonic()
+        if self._failing_since is not None and now - self._failing_since < 600:
+            return
+        self._failing_since = now
+        sys.stderr.write(
+            f"lakeexportd: cannot write log files in {self.directory} ({exc}); events go to "
+            "stderr only until it works again (check logging.dir and its permissions)\n"
+        )
+        sys.stderr.flush()
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            moment = dt.datetime.fromtimestamp(record.created, dt.UTC)
-            if self._month != month_index(moment):
-                self._month = month_index(moment)
-                self._purge(moment)
-            kind = category(record.msg.get("event") if isinstance(record.msg, dict) else None)
-            stream = self._stream(kind, file_name(kind, moment))
-            stream.write(self.format(record) + "\n")
-            stream.flush()
-        except Exception:  # a log line must never break an export
+            self._emit(record)
+            self._failing_since = None
+        except OSError as exc:  # a full or read-only disk must never break an export
+            for _, stream in self._open.values():  # reopen next time: the disk may be back
+                try:
+                    stream.close()
+                except OSError:
+                    pass
+            self._open.clear()
+            self._warn(exc)
+        except Exception:
             self.handleError(record)
+
+    def _emit(self, record: logging.LogRecord) -> None:
+        moment = dt.datetime.fromtimestamp(record.created, dt.UTC)
+        if self._month != month_index(moment):
+            self._month = month_index(moment)
+            self._purge(moment)
+        kind = category(record.msg.get("event") if isinstance(record.msg, dict) else None)
+        stream = self._stream(kind, file_name(kind, moment))
+        stream.write(self.format(record) + "\n")
+        stream.flush()
 
     def _stream(self, kind: str, name: str) -> IO[str]:
         current = self._open.get(kind)
@@ -94,6 +123,7 @@ class MonthlyFileHandler(logging.Handler):
             return current[1]
         if current is not None:
             current[1].close()
+        self.directory.mkdir(parents=True, exist_ok=True)
         stream = open(self.directory / name, "a", encoding="utf-8")  # noqa: SIM115
         self._open[kind] = (name, stream)
         return stream

@@ -11,6 +11,7 @@ import pytest
 import structlog
 
 from lakeexportd import logs
+from lakeexportd.logs import MonthlyFileHandler
 from lakeexportd.config import LoggingSettings, Secret
 
 
@@ -131,3 +132,23 @@ def test_level_setting_filters_debug(tmp_path: Path) -> None:
     assert [e["event"] for e in lines(tmp_path / this_month("feed"))] == [
         "config.reload_failed"]
     assert "feed.added" not in out.getvalue()
+
+
+def test_unwritable_log_folder_warns_once_and_never_breaks_the_caller(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A log folder that cannot be created (a file in its way) gives one stderr warning; events
+    are dropped without an exception, and files are written again once the folder can exist."""
+    blocker = tmp_path / "logs"
+    blocker.write_text("not a folder")
+    handler = MonthlyFileHandler(blocker / "sub", keep_months=2)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    record = logging.LogRecord("x", logging.INFO, __file__, 1, {"event": "export.finished"}, None, None)
+    handler.emit(record)
+    handler.emit(record)
+    warnings = capsys.readouterr().err
+    assert warnings.count("cannot write log files") == 1 and "logging.dir" in warnings
+    blocker.unlink()
+    handler.emit(record)
+    assert list((blocker / "sub").glob("export_*.log"))
+    handler.close()

@@ -115,15 +115,17 @@ class Setup:
         self.port = free_port()
         self.daemons: list[DaemonProcess] = []
 
-    def write(self, feeds: list[dict[str, Any]], **scheduler: Any) -> Path:
+    def write(self, feeds: list[dict[str, Any]], *, ksqldb: dict[str, Any] | None = None,
+              logging: dict[str, Any] | None = None, **scheduler: Any) -> Path:
         data = {
             "ksqldb": {"url": self.sandbox.url, "connect_timeout": "2s", "read_timeout": "30s",
-                       "max_retries": 1},
+                       "max_retries": 1, **(ksqldb or {})},
             "lake": {"root": str(self.lake)},
             "scheduler": {"workers": 4, "stop_grace": "5s", **scheduler},
             "defaults": {"schedule": {"every": "1s"}, "settle_delay": "1s"},
             "metrics": {"listen": f"127.0.0.1:{self.port}"},
             "feeds": feeds,
+            **({"logging": logging} if logging else {}),
         }
         self.config.write_text(yaml.safe_dump(data))
         return self.config

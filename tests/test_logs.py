@@ -11,8 +11,8 @@ import pytest
 import structlog
 
 from lakeexportd import logs
-from lakeexportd.logs import MonthlyFileHandler
 from lakeexportd.config import LoggingSettings, Secret
+from lakeexportd.logs import MonthlyFileHandler
 
 
 @pytest.fixture(autouse=True)

@@ -102,7 +102,13 @@ class DataLakeExporter:
         self.store = store or MetadataStore()
 
     def feed_dir(self, feed: Feed) -> Path:
-        return layout.feed_dir(self.root, feed.kind, feed.name)
+        """The feed's folder; refused if it (or its staging folder) resolves outside the lake,
+        e.g. through a symlink: a feed never writes outside its own folder of the lake."""
+        path = layout.feed_dir(self.root, feed.kind, feed.name)
+        layout.ensure_inside(self.root, path)
+        if feed.kind == "table":
+            layout.ensure_inside(self.root, layout.staging_dir(self.root, feed.name))
+        return path
 
     def export(
         self,

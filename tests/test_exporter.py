@@ -392,3 +392,24 @@ def test_lake_files_never_get_world_writable(static: Sandbox, tmp_path: Path) ->
     finally:
         os.umask(old)
     assert all(not stat.S_IMODE(p.stat().st_mode) & 0o002 for p in (tmp_path / "streams").rglob("*"))
+
+
+def test_feed_folder_symlinked_outside_the_lake_is_refused(static: Sandbox, tmp_path: Path) -> None:
+    """A feed folder that is a symlink leaving the lake is refused before anything is written."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    lake = tmp_path / "lake"
+    (lake / "streams").mkdir(parents=True)
+    (lake / "streams/tx").symlink_to(outside)
+    with pytest.raises(LakeStateError, match="outside"):
+        exporter(static.url, lake).export(feed("tx", "TRANSACTION_FLATTENED"), NOW)
+    assert list(outside.iterdir()) == []
+
+
+def test_lake_root_may_itself_be_a_symlink(static: Sandbox, tmp_path: Path) -> None:
+    """Pointing the whole lake at another disk with a symlink is fine."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    (tmp_path / "lake").symlink_to(disk)
+    exporter(static.url, tmp_path / "lake").export(feed("tx", "TRANSACTION_FLATTENED"), NOW)
+    assert list(disk.glob("streams/tx/year=*/month=*/day=*/*.parquet"))

@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 
 from lakeexportd import __version__
 from lakeexportd.errors import EX_FAILED, EX_OK, LakeExportError
+from lakeexportd.parquet_writer import use_lean_arrow_memory
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -119,6 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    use_lean_arrow_memory()  # bounded RSS for exports (see parquet_writer)
     handler: Handler = args.handler
     try:
         return handler(args)

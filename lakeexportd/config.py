@@ -136,7 +136,7 @@ class FeedDefaults:
     start: Start = "earliest"
     security: Security = "raw"
     max_rows_per_file: int = 1_000_000
-    max_open_partitions: int = 4
+    max_open_partitions: int = 32  # an open-file cap; memory is bounded by the sink budget
     timezone: str = "UTC"
     retention_days: int | None = None
 

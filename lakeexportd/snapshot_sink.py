@@ -22,6 +22,7 @@ from lakeexportd.metadata_model import WrittenFile
 from lakeexportd.parquet_writer import (
     ROW_GROUP_BYTES,
     ROW_GROUP_ROWS,
+    BackgroundWriter,
     ParquetFile,
     check_schema,
     fsync_path,
@@ -54,6 +55,7 @@ class SnapshotSink:
         self._dir_mode, self._file_mode = layout.modes(security)
         self._max_rows = max_rows_per_file
         self._rg_rows, self._rg_bytes = row_group_rows, row_group_bytes
+        self._background = BackgroundWriter()  # row groups encode while rows are decoded
         self._current: ParquetFile | None = None
         self._closed: list[tuple[ParquetFile, int]] = []
         self._published = False
@@ -81,7 +83,7 @@ class SnapshotSink:
         self._current = ParquetFile(
             self.staging / layout.temp_name(name), self.schema, file_mode=self._file_mode,
             row_group_rows=self._rg_rows, row_group_bytes=self._rg_bytes,
-            failpoint_prefix="snapshot",
+            failpoint_prefix="snapshot", background=self._background,
         )
         return self._current
 
@@ -106,6 +108,7 @@ class SnapshotSink:
         assert self._current is not None
         self._closed.append((self._current, self._current.close()))
         self._current = None
+        self._background.close()
         dir_name = layout.version_dir_name(self.version)
         target = self.feed_dir / dir_name
         written = []
@@ -140,6 +143,7 @@ class SnapshotSink:
 
     def abort(self) -> None:
         """Forget the version being built (a published one is left to orphan cleanup)."""
+        self._background.close(discard=True)
         if self._current is not None:
             self._current.discard()
             self._current = None

@@ -70,7 +70,7 @@ def test_defaults_match_the_design() -> None:
     assert feed == Feed(name="orders", source="ORDERS", kind="stream",
                         schedule=Schedule(every=300.0), batch_size=10_000,
                         retention_versions=7, settle_delay=30.0, start="earliest",
-                        security="raw", max_rows_per_file=1_000_000, max_open_partitions=4,
+                        security="raw", max_rows_per_file=1_000_000, max_open_partitions=32,
                         event_time=None, timezone="UTC", retention_days=None, enabled=True)
 
 

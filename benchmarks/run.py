@@ -1,0 +1,245 @@
+"""``make bench``: time lakeexportd, the native floor and the naive export on one canned body.
+
+Each candidate runs in its own subprocess against the same loopback server; its wall time is
+measured around the whole process (interpreter start included, the same for all) and its peak
+RSS comes from ``wait4``. Every output is then summarised with DuckDB (row count, exact sum of
+AMOUNT, distinct ids and an order-free hash of them, rows per day, rows outside their day) and
+the summaries must agree, so no candidate can win by writing less.
+
+    python -m benchmarks.run            # 1M and 5M flat rows, 200k nested rows
+    python -m benchmarks.run --quick    # 200k flat rows only
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from benchmarks.data import flat_body, nested_body
+from benchmarks.server import CannedServer
+
+RESULTS = Path(__file__).parent / "results"
+PYTHON = sys.executable
+FEED = "bench_feed"
+
+
+@dataclass
+class Outcome:
+    dataset: str
+    candidate: str
+    rows: int
+    body_bytes: int
+    seconds: float
+    cpu_seconds: float
+    peak_rss_mb: float
+    rows_per_s: float
+    mb_per_s: float
+    files: int
+    row_groups: dict[str, int]
+    summary: dict[str, Any]
+
+
+# The child is started by this small launcher, not by the benchmark process: Linux carries a
+# process's peak RSS across exec, so a child forked from the benchmark (which grows to several
+# hundred MB while DuckDB checks outputs) would report the parent's size as its own peak.
+_LAUNCHER = """
+import json, os, sys, time
+started = time.perf_counter()
+pid = os.fork()
+if pid == 0:
+    os.execv(sys.argv[2], sys.argv[2:])
+_, status, usage = os.wait4(pid, 0)
+with open(sys.argv[1], "w") as out:
+    json.dump({"seconds": time.perf_counter() - started, "code": os.waitstatus_to_exitcode(status),
+               "cpu": usage.ru_utime + usage.ru_stime, "maxrss_kib": usage.ru_maxrss}, out)
+"""
+
+
+def run_measured(
+    argv: list[str], env: dict[str, str] | None = None
+) -> tuple[float, float, float, str]:
+    """Wall seconds, CPU seconds (user + system), peak RSS (MB) and stderr of one child."""
+    with tempfile.NamedTemporaryFile(suffix=".json") as report:
+        proc = subprocess.run([PYTHON, "-c", _LAUNCHER, report.name, *argv], env=env,
+                              capture_output=True, check=False)
+        err = proc.stderr.decode(errors="replace")
+        if proc.returncode != 0:
+            raise RuntimeError(f"launcher for {' '.join(argv)} failed:\n{err[-3000:]}")
+        measured = json.loads(Path(report.name).read_text())
+    if measured["code"] != 0:
+        raise RuntimeError(f"{' '.join(argv)} exited {measured['code']}:\n{err[-3000:]}")
+    return measured["seconds"], measured["cpu"], measured["maxrss_kib"] / 1024, err
+
+
+def lakeexportd_config(url: str, root: Path, path: Path) -> Path:
+    path.write_text(
+        f"ksqldb: {{url: \"{url}\", api: query-stream, max_retries: 0, read_timeout: 600s}}\n"
+        f"lake: {{root: \"{root}\"}}\n"
+        f"feeds:\n  - {{name: {FEED}, source: BENCH, kind: stream, settle_delay: 0s}}\n"
+    )
+    return path
+
+
+def summarise(out: Path) -> dict[str, Any]:
+    import duckdb
+
+    glob = f"{out}/**/*.parquet"
+    con = duckdb.connect()
+    row = con.sql(
+        f"""SELECT count(*), CAST(sum(AMOUNT) AS VARCHAR), count(DISTINCT TRANSACTION_ID),
+                   CAST(sum(hash(TRANSACTION_ID)) AS VARCHAR),
+                   count(*) FILTER (WHERE CAST(day AS INTEGER) <>
+                                    day(make_timestamp(ROWTIME * 1000) AT TIME ZONE 'UTC')),
+                   count(DISTINCT filename)
+            FROM read_parquet('{glob}', hive_partitioning=true, filename=true)"""
+    ).fetchall()[0]
+    days = con.sql(
+        f"SELECT CAST(day AS INTEGER) d, count(*) FROM read_parquet('{glob}', "
+        "hive_partitioning=true) GROUP BY d ORDER BY d"
+    ).fetchall()
+    groups = con.sql(
+        f"SELECT count(*), min(row_group_num_rows), max(row_group_num_rows) FROM "
+        f"(SELECT DISTINCT file_name, row_group_id, row_group_num_rows "
+        f"FROM parquet_metadata('{glob}'))"
+    ).fetchall()[0]
+    types = con.sql(
+        f"DESCRIBE SELECT AMOUNT, TRANSACTION_TIME FROM read_parquet('{glob}')"
+    ).fetchall()
+    con.close()
+    return {
+        "rows": row[0], "sum_amount": row[1], "distinct_ids": row[2], "id_hash_sum": row[3],
+        "rows_outside_their_day": row[4], "rows_per_day": [list(d) for d in days],
+        "types": [list(t[:2]) for t in types], "files": row[5],
+        "row_groups": {"count": groups[0], "min_rows": groups[1], "max_rows": groups[2]},
+    }
+
+
+def run_candidate(name: str, dataset: str, rows: int, body: Path, url: str,
+                  work: Path) -> Outcome:
+    out = work / name
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    if name == "lakeexportd":
+        config = lakeexportd_config(url, out / "lake", work / "bench.yaml")
+        argv = [PYTHON, "-m", "lakeexportd", "export", "-c", str(config), FEED]
+        data_dir = out / "lake" / "streams" / FEED
+    else:
+        argv = [PYTHON, "-m", "benchmarks.candidates", name, url, str(out)]
+        data_dir = out
+    env = {k: v for k, v in os.environ.items() if k != "LAKEEXPORTD_FAILPOINT"}
+    seconds, cpu, rss, _ = run_measured(argv, env)
+    summary = summarise(data_dir)
+    groups = summary.pop("row_groups")
+    size = body.stat().st_size
+    shutil.rmtree(out, ignore_errors=True)
+    return Outcome(dataset, name, summary["rows"], size, round(seconds, 3), round(cpu, 2),
+                   round(rss, 1),
+                   round(rows / seconds), round(size / seconds / 1e6, 1), summary.pop("files"),
+                   groups, summary)
+
+
+def check_equal(outcomes: list[Outcome], rows: int) -> None:
+    reference = outcomes[0].summary
+    for o in outcomes:
+        if o.rows != rows or o.summary != reference:
+            raise SystemExit(
+                f"{o.dataset}: {o.candidate} wrote something else than {outcomes[0].candidate}:"
+                f"\n{json.dumps(o.summary)}\n{json.dumps(reference)}"
+            )
+        if o.summary["rows_outside_their_day"]:
+            raise SystemExit(f"{o.dataset}: {o.candidate} put rows in the wrong day")
+
+
+def bench(dataset: str, rows: int, body: Path, candidates: list[str],
+          repeat: int) -> list[Outcome]:
+    results: list[Outcome] = []
+    with CannedServer(body) as server, tempfile.TemporaryDirectory(prefix="bench-") as tmp:
+        for name in candidates:
+            best: Outcome | None = None
+            for _ in range(repeat if name != "naive" else 1):
+                o = run_candidate(name, dataset, rows, body, server.url, Path(tmp))
+                print(f"  {dataset:<12} {name:<12} {o.seconds:7.2f}s wall "
+                      f"{o.cpu_seconds:7.2f}s cpu {o.peak_rss_mb:7.0f} MB "
+                      f"load {os.getloadavg()[0]:.1f}",
+                      file=sys.stderr, flush=True)
+                if best is None or o.seconds < best.seconds:
+                    best = o
+            assert best is not None
+            results.append(best)
+    check_equal(results, rows)
+    return results
+
+
+def table(outcomes: list[Outcome]) -> str:
+    lines = [
+        f"| {'dataset':<12} | {'candidate':<11} | {'rows':>9} | {'seconds':>7} | {'rows/s':>9} "
+        f"| {'MB/s':>6} | {'peak RSS MB':>11} | {'vs floor':>8} | {'files':>5} "
+        f"| {'rows/row group':>14} |",
+        f"|{'-' * 14}|{'-' * 13}|{'-' * 11}|{'-' * 9}|{'-' * 11}|{'-' * 8}|{'-' * 13}"
+        f"|{'-' * 10}|{'-' * 7}|{'-' * 16}|",
+    ]
+    floors = {o.dataset: o.seconds for o in outcomes if o.candidate == "floor"}
+    for o in outcomes:
+        ratio = f"{o.seconds / floors[o.dataset]:.2f}x" if o.dataset in floors else "n/a"
+        lines.append(
+            f"| {o.dataset:<12} | {o.candidate:<11} | {o.rows:>9,} | {o.seconds:>7.2f} "
+            f"| {o.rows_per_s:>9,} | {o.mb_per_s:>6.1f} | {o.peak_rss_mb:>11.0f} "
+            f"| {ratio:>8} | {o.files:>5} | {o.rows // max(o.row_groups['count'], 1):>14,} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="200k flat rows only")
+    parser.add_argument("--sizes", type=int, nargs="*", help="flat row counts (default 1M 5M)")
+    parser.add_argument("--repeat", type=int, default=2,
+                        help="runs of lakeexportd and the floor; the best counts (default 2)")
+    parser.add_argument("--naive-max", type=int, default=1_000_000,
+                        help="largest N the naive export runs at (it holds every row as "
+                             "Python objects)")
+    parser.add_argument("--no-nested", action="store_true")
+    parser.add_argument("--only", choices=["lakeexportd", "floor", "naive"], action="append",
+                        help="run only these candidates (repeatable; skips the output check)")
+    args = parser.parse_args(argv)
+    sizes = [200_000] if args.quick else (args.sizes or [1_000_000, 5_000_000])
+    outcomes: list[Outcome] = []
+    started = time.perf_counter()
+    for n in sizes:
+        body = flat_body(n)
+        candidates = ["lakeexportd", "floor"] + (["naive"] if n <= args.naive_max else [])
+        candidates = [c for c in candidates if not args.only or c in args.only]
+        outcomes += bench(f"flat {n // 1000}k", n, body, candidates, args.repeat)
+    if not args.quick and not args.no_nested:
+        n = 200_000
+        outcomes += bench(f"nested {n // 1000}k", n, nested_body(n), ["lakeexportd", "naive"], 1)
+    text = table(outcomes)
+    print(text)
+    stamp = dt.datetime.now(dt.UTC)
+    doc = {
+        "created": stamp.isoformat(timespec="seconds"),
+        "command": "python -m benchmarks.run " + " ".join(argv if argv is not None
+                                                          else sys.argv[1:]),
+        "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
+        "total_seconds": round(time.perf_counter() - started, 1),
+        "results": [asdict(o) for o in outcomes],
+        "table": text.splitlines(),
+    }
+    RESULTS.mkdir(exist_ok=True)
+    for name in (f"{stamp:%Y%m%dT%H%M%SZ}.json", "latest.json"):
+        (RESULTS / name).write_text(json.dumps(doc, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -13,14 +13,16 @@ flow, any break is a ``KsqlDBStreamError``: the caller must discard what it rece
 from __future__ import annotations
 
 import json
+import queue
 import random
 import re
 import ssl
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeAlias
 
 import httpx
 import pyarrow as pa
@@ -40,6 +42,10 @@ if TYPE_CHECKING:
     from lakeexportd.config import KsqlDBSettings
 
 Api = Literal["auto", "query-stream", "query"]
+# Decoded blocks (about 4 MiB of body each) the reader thread may run ahead of the caller.
+_READ_AHEAD_TABLES = 2
+# What the reader thread hands over: a decoded block, the error that ended it, or the end.
+_Item: TypeAlias = "pa.Table | BaseException | None"
 DELIMITED = "application/vnd.ksqlapi.delimited.v1"
 STREAMED_ROWS = "application/vnd.ksql.v1+json"
 
@@ -418,23 +424,67 @@ class QueryResult:
         self._pending.extend(self._decoder.finish())
 
     def batches(self) -> Iterator[pa.RecordBatch]:
-        """Every row of the answer, in order; raises if the answer turns out incomplete."""
+        """Every row of the answer, in order; raises if the answer turns out incomplete.
+
+        The body is read and decoded on a reader thread, a few blocks ahead of the caller:
+        receiving (h11 is pure Python) and CSV parsing then overlap the caller's routing and
+        Parquet writing. Its exceptions are raised here, after the rows that came before them.
+        """
         for table in self._pending:
             yield from self._split(table)
         self._pending = []
         if self._finished:
             return
-        for chunk in self._chunks:
-            for table in self._decoder.feed(chunk):
-                yield from self._split(table)
         self._finished = True
-        for table in self._decoder.finish():
-            yield from self._split(table)
+        tables: queue.Queue[_Item] = queue.Queue(_READ_AHEAD_TABLES)
+        stop = threading.Event()
+        reader = threading.Thread(
+            target=self._read, args=(tables, stop), name="ksqldb-reader", daemon=True
+        )
+        reader.start()
+        try:
+            while (item := tables.get()) is not None:
+                if isinstance(item, BaseException):
+                    raise item
+                yield from self._split(item)
+        finally:
+            # A caller that stops early (a failed sink) must not leave the reader running: it
+            # stops at its next block. One blocked in recv wakes when data or the read timeout
+            # arrive, or when query() closes the response; as a daemon it never delays exit.
+            stop.set()
+            reader.join(timeout=1.0)
+
+    def _read(self, tables: queue.Queue[_Item], stop: threading.Event) -> None:
+        """The reader thread: each decoded table, then ``None``, or the exception that ended it."""
+        try:
+            for chunk in self._chunks:
+                for table in self._decoder.feed(chunk):
+                    if not _offer(tables, table, stop):
+                        return
+                if stop.is_set():
+                    return
+            for table in self._decoder.finish():
+                if not _offer(tables, table, stop):
+                    return
+            _offer(tables, None, stop)
+        except BaseException as exc:  # raised in the caller's thread by batches()
+            _offer(tables, exc, stop)
 
     def _split(self, table: pa.Table) -> Iterator[pa.RecordBatch]:
         for batch in table.to_batches(max_chunksize=self._batch_size):
             self.rows += batch.num_rows
             yield batch
+
+
+def _offer(tables: queue.Queue[_Item], item: _Item, stop: threading.Event) -> bool:
+    """Put ``item`` once there is room; ``False`` if the caller stopped reading first."""
+    while not stop.is_set():
+        try:
+            tables.put(item, timeout=0.1)
+            return True
+        except queue.Full:
+            continue
+    return False
 
 
 def supports_query_stream(version: str) -> bool:

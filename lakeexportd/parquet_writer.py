@@ -6,10 +6,10 @@ would give readers thousands of tiny row groups.
 
 Encoding a row group (dictionary, Snappy, statistics) is as costly as decoding its rows, and
 pyarrow releases the GIL while it runs, so a sink hands full row groups to a
-``BackgroundWriter``: one worker thread that writes them in order while the caller decodes the
-next block on the other core. At most ``max_pending`` row groups wait for it, which bounds the
-memory this adds; its first failure is raised in the caller at the next submit, ``drain`` or
-file close, so a full disk still fails the run.
+``BackgroundWriter``: worker threads that write them (each file's in order) while the caller
+decodes the next block on the other core. At most ``max_pending`` row groups wait, and the
+sink counts them in its memory budget; the first failure is raised in the caller at the next
+submit, ``drain`` or file close, so a full disk still fails the run.
 """
 
 from __future__ import annotations
@@ -88,12 +88,21 @@ def check_schema(batch: pa.RecordBatch, schema: pa.Schema, where: str) -> pa.Rec
 
 
 class BackgroundWriter:
-    """Runs row-group writes on one worker thread, in submission order."""
+    """Runs row-group writes on worker threads: one lane per file, so each file's row groups
+    are written in order and a ``ParquetWriter`` is only ever used by one thread at a time."""
 
-    def __init__(self, max_pending: int = 1) -> None:
+    def __init__(self, *, lanes: int = 2, max_pending: int = 2) -> None:
+        self._lanes: list[ThreadPoolExecutor | None] = [None] * lanes
+        self._next_lane = 0
         self._max_pending = max_pending
-        self._pool: ThreadPoolExecutor | None = None
         self._pending: deque[tuple[Future[None], int]] = deque()
+
+    def lane(self) -> int:
+        """The lane for a new file (round robin, so the last row groups of several files can be
+        encoded at the same time when a run finishes)."""
+        lane = self._next_lane
+        self._next_lane = (lane + 1) % len(self._lanes)
+        return lane
 
     @property
     def pending_bytes(self) -> int:
@@ -105,17 +114,17 @@ class BackgroundWriter:
         while self._pending and self._pending[0][0].done():
             self._pending.popleft()[0].result()
 
-    def submit(self, job: Callable[[], None], size: int) -> None:
-        """Queue ``job`` (holding ``size`` bytes); waits while ``max_pending`` jobs are queued.
-
-        Raises the failure of an earlier job, so a full disk stops the run at the next submit.
-        """
+    def submit(self, lane: int, job: Callable[[], None], size: int) -> None:
+        """Queue ``job`` (holding ``size`` bytes) on ``lane``; waits while ``max_pending`` jobs
+        are queued. Raises the failure of an earlier job, so a full disk stops the run at the
+        next submit."""
         self._reap()
         while len(self._pending) >= self._max_pending:
             self._pending.popleft()[0].result()
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(1, thread_name_prefix="parquet-writer")
-        self._pending.append((self._pool.submit(job), size))
+        pool = self._lanes[lane]
+        if pool is None:
+            pool = self._lanes[lane] = ThreadPoolExecutor(1, thread_name_prefix="parquet-writer")
+        self._pending.append((pool.submit(job), size))
 
     def drain(self) -> None:
         """Wait for every queued job; raise the first failure."""
@@ -131,9 +140,10 @@ class BackgroundWriter:
             else:
                 self.drain()
         finally:
-            if self._pool is not None:
-                self._pool.shutdown(wait=True)
-                self._pool = None
+            for i, pool in enumerate(self._lanes):
+                if pool is not None:
+                    pool.shutdown(wait=True)
+                    self._lanes[i] = None
 
 
 class ParquetFile:
@@ -152,6 +162,7 @@ class ParquetFile:
     ) -> None:
         self.path = path
         self._background = background
+        self._lane = background.lane() if background is not None else 0
         self.rows = 0
         self.min_event_ms: int | None = None
         self.max_event_ms: int | None = None
@@ -217,7 +228,7 @@ class ParquetFile:
         if self._background is None:
             write()
         else:
-            self._background.submit(write, size)
+            self._background.submit(self._lane, write, size)
 
     def close(self) -> int:
         """Write what is buffered, close, fsync; returns the file's size in bytes."""

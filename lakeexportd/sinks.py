@@ -5,7 +5,7 @@ committed later by ``MetadataStore.commit``. Files no commit lists are orphans t
 ``cleanup.remove_orphans`` deletes, so a crash anywhere loses and duplicates nothing.
 
 Memory of ``AppendSink`` is bounded by one buffer budget shared by all open day files
-(``buffer_bytes``, default 96 MiB): when the rows buffered across files pass it, the largest
+(``buffer_bytes``, default 64 MiB): when the rows buffered across files pass it, the largest
 buffer is written out as a row group. Files stay open for the whole run, so a run writes one
 file per day partition (plus ``_partNNNN`` past ``max_rows_per_file``); ``max_open_partitions``
 only caps open files (default 32), closing the least recently used one beyond it.
@@ -50,7 +50,7 @@ __all__ = ["AppendSink", "SnapshotSink", "WrittenFile"]
 
 _MS_PER_DAY = 86_400_000
 _EPOCH = dt.date(1970, 1, 1)
-BUFFER_BYTES = 96 * 1024 * 1024
+BUFFER_BYTES = 64 * 1024 * 1024
 MAX_OPEN_PARTITIONS = 32
 
 
@@ -230,6 +230,8 @@ class AppendSink:
     def finish(self) -> list[WrittenFile]:
         """Close, fsync and rename every file to its final name; nothing is listed yet."""
         failpoint("append.before_close")
+        for handle in self._open.values():
+            handle.flush()  # all last row groups queued first, so the lanes encode them together
         for day in list(self._open):
             self._close(day)
         self._background.close()

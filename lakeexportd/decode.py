@@ -35,7 +35,8 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
 from lakeexportd.errors import KsqlDBProtocolError
-from lakeexportd.ksql_types import KsqlType, arrow_schema, value_converter
+from lakeexportd.ksql_types import KsqlType, arrow_schema
+from lakeexportd.ksql_values import value_converter
 
 # Types the CSV reader parses directly; the value is the type it is asked to produce.
 _CSV_TYPE = {

@@ -6,7 +6,7 @@ RSS comes from ``wait4``. Every output is then summarised with DuckDB (row count
 AMOUNT, distinct ids and an order-free hash of them, rows per day, rows outside their day) and
 the summaries must agree, so no candidate can win by writing less.
 
-    python -m benchmarks.run            # 1M and 5M flat rows, 200k nested rows
+    python -m benchmarks.run            # 1M and 5M flat rows (naive at 1M), 200k nested rows
     python -m benchmarks.run --quick    # 200k flat rows only
 """
 
@@ -162,20 +162,21 @@ def check_equal(outcomes: list[Outcome], rows: int) -> None:
 
 def bench(dataset: str, rows: int, body: Path, candidates: list[str],
           repeat: int) -> list[Outcome]:
-    results: list[Outcome] = []
+    best: dict[str, Outcome] = {}
     with CannedServer(body) as server, tempfile.TemporaryDirectory(prefix="bench-") as tmp:
-        for name in candidates:
-            best: Outcome | None = None
-            for _ in range(repeat if name != "naive" else 1):
+        # Rounds alternate the candidates, so a busy moment on the machine hits both alike.
+        for round_ in range(repeat):
+            for name in candidates:
+                if name == "naive" and round_:
+                    continue  # minutes per run, and never close: once is enough
                 o = run_candidate(name, dataset, rows, body, server.url, Path(tmp))
                 print(f"  {dataset:<12} {name:<12} {o.seconds:7.2f}s wall "
                       f"{o.cpu_seconds:7.2f}s cpu {o.peak_rss_mb:7.0f} MB "
                       f"load {os.getloadavg()[0]:.1f}",
                       file=sys.stderr, flush=True)
-                if best is None or o.seconds < best.seconds:
-                    best = o
-            assert best is not None
-            results.append(best)
+                if name not in best or o.seconds < best[name].seconds:
+                    best[name] = o
+    results = [best[name] for name in candidates]
     check_equal(results, rows)
     return results
 
@@ -223,7 +224,9 @@ def main(argv: list[str] | None = None) -> None:
         outcomes += bench(f"flat {n // 1000}k", n, body, candidates, args.repeat)
     if not args.quick and not args.no_nested:
         n = 200_000
-        outcomes += bench(f"nested {n // 1000}k", n, nested_body(n), ["lakeexportd", "naive"], 1)
+        # No floor or naive here: a native reader for nested ksqlDB rows is what is missing
+        # (lakeexportd takes its exact JSON path), and pandas cannot write these types as is.
+        outcomes += bench(f"nested {n // 1000}k", n, nested_body(n), ["lakeexportd"], 1)
     text = table(outcomes)
     print(text)
     stamp = dt.datetime.now(dt.UTC)

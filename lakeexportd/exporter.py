@@ -19,70 +19,22 @@ next run (or ``lakeexportd repair``) removes, and their rows are exported again.
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
-import secrets
 import threading
-import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
-import pyarrow as pa
 import structlog
 
 from lakeexportd import cleanup, layout
-from lakeexportd import metadata_update as update
 from lakeexportd.config import Feed
-from lakeexportd.errors import ExportAborted, LakeExportError, SchemaError
-from lakeexportd.failpoints import failpoint
+from lakeexportd.export_run import ExportResult, Progress, Run, epoch_ms, new_run_id
 from lakeexportd.ksqldb import KsqlDBClient
 from lakeexportd.locking import FeedLock
 from lakeexportd.metadata import MetadataStore
-from lakeexportd.metadata_model import (
-    ExportRecord,
-    FeedMetadata,
-    Partition,
-    SchemaColumn,
-    StreamMetadata,
-    TableMetadata,
-    Window,
-    WrittenFile,
-    iso_utc,
-)
-from lakeexportd.sinks import AppendSink, SnapshotSink
 
-Progress = Callable[[int], None]
+__all__ = ["DataLakeExporter", "ExportResult", "Progress", "epoch_ms", "new_run_id"]
+
 log = structlog.get_logger(__name__)
-
-
-@dataclass(frozen=True)
-class ExportResult:
-    """What one successful run did."""
-
-    feed: str
-    kind: Literal["stream", "table"]
-    run_id: str
-    rows: int
-    files: int
-    bytes: int
-    started: dt.datetime
-    duration_s: float
-    watermark_ms: int | None = None  # streams: upper bound of the committed window
-    window_from_ms: int | None = None
-    version: int | None = None  # tables: the new current version
-    versions_kept: int | None = None
-    scan_started_ms: int | None = None  # tables: when the snapshot's scan began
-    orphans_removed: int = 0
-
-
-def epoch_ms(moment: dt.datetime) -> int:
-    return (moment - dt.datetime(1970, 1, 1, tzinfo=dt.UTC)) // dt.timedelta(milliseconds=1)
-
-
-def new_run_id(now: dt.datetime) -> str:
-    return f"{now.astimezone(dt.UTC):%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}"
 
 
 class DataLakeExporter:
@@ -125,9 +77,20 @@ class DataLakeExporter:
         """
         if now.tzinfo is None:
             raise ValueError("now must be timezone-aware")
-        run = _Run(self, feed, now, cancel or threading.Event(), progress, run_id)
+        feed_dir = self.feed_dir(feed)
+        run = Run(
+            client=self.client,
+            root=self.root,
+            store=self.store,
+            feed=feed,
+            feed_dir=feed_dir,
+            now=now,
+            cancel=cancel or threading.Event(),
+            progress=progress,
+            run_id=run_id,
+        )
         dir_mode, _ = layout.modes(feed.security)
-        with FeedLock(self.feed_dir(feed), feed=feed.name, wait=self.lock_wait, dir_mode=dir_mode):
+        with FeedLock(feed_dir, feed=feed.name, wait=self.lock_wait, dir_mode=dir_mode):
             return run.execute()
 
     def repair(self, feed: Feed, *, dry_run: bool = False) -> list[Path]:
@@ -141,285 +104,5 @@ class DataLakeExporter:
                 feed_dir, doc, kind=feed.kind, staging_dir=staging, dry_run=dry_run
             )
         if removed and not dry_run:
-            log.info(
-                "metadata.repaired", feed=feed.name, removed=[str(p) for p in removed]
-            )
+            log.info("metadata.repaired", feed=feed.name, removed=[str(p) for p in removed])
         return removed
-
-
-class _Run:
-    """The state of one run; ``execute`` is called with the feed's lock held."""
-
-    def __init__(
-        self,
-        exporter: DataLakeExporter,
-        feed: Feed,
-        now: dt.datetime,
-        cancel: threading.Event,
-        progress: Progress | None,
-        run_id: str | None,
-    ) -> None:
-        self.exporter = exporter
-        self.store = exporter.store
-        self.feed = feed
-        self.now = now.astimezone(dt.UTC)
-        self.run_id = run_id or new_run_id(self.now)
-        self.cancel = cancel
-        self.progress = progress
-        self.feed_dir = exporter.feed_dir(feed)
-        self.staging = (
-            layout.staging_dir(exporter.root, feed.name) if feed.kind == "table" else None
-        )
-        self.file_mode = layout.modes(feed.security)[1]
-        self.started = time.monotonic()
-        self.rows = 0
-        self.columns: tuple[SchemaColumn, ...] = ()  # set from the answer's header
-
-    def execute(self) -> ExportResult:
-        doc = self.store.load(self.feed_dir)
-        removed = cleanup.remove_orphans(
-            self.feed_dir, doc, kind=self.feed.kind, staging_dir=self.staging
-        )
-        if removed:
-            log.warning(
-                "metadata.orphans_removed",
-                feed=self.feed.name,
-                removed=[str(p) for p in removed],
-                hint="files of an interrupted run; their rows are exported again",
-            )
-        failpoint("export.after_cleanup")
-        if doc is None:
-            doc = update.new_document(self.feed.kind, feed=self.feed.name, source=self.feed.source)
-        try:
-            if isinstance(doc, StreamMetadata):
-                result = self._stream(doc)
-            else:
-                assert isinstance(doc, TableMetadata)
-                result = self._table(doc)
-        except BaseException as exc:
-            # Whatever a failed run left (temps a sink could not remove, files renamed before a
-            # failed commit) goes now, under the lock, rather than at the next run.
-            self._remove_unlisted()
-            self._record_failure(doc, exc)
-            raise
-        return dataclasses.replace(result, orphans_removed=len(removed))
-
-    # -- streams ---------------------------------------------------------------------------
-
-    def _stream(self, doc: StreamMetadata) -> ExportResult:
-        feed = self.feed
-        upper = epoch_ms(self.now) - round(feed.settle_delay * 1000)
-        lower = doc.watermark_ms
-        written: list[WrittenFile] = []
-        if lower is None and feed.start == "now":
-            pass  # first run of a feed that starts now: commit the watermark, export nothing
-        elif lower is not None and upper <= lower:
-            upper = lower  # the clock has not passed the watermark yet: an empty run
-        else:
-            written = self._write_stream(doc, lower, upper)
-        record = self._record("success", written, window=Window(lower, upper))
-        columns = self.columns or doc.schema  # no query ran: the schema stays as it was
-        new = update.after_stream_run(
-            doc, record=record, written=written, columns=columns, watermark_ms=upper, now=self.now
-        )
-        dropped: tuple[Partition, ...] = ()
-        if feed.retention_days is not None:
-            cutoff = layout.retention_cutoff(self.now, feed.retention_days, feed.timezone)
-            new, dropped = update.without_partitions_before(new, cutoff)
-        self._commit(new)
-        failpoint("export.after_commit")
-        if dropped:
-            cleanup.delete_partitions(self.feed_dir, dropped)
-        failpoint("export.after_prune")
-        return ExportResult(
-            feed=feed.name,
-            kind="stream",
-            run_id=self.run_id,
-            rows=record.records,
-            files=len(written),
-            bytes=sum(w.size_bytes for w in written),
-            started=self.now,
-            duration_s=time.monotonic() - self.started,
-            watermark_ms=upper,
-            window_from_ms=lower,
-        )
-
-    def _write_stream(
-        self, doc: StreamMetadata, lower: int | None, upper: int
-    ) -> list[WrittenFile]:
-        feed = self.feed
-        where = (
-            f"ROWTIME <= {upper}" if lower is None else f"ROWTIME > {lower} AND ROWTIME <= {upper}"
-        )
-        sql = f"SELECT ROWTIME, * FROM {feed.source} WHERE {where};"
-        with self.exporter.client.query(sql, batch_size=feed.batch_size) as result:
-            self.columns = self._checked_columns(doc, result.schema)
-            with AppendSink(
-                self.feed_dir,
-                result.schema,
-                run_start=self.now,
-                event_time=feed.event_time or "ROWTIME",
-                timezone=feed.timezone,
-                security=feed.security,
-                max_open_partitions=feed.max_open_partitions,
-                max_rows_per_file=feed.max_rows_per_file,
-            ) as sink:
-                for batch in self._batches(result.batches()):
-                    sink.write(batch)
-                return sink.finish()
-
-    # -- tables ----------------------------------------------------------------------------
-
-    def _table(self, doc: TableMetadata) -> ExportResult:
-        feed = self.feed
-        version = update.next_version(doc)
-        scan_started = epoch_ms(self.now)
-        with self.exporter.client.query(
-            f"SELECT * FROM {feed.source};", batch_size=feed.batch_size
-        ) as result:
-            self.columns = self._checked_columns(doc, result.schema)
-            with SnapshotSink(
-                self.exporter.root,
-                feed.name,
-                result.schema,
-                version=version,
-                run_start=self.now,
-                security=feed.security,
-                max_rows_per_file=feed.max_rows_per_file,
-            ) as sink:
-                for batch in self._batches(result.batches()):
-                    sink.write(batch)
-                written = sink.publish()
-        record = self._record("success", written, version=version)
-        new, dropped = update.after_table_run(
-            doc,
-            record=record,
-            version=version,
-            files=written,
-            columns=self.columns,
-            retention_versions=feed.retention_versions,
-            now=self.now,
-        )
-        self._commit(new)
-        failpoint("export.after_commit")
-        if dropped:
-            cleanup.delete_versions(self.feed_dir, dropped)
-        failpoint("export.after_prune")
-        return ExportResult(
-            feed=feed.name,
-            kind="table",
-            run_id=self.run_id,
-            rows=record.records,
-            files=len(written),
-            bytes=sum(w.size_bytes for w in written),
-            started=self.now,
-            duration_s=time.monotonic() - self.started,
-            version=version,
-            versions_kept=len(new.versions),
-            scan_started_ms=scan_started,
-        )
-
-    # -- shared steps ----------------------------------------------------------------------
-
-    def _batches(self, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        failpoint("export.after_header")
-        for batch in batches:
-            if self.cancel.is_set():
-                raise ExportAborted(
-                    f"feed {self.feed.name!r}: export stopped by shutdown after {self.rows} "
-                    "rows; nothing was published and the next run exports them"
-                )
-            self.rows += batch.num_rows
-            yield batch
-            if self.rows == batch.num_rows:
-                failpoint("export.after_first_batch")
-            if self.progress is not None:
-                self.progress(self.rows)
-
-    def _checked_columns(self, doc: FeedMetadata, schema: pa.Schema) -> tuple[SchemaColumn, ...]:
-        """The answer's columns; a removed or retyped column fails before anything is written."""
-        columns = update.columns_of(schema, feed=self.feed.name)
-        new = {c.name: c for c in columns}
-        problems = []
-        for old in doc.schema:
-            now = new.get(old.name)
-            if now is None:
-                problems.append(f"column {old.name} ({old.ksql_type}) was removed")
-            elif now.ksql_type != old.ksql_type:
-                problems.append(
-                    f"column {old.name} changed type from {old.ksql_type} to {now.ksql_type}"
-                )
-        if problems:
-            raise SchemaError(
-                f"feed {self.feed.name!r}: the schema of {self.feed.source} changed "
-                f"incompatibly: {'; '.join(problems)}. Nothing was written. Files in the lake "
-                "keep the old schema, so readers could not combine them: export the new schema "
-                "under a new feed name (added columns alone are accepted)"
-            )
-        return columns
-
-    def _record(
-        self,
-        status: str,
-        written: list[WrittenFile],
-        *,
-        window: Window | None = None,
-        version: int | None = None,
-        error: str | None = None,
-    ) -> ExportRecord:
-        finished = self.now + dt.timedelta(seconds=time.monotonic() - self.started)
-        return ExportRecord(
-            run_id=self.run_id,
-            started=iso_utc(self.now),
-            finished=iso_utc(finished),
-            records=sum(w.records for w in written),
-            status=status,
-            window=window,
-            error=error,
-            files=len(written),
-            size_bytes=sum(w.size_bytes for w in written),
-            version=version,
-        )
-
-    def _commit(self, doc: FeedMetadata) -> None:
-        failpoint("export.before_commit")
-        try:
-            self.store.commit(self.feed_dir, doc, file_mode=self.file_mode)
-        except BaseException:
-            # Renamed files the commit did not list would stay visible to readers until the
-            # next run; remove them now if the document on disk really does not list them.
-            self._remove_unlisted()
-            raise
-        log.info(
-            "metadata.committed",
-            feed=self.feed.name,
-            run_id=self.run_id,
-            total_records=doc.total_records,
-            total_size_bytes=doc.total_size_bytes,
-        )
-
-    def _remove_unlisted(self) -> None:
-        try:
-            cleanup.remove_orphans(
-                self.feed_dir,
-                self.store.load(self.feed_dir),
-                kind=self.feed.kind,
-                staging_dir=self.staging,
-            )
-        except LakeExportError:
-            pass  # the next run's cleanup tries again
-
-    def _record_failure(self, doc: FeedMetadata, exc: BaseException) -> None:
-        """Add the failed run to the history; the files and watermark stay as committed."""
-        if not isinstance(exc, Exception):
-            return
-        record = self._record("failed", [], error=f"{type(exc).__name__}: {exc}"[:2000])
-        try:
-            # A fresh load: the commit guard wants one, and a commit that failed after its
-            # rename must not be undone by writing the older document back.
-            current = self.store.load(self.feed_dir) or doc
-            self.store.commit(
-                self.feed_dir, update.with_export(current, record), file_mode=self.file_mode
-            )
-        except (LakeExportError, OSError):
-            pass  # disk full or read-only: the run failed either way, and says so

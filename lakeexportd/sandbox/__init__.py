@@ -6,7 +6,21 @@ command. See README.md in this folder for what it implements and leaves out.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from lakeexportd.sandbox.faults import Fault
-from lakeexportd.sandbox.harness import Sandbox
+
+if TYPE_CHECKING:
+    from lakeexportd.sandbox.harness import Sandbox
 
 __all__ = ["Fault", "Sandbox"]
+
+
+def __getattr__(name: str) -> Any:
+    # Imported on first use: the harness pulls in Hypercorn, which the CLI should not load
+    # for commands that never start a server.
+    if name == "Sandbox":
+        from lakeexportd.sandbox.harness import Sandbox
+
+        return Sandbox
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -8,11 +8,16 @@ import os
 import signal
 import socket
 import sys
+from typing import TYPE_CHECKING
 
 from lakeexportd.errors import EX_CONFIG, EX_OK, EX_USAGE
-from lakeexportd.sandbox.app import SandboxApp
 from lakeexportd.sandbox.faults import KINDS, Fault, FaultSpecError
-from lakeexportd.sandbox.server import Settings, TLSFiles, bind, build, serve
+
+# The server (Hypercorn, the catalog) loads only when the sandbox runs: every other command
+# builds this parser too, and an export should not pay for a web server's import.
+if TYPE_CHECKING:
+    from lakeexportd.sandbox.app import SandboxApp
+    from lakeexportd.sandbox.server import Settings, TLSFiles
 
 DESCRIPTION = (
     "Run a ksqlDB-compatible server (0.29 wire format) with demo transaction streams and "
@@ -50,6 +55,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from lakeexportd.sandbox.server import bind, build
+
     try:
         settings = _settings(args)
     except (FaultSpecError, ValueError) as exc:
@@ -72,6 +79,8 @@ def run(args: argparse.Namespace) -> int:
 async def _serve(
     app: SandboxApp, sock: socket.socket, ready_line: str, tls: TLSFiles | None
 ) -> None:
+    from lakeexportd.sandbox.server import serve
+
     shutdown = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -88,6 +97,8 @@ async def _serve(
 
 
 def _settings(args: argparse.Namespace) -> Settings:
+    from lakeexportd.sandbox.server import Settings, TLSFiles
+
     credentials = None
     if args.user:
         if not args.password_env:

@@ -14,10 +14,10 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from lakeexportd import layout
+from lakeexportd.durable import fsync_path
 from lakeexportd.errors import LakeStateError
 from lakeexportd.failpoints import failpoint
 from lakeexportd.metadata_model import FeedMetadata, Partition, StreamMetadata, Version
-from lakeexportd.parquet_writer import fsync_path
 
 _YEAR = re.compile(r"year=\d{4}")
 _MONTH = re.compile(r"month=\d{2}")

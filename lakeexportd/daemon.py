@@ -117,15 +117,9 @@ class Daemon:
         self.notifier.reloading("reloading configuration")
         try:
             new = self.loader(str(self.config.path))
-        except LakeExportError as exc:
-            self.metrics.reloads.labels(result="error").inc()
-            log.error("config.reload_failed", path=str(self.config.path), reason=str(exc),
-                      kept_feeds=sorted(self.feeds))
-            self.notifier.ready(self._status("reload failed; old configuration kept"))
-            return False
-        manager = self._manager(new) if new.lake.root != self.config.lake.root else self.manager
-        try:
-            self._sync(manager, new)
+            same_root = new.lake.root == self.config.lake.root
+            manager = self.manager if same_root else self._manager(new)
+            self._sync(manager, new)  # refuses e.g. an archived name reused for another source
         except LakeExportError as exc:
             self.metrics.reloads.labels(result="error").inc()
             log.error("config.reload_failed", path=str(self.config.path), reason=str(exc),

@@ -158,18 +158,7 @@ class Run:
         if dropped:
             cleanup.delete_partitions(self.feed_dir, dropped)
         failpoint("export.after_prune")
-        return ExportResult(
-            feed=feed.name,
-            kind="stream",
-            run_id=self.run_id,
-            rows=record.records,
-            files=len(written),
-            bytes=sum(w.size_bytes for w in written),
-            started=self.now,
-            duration_s=time.monotonic() - self.started,
-            watermark_ms=upper,
-            window_from_ms=lower,
-        )
+        return self._result(written, watermark_ms=upper, window_from_ms=lower)
 
     def _write_stream(
         self, doc: StreamMetadata, lower: int | None, upper: int
@@ -232,21 +221,24 @@ class Run:
         if dropped:
             cleanup.delete_versions(self.feed_dir, dropped)
         failpoint("export.after_prune")
+        return self._result(
+            written, version=version, versions_kept=len(new.versions), scan_started_ms=scan_started
+        )
+
+    # -- shared steps ----------------------------------------------------------------------
+
+    def _result(self, written: list[WrittenFile], **details: int | None) -> ExportResult:
         return ExportResult(
-            feed=feed.name,
-            kind="table",
+            feed=self.feed.name,
+            kind=self.feed.kind,
             run_id=self.run_id,
-            rows=record.records,
+            rows=sum(w.records for w in written),
             files=len(written),
             bytes=sum(w.size_bytes for w in written),
             started=self.now,
             duration_s=time.monotonic() - self.started,
-            version=version,
-            versions_kept=len(new.versions),
-            scan_started_ms=scan_started,
+            **details,  # type: ignore[arg-type]
         )
-
-    # -- shared steps ----------------------------------------------------------------------
 
     def _batches(self, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         failpoint("export.after_header")

@@ -24,6 +24,7 @@ from typing import Any, Final, Literal
 from lakeexportd import config_build
 from lakeexportd.config import BUILTIN, FEED_NAME, Feed, FeedDefaults
 from lakeexportd.config_reader import Node
+from lakeexportd.durable import fsync_path
 from lakeexportd.durations import format_duration
 from lakeexportd.errors import EX_USAGE, ConfigError, FeedError, LakeStateError
 
@@ -192,13 +193,6 @@ def from_json(raw: Any, *, where: str) -> FeedEntry:
 # -- files -------------------------------------------------------------------------------------
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
 
 class RegistryFiles:
     """Reads and atomically writes ``<root>/feeds/{active,archived}/<feed>.json``."""
@@ -285,11 +279,11 @@ class RegistryFiles:
             finally:
                 os.close(fd)
             os.replace(tmp, path)
-            _fsync_dir(path.parent)
+            fsync_path(path.parent, directory=True)
             other = self.path(entry.name, "active" if entry.state == "archived" else "archived")
             if other.exists():
                 other.unlink()
-                _fsync_dir(other.parent)
+                fsync_path(other.parent, directory=True)
         except OSError as exc:
             with contextlib.suppress(OSError):
                 tmp.unlink()
@@ -305,4 +299,4 @@ class RegistryFiles:
                 continue
             except OSError as exc:
                 raise LakeStateError(f"could not remove registry file {path}: {exc}") from exc
-            _fsync_dir(path.parent)
+            fsync_path(path.parent, directory=True)

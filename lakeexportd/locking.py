@@ -15,9 +15,9 @@ from pathlib import Path
 from types import TracebackType
 
 from lakeexportd import layout
+from lakeexportd.durable import make_dirs
 from lakeexportd.errors import FeedLocked, LakeStateError
 from lakeexportd.failpoints import failpoint
-from lakeexportd.parquet_writer import make_dirs
 
 
 class FeedLock:

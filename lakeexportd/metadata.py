@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from lakeexportd import layout
+from lakeexportd.durable import fsync_path
 from lakeexportd.errors import LakeStateError
 from lakeexportd.failpoints import failpoint
 from lakeexportd.metadata_model import (
@@ -185,13 +186,6 @@ def check_table(doc: TableMetadata) -> None:
         raise _Shape(f"$.current_version {doc.current_version} is not in $.versions")
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
 
 def _signature(path: Path) -> _Signature:
     try:
@@ -261,7 +255,7 @@ class MetadataStore:
             failpoint("metadata.after_tmp_fsync")
             os.replace(tmp, path)
             failpoint("metadata.after_replace")
-            _fsync_dir(feed_dir)
+            fsync_path(feed_dir, directory=True)
             failpoint("metadata.after_dir_fsync")
         except OSError as exc:
             raise LakeStateError(f"could not commit {path}: {exc}") from exc

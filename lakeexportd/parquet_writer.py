@@ -23,6 +23,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from lakeexportd.durable import fsync_path
 from lakeexportd.errors import LakeStateError, SchemaError
 from lakeexportd.failpoints import failpoint
 
@@ -46,32 +47,6 @@ def use_lean_arrow_memory() -> None:
         return  # a pyarrow build without jemalloc keeps its default allocator
     pa.jemalloc_set_decay_ms(0)
     pa.set_memory_pool(pool)
-
-
-def fsync_path(path: Path, *, directory: bool = False) -> None:
-    fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if directory else 0))
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def make_dirs(path: Path, dir_mode: int) -> list[Path]:
-    """Create ``path`` and missing parents with ``dir_mode`` exactly; returns the created ones."""
-    missing: list[Path] = []
-    probe = path
-    while not probe.exists():
-        missing.append(probe)
-        probe = probe.parent
-    created = []
-    for directory in reversed(missing):
-        try:
-            os.mkdir(directory, dir_mode)
-        except FileExistsError:
-            continue
-        os.chmod(directory, dir_mode)  # umask may have removed bits
-        created.append(directory)
-    return created
 
 
 def check_schema(batch: pa.RecordBatch, schema: pa.Schema, where: str) -> pa.RecordBatch:

@@ -32,6 +32,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from lakeexportd import layout
+from lakeexportd.durable import fsync_path, make_dirs
 from lakeexportd.errors import LakeStateError, SchemaError
 from lakeexportd.failpoints import failpoint
 from lakeexportd.metadata_model import WrittenFile
@@ -41,8 +42,6 @@ from lakeexportd.parquet_writer import (
     BackgroundWriter,
     ParquetFile,
     check_schema,
-    fsync_path,
-    make_dirs,
 )
 from lakeexportd.snapshot_sink import SnapshotSink
 

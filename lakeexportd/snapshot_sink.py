@@ -16,6 +16,7 @@ from types import TracebackType
 import pyarrow as pa
 
 from lakeexportd import layout
+from lakeexportd.durable import fsync_path, make_dirs
 from lakeexportd.errors import LakeStateError
 from lakeexportd.failpoints import failpoint
 from lakeexportd.metadata_model import WrittenFile
@@ -25,8 +26,6 @@ from lakeexportd.parquet_writer import (
     BackgroundWriter,
     ParquetFile,
     check_schema,
-    fsync_path,
-    make_dirs,
 )
 
 

@@ -31,17 +31,6 @@ def sandbox() -> Iterator[Sandbox]:
         yield sb
 
 
-@pytest.fixture
-def setup(tmp_path: Path, sandbox: Sandbox) -> Iterator[Setup]:
-    s = Setup(tmp_path, sandbox)
-    yield s
-    for daemon in s.daemons:
-        if daemon.proc.poll() is None:
-            try:
-                daemon.stop(timeout=30)
-            except subprocess.TimeoutExpired:
-                pass  # stop() killed the process group
-    sandbox.clear_faults()
 
 
 def failures(daemon: DaemonProcess) -> list[dict[str, Any]]:

@@ -8,7 +8,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
@@ -28,8 +27,7 @@ def unit_settings() -> dict[str, list[str]]:
 def test_systemd_analyze_verify_reports_nothing(tmp_path: Path) -> None:
     """`systemd-analyze verify` on the unit (ExecStart at this venv's binary) prints nothing."""
     analyze = shutil.which("systemd-analyze")
-    if analyze is None:
-        pytest.skip("systemd-analyze is not installed")
+    assert analyze is not None, "systemd-analyze is part of this machine kind (systemd 252)"
     # verify checks that ExecStart's binary exists, so the copy points at the real one; the
     # unknown User=lakeexportd is not an error for verify (it is resolved at start).
     copy = tmp_path / "lakeexportd.service"

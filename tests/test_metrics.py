@@ -152,14 +152,7 @@ def test_a_taken_port_is_a_clear_error(metrics: Metrics) -> None:
 
 
 def test_ipv6_loopback_is_bound_exactly() -> None:
-    """A [::1] listen address binds an IPv6 socket on ::1 only."""
-    if not socket.has_ipv6:
-        pytest.skip("no IPv6 on this host")
-    try:
-        with socket.socket(socket.AF_INET6) as probe:
-            probe.bind(("::1", 0))
-    except OSError:
-        pytest.skip("::1 is not configured on this host")
+    """A [::1] listen address binds an IPv6 socket on ::1 only (this machine kind has ::1)."""
     server = MetricsServer(CollectorRegistry(), "::1", 0, lambda: True)
     server.start()
     try:

@@ -168,7 +168,7 @@ class Run:
             f"ROWTIME <= {upper}" if lower is None else f"ROWTIME > {lower} AND ROWTIME <= {upper}"
         )
         sql = f"SELECT ROWTIME, * FROM {feed.source} WHERE {where};"
-        with self.client.query(sql, batch_size=feed.batch_size) as result:
+        with self.client.query(sql, batch_size=feed.batch_size, cancel=self.cancel) as result:
             self.columns = self._checked_columns(doc, result.schema)
             with AppendSink(
                 self.feed_dir,
@@ -191,7 +191,7 @@ class Run:
         version = update.next_version(doc)
         scan_started = epoch_ms(self.now)
         with self.client.query(
-            f"SELECT * FROM {feed.source};", batch_size=feed.batch_size
+            f"SELECT * FROM {feed.source};", batch_size=feed.batch_size, cancel=self.cancel
         ) as result:
             self.columns = self._checked_columns(doc, result.schema)
             with SnapshotSink(

@@ -28,6 +28,7 @@ import httpx
 import pyarrow as pa
 
 from lakeexportd.errors import (
+    ExportAborted,
     KsqlDBAuthError,
     KsqlDBProtocolError,
     KsqlDBRequestError,
@@ -189,7 +190,12 @@ class KsqlDBClient:
 
     @contextmanager
     def query(
-        self, sql: str, *, properties: dict[str, Any] | None = None, batch_size: int = 10_000
+        self,
+        sql: str,
+        *,
+        properties: dict[str, Any] | None = None,
+        batch_size: int = 10_000,
+        cancel: threading.Event | None = None,
     ) -> Iterator[QueryResult]:
         """Run a query; ``batches()`` of the result yields record batches of ≤ batch_size rows."""
         api = self._query_api()
@@ -206,7 +212,7 @@ class KsqlDBClient:
         with self._send(
             "POST", path, json_body=body, accept=accept, what=f"query {_short(sql)}"
         ) as response:
-            result = QueryResult(response, decoder, batch_size)
+            result = QueryResult(response, decoder, batch_size, cancel)
             result.read_header()
             yield result
 
@@ -371,8 +377,10 @@ class QueryResult:
         response: httpx.Response,
         decoder: DelimitedStream | StreamedRowStream,
         batch_size: int,
+        cancel: threading.Event | None = None,
     ) -> None:
         self.response = response
+        self._cancel = cancel
         self.http_version = response.http_version
         self._decoder = decoder
         self._batch_size = batch_size
@@ -444,7 +452,7 @@ class QueryResult:
         )
         reader.start()
         try:
-            while (item := tables.get()) is not None:
+            while (item := self._next(tables)) is not None:
                 if isinstance(item, BaseException):
                     raise item
                 yield from self._split(item)
@@ -454,6 +462,21 @@ class QueryResult:
             # arrive, or when query() closes the response; as a daemon it never delays exit.
             stop.set()
             reader.join(timeout=1.0)
+
+    def _next(self, tables: queue.Queue[_Item]) -> _Item:
+        """The next item; a set ``cancel`` ends the wait even while ksqlDB sends nothing (a
+        stream pull query is silent while it scans old offsets), so shutdown is not held up."""
+        if self._cancel is None:
+            return tables.get()
+        while True:
+            try:
+                return tables.get(timeout=0.2)
+            except queue.Empty:
+                if self._cancel.is_set():
+                    raise ExportAborted(
+                        f"{self._decoder.what}: stopped by shutdown while waiting for ksqlDB "
+                        f"after {self.rows} rows; nothing was published"
+                    ) from None
 
     def _read(self, tables: queue.Queue[_Item], stop: threading.Event) -> None:
         """The reader thread: each decoded table, then ``None``, or the exception that ended it."""

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import threading
+import time
 from collections.abc import Callable
 
 import httpx
 import pytest
 
 from lakeexportd.errors import (
+    ExportAborted,
     KsqlDBAuthError,
     KsqlDBRequestError,
     KsqlDBStreamError,
@@ -381,3 +384,27 @@ def test_http_client_builds_auth_timeouts_and_h2c() -> None:
     flow = http.auth.sync_auth_flow(request)  # type: ignore[union-attr]
     assert next(flow).headers["authorization"].startswith("Basic ")
     http.close()
+
+
+def test_cancel_ends_the_wait_on_a_silent_answer() -> None:
+    """While ksqlDB sends nothing after the header, a set cancel aborts the read promptly."""
+    release = threading.Event()
+
+    class Silent(httpx.SyncByteStream):
+        def __iter__(self):  # type: ignore[no-untyped-def]
+            yield HEADER + ROWS
+            release.wait(10)  # ksqlDB scanning old offsets: no bytes for a long time
+
+    cancel = threading.Event()
+    c, _ = client(lambda r: httpx.Response(200, stream=Silent()))
+    started = time.monotonic()
+    threading.Timer(0.3, cancel.set).start()
+    try:
+        with c.query("SELECT * FROM S;", cancel=cancel) as result:
+            rows = 0
+            with pytest.raises(ExportAborted, match="stopped by shutdown while waiting for ksqlDB"):
+                for batch in result.batches():
+                    rows += batch.num_rows
+        assert time.monotonic() - started < 3  # not the 10 s of silence
+    finally:
+        release.set()

@@ -148,10 +148,12 @@ class ParquetFile:
         self._buffer: list[pa.RecordBatch] = []
         self._buffered_rows = 0
         self.buffered_bytes = 0
+        created = False
         try:
             # O_EXCL: never write into a file someone else owns; explicit fchmod: raw data must
             # not be world-readable even for the life of a temp file, whatever the umask.
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, file_mode)
+            created = True
             os.fchmod(fd, file_mode)
             os.close(fd)
             self._writer: pq.ParquetWriter | None = pq.ParquetWriter(
@@ -163,6 +165,8 @@ class ParquetFile:
                 store_schema=True,
             )
         except (OSError, pa.ArrowException) as exc:
+            if created:  # ours (O_EXCL): a full disk must not leave a half-made temp behind
+                path.unlink(missing_ok=True)
             raise LakeStateError(f"cannot create {path}: {exc}") from exc
         failpoint(f"{failpoint_prefix}.after_open_temp")
 

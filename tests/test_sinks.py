@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import os
 import subprocess
 import sys
@@ -18,6 +19,7 @@ from lakeexportd import metadata as md
 from lakeexportd.errors import LakeStateError, SchemaError
 from lakeexportd.failpoints import FAILPOINTS
 from lakeexportd.ksql_types import arrow_schema, parse_type
+from lakeexportd.parquet_writer import ParquetFile
 from lakeexportd.sinks import AppendSink, SnapshotSink
 
 RUN = dt.datetime(2025, 1, 15, 12, 0, 0, tzinfo=dt.UTC)
@@ -445,3 +447,16 @@ def test_crash_mid_append_leaves_only_orphans(tmp_path: Path, point: str) -> Non
     assert feed.exists()
     cleanup.remove_orphans(feed, None, kind="stream")
     assert _files(feed) == []
+
+
+def test_temp_file_that_cannot_be_started_is_removed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """When the Parquet writer cannot start its file (ENOSPC), the empty temp does not stay."""
+
+    def full_disk(*args: object, **kwargs: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(pq, "ParquetWriter", full_disk)
+    target = tmp_path / ".data_x.parquet.tmp"
+    with pytest.raises(LakeStateError, match="No space left"):
+        ParquetFile(target, pa.schema([("a", pa.int64())]), file_mode=0o640, failpoint_prefix="append")
+    assert not target.exists()

@@ -302,13 +302,8 @@ class Run:
 
     def _commit(self, doc: FeedMetadata) -> None:
         failpoint("export.before_commit")
-        try:
-            self.store.commit(self.feed_dir, doc, file_mode=self.file_mode)
-        except BaseException:
-            # Renamed files the commit did not list would stay visible to readers until the
-            # next run; remove them now if the document on disk really does not list them.
-            self._remove_unlisted()
-            raise
+        # A failed commit leaves renamed files unlisted: execute() removes them right away.
+        self.store.commit(self.feed_dir, doc, file_mode=self.file_mode)
         log.info(
             "metadata.committed",
             feed=self.feed.name,
@@ -318,6 +313,7 @@ class Run:
         )
 
     def _remove_unlisted(self) -> None:
+        """Remove what the metadata on disk does not list (it is the truth, whatever failed)."""
         try:
             cleanup.remove_orphans(
                 self.feed_dir,

@@ -94,12 +94,10 @@ def remove_orphans(
         temps: list[Path] = []
         data: list[Path] = []
         versions: list[Path] = []
-        if not feed_dir.exists():
-            pass
-        elif kind == "stream":
+        if feed_dir.exists() and kind == "stream":
             stream_doc = doc if isinstance(doc, StreamMetadata) else None
             temps, data = _stream_orphans(feed_dir, stream_doc)
-        else:
+        elif feed_dir.exists():
             temps, data, versions = _table_orphans(feed_dir, doc)
         meta_tmp = feed_dir / layout.temp_name(layout.METADATA_NAME)
         if meta_tmp.exists():

@@ -73,7 +73,7 @@ def _select(config: Config, names: list[str], *, every: bool) -> list[Feed]:
 
 
 class _UsageError(Exception):
-    pass
+    """A feed argument the configuration does not know (exit 2)."""
 
 
 def _exporter(config: Config) -> DataLakeExporter:

@@ -241,8 +241,6 @@ class ParquetFile:
                 pass  # the file is being thrown away
             self._writer = None
         try:
-            os.unlink(self.path)
-        except FileNotFoundError:
-            pass
+            self.path.unlink(missing_ok=True)
         except OSError as exc:
             raise LakeStateError(f"cannot remove temp file {self.path}: {exc}") from exc

@@ -3,16 +3,32 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# Exact versions of everything `make test` installs (the build backend included, through
+# PIP_CONSTRAINT, which pip also applies to the isolated build environment). `make lock`
+# refreshes it; pyproject.toml keeps the ranges users install from.
+LOCK := requirements/test.lock
 
-.PHONY: install run test bench lint soak clean
+.PHONY: install lock run test bench lint soak clean
 
-# One pip call installs the package and everything the tests need.
-$(STAMP): pyproject.toml
+# One pip call installs the package and everything the tests need, at the locked versions.
+$(STAMP): pyproject.toml $(LOCK)
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
+	PIP_CONSTRAINT=$(CURDIR)/$(LOCK) $(BIN)/python -m pip install --quiet \
+		--disable-pip-version-check -e '.[test]'
 	@touch $(STAMP)
 
 install: $(STAMP)
+
+# Resolve pyproject.toml's ranges afresh in a throw-away venv and write the lock from it.
+lock:
+	rm -rf .lock-venv
+	$(PYTHON) -m venv .lock-venv
+	.lock-venv/bin/python -m pip install --quiet --disable-pip-version-check --upgrade setuptools wheel
+	.lock-venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
+	@mkdir -p requirements
+	{ echo "# make test installs exactly these (Python 3.11). Refresh: make lock"; \
+	  .lock-venv/bin/python -m pip freeze --all --exclude-editable | grep -v '^pip=='; } > $(LOCK)
+	rm -rf .lock-venv
 
 run: $(STAMP)
 	$(BIN)/python -m lakeexportd.demo
@@ -32,4 +48,4 @@ lint: $(STAMP)
 	$(BIN)/mypy
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .lock-venv build *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -179,6 +179,13 @@ class RowDecoder:
         return quotes
 
     def _finish_column(self, column: pa.ChunkedArray, t: KsqlType, i: int) -> pa.ChunkedArray:
+        if t.base == "DECIMAL":
+            # The CSV reader checks the scale (it refuses to round) but not the precision.
+            try:
+                column.validate(full=True)
+            except pa.ArrowInvalid as exc:
+                raise ValueError(str(exc)) from exc
+            return column
         if t.base == "TIMESTAMP":
             return column.cast(t.arrow)  # naive values are UTC: a relabel, not a shift
         if t.base in ("TIME", "BYTES"):

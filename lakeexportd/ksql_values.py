@@ -14,7 +14,7 @@ import binascii
 import datetime as dt
 import re
 from collections.abc import Callable
-from decimal import Context, Decimal, InvalidOperation
+from decimal import Context, Decimal, Inexact, InvalidOperation
 from typing import Any
 
 from lakeexportd.ksql_types import MAX_DECIMAL_PRECISION, KsqlType
@@ -23,10 +23,16 @@ _INT32 = (-(2**31), 2**31 - 1)
 _INT64 = (-(2**63), 2**63 - 1)
 _EPOCH_DATE = dt.date(1970, 1, 1)
 _MS_PER_DAY = 86_400_000
-# The default context keeps 28 digits: too few for DECIMAL(38, s) and wider.
-_WIDE = Context(prec=MAX_DECIMAL_PRECISION + 4)
+# The default context keeps 28 digits: too few for DECIMAL(38, s) and wider. This one holds
+# any DECIMAL ksql_types accepts and traps rounding, so a value is kept exactly or refused.
+_EXACT = Context(prec=MAX_DECIMAL_PRECISION + 4, traps=[Inexact, InvalidOperation])
 
 Converter = Callable[[Any], Any]
+
+
+class RejectedValue(ValueError):
+    """A well-formed value the column's type cannot hold exactly (a DECIMAL that would need
+    rounding or more digits): the source's data, not the wire, is at fault."""
 
 
 def parse_timestamp_ms(text: str) -> int:
@@ -118,34 +124,51 @@ def _date(v: Any) -> int:
     raise ValueError(f"expected a DATE, got {v!r}")
 
 
-def _time(v: Any) -> int:
-    if type(v) is int:
-        if not 0 <= v < _MS_PER_DAY:
-            raise ValueError(f"{v} is not a millisecond of the day")
-        return v
-    if isinstance(v, str):
-        return parse_time_ms(v)
-    raise ValueError(f"expected a TIME, got {v!r}")
+def _time(per_ms: int) -> Converter:
+    """Milliseconds of the day (a number, or text) to the unit of the column's Arrow type."""
+
+    def convert(v: Any) -> int:
+        if type(v) is int:
+            if not 0 <= v < _MS_PER_DAY:
+                raise ValueError(f"{v} is not a millisecond of the day")
+            return v * per_ms
+        if isinstance(v, str):
+            return parse_time_ms(v) * per_ms
+        raise ValueError(f"expected a TIME, got {v!r}")
+
+    return convert
 
 
 def _decimal(precision: int, scale: int) -> Converter:
+    """Exact at any precision: nothing here rounds. ``abs`` or arithmetic would round to the
+    default context's 28 digits; ``quantize`` runs in ``_EXACT``, which is wide enough for 76
+    digits and raises instead of rounding, and comparisons are exact."""
     quantum = Decimal(1).scaleb(-scale)
-    limit = Decimal(10) ** (precision - scale)
+    limit = Decimal(10) ** (precision - scale)  # one digit: exact in any context
 
     def convert(v: Any) -> Decimal:
         if type(v) is int:
             v = Decimal(v)
         elif not isinstance(v, Decimal):
             raise ValueError(f"expected a DECIMAL({precision}, {scale}), got {v!r}")
+        if not v.is_finite():
+            raise ValueError(f"{v} is not a DECIMAL({precision}, {scale}) value")
         try:
-            exact: Decimal = v.quantize(quantum, context=_WIDE)
-        except InvalidOperation as exc:
-            raise ValueError(f"{v} does not fit in DECIMAL({precision}, {scale})") from exc
-        if exact != v or abs(exact) >= limit:
-            raise ValueError(f"{v} does not fit in DECIMAL({precision}, {scale}) without loss")
+            exact: Decimal = v.quantize(quantum, context=_EXACT)
+        except ArithmeticError as exc:  # Inexact (would round) or InvalidOperation (too long)
+            raise RejectedValue(_does_not_fit(v, precision, scale)) from exc
+        if not -limit < exact < limit:
+            raise RejectedValue(_does_not_fit(v, precision, scale))
         return exact
 
     return convert
+
+
+def _does_not_fit(v: Decimal, precision: int, scale: int) -> str:
+    return (
+        f"{v} does not fit in DECIMAL({precision}, {scale}) without rounding: "
+        f"at most {precision - scale} digits before the point and {scale} after it"
+    )
 
 
 def _key_from_text(t: KsqlType) -> Converter:
@@ -182,7 +205,7 @@ def value_converter(t: KsqlType) -> Converter:
     elif t.base == "DATE":
         base = _date
     elif t.base == "TIME":
-        base = _time
+        base = _time({"ms": 1, "us": 1000, "ns": 1_000_000}[t.arrow.unit])
     elif t.base == "DECIMAL":
         assert t.precision is not None and t.scale is not None
         base = _decimal(t.precision, t.scale)

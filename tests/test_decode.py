@@ -175,3 +175,37 @@ def test_schema_carries_ksql_types_in_field_metadata() -> None:
     field = d.schema.field("AMOUNT")
     assert field.type == pa.decimal128(10, 2)
     assert field.metadata == {b"ksql_type": b"DECIMAL(10, 2)"}
+
+
+WIDE_EDGES = [
+    "9999999999999999999999999999.9999999999",
+    "-9999999999999999999999999999.9999999999",
+    "0.0000000000",
+    "0.0000000001",
+    "-0.0000000001",
+]
+
+
+def test_wide_decimals_keep_every_digit_on_the_fast_and_exact_paths() -> None:
+    """DECIMAL(38, 10) at its edges survives both paths digit for digit; so does decimal256."""
+    d = decoder([("W", "DECIMAL(38, 10)")])
+    block = lines(*(f"[{v}]" for v in WIDE_EDGES))
+    fast = d.decode(block)
+    exact = d.decode_exact(block.split(b"\n")[:-1], 1)
+    assert d.fast_rows == len(WIDE_EDGES)
+    for table in (fast, exact):
+        assert [f"{v:f}" for v in table.column("W").to_pylist()] == WIDE_EDGES
+    huge = "9" * 56 + "." + "9" * 20
+    d256 = decoder([("H", "DECIMAL(76, 20)")])
+    values = d256.decode(lines(f"[{huge}]", f"[-{huge}]", "[0.00000000000000000001]"))
+    assert [f"{v:f}" for v in values.column("H").to_pylist()] == [
+        huge, "-" + huge, "0.00000000000000000001"
+    ]
+
+
+@pytest.mark.parametrize("value", ["123.1", "-100", "1.234"])
+def test_decimal_too_wide_for_its_type_is_refused_not_stored(value: str) -> None:
+    """The CSV reader checks the scale but not the precision: the decoder checks both."""
+    d = decoder([("A", "DECIMAL(4, 2)")])
+    with pytest.raises(KsqlDBProtocolError, match=f"row 2, column A.*{value} does not fit"):
+        d.decode(lines("[1.00]", f"[{value}]"))

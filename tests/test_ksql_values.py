@@ -10,6 +10,7 @@ import pytest
 
 from lakeexportd.ksql_types import parse_type
 from lakeexportd.ksql_values import (
+    RejectedValue,
     parse_date_days,
     parse_time_ms,
     parse_timestamp_ms,
@@ -58,12 +59,49 @@ def test_decimal_keeps_every_digit() -> None:
     assert str(_convert("DECIMAL(4, 2)", 10)) == "10.00"
 
 
+EDGE_38 = "9999999999999999999999999999.9999999999"
+
+
 @pytest.mark.parametrize(
-    ("text", "value"), [("DECIMAL(4, 2)", Decimal("1.234")), ("DECIMAL(4, 2)", Decimal("100.00"))]
+    ("text", "value"),
+    [
+        ("DECIMAL(38, 10)", EDGE_38),
+        ("DECIMAL(38, 10)", "-" + EDGE_38),
+        ("DECIMAL(38, 10)", "-0.0000000001"),
+        ("DECIMAL(38, 0)", "9" * 38),
+        ("DECIMAL(38, 38)", "-0." + "9" * 38),
+        ("DECIMAL(76, 20)", "9" * 56 + "." + "9" * 20),
+        ("DECIMAL(76, 20)", "-" + "9" * 56 + "." + "9" * 20),
+        ("DECIMAL(76, 0)", "-" + "9" * 76),
+    ],
+)
+def test_decimal_at_full_precision_is_kept_digit_for_digit(text: str, value: str) -> None:
+    """Nothing on the exact path rounds to the default context's 28 digits."""
+    assert f"{_convert(text, Decimal(value)):f}" == value
+
+
+def test_decimal_with_trailing_zeros_past_the_scale_is_exact() -> None:
+    """1.000 is 1.00 exactly: dropping zeros is not rounding."""
+    assert str(_convert("DECIMAL(4, 2)", Decimal("1.000"))) == "1.00"
+    assert str(_convert("DECIMAL(12, 2)", Decimal("1.0E+7"))) == "10000000.00"
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [
+        ("DECIMAL(4, 2)", Decimal("1.234")),
+        ("DECIMAL(4, 2)", Decimal("100.00")),
+        ("DECIMAL(4, 2)", Decimal("-100")),
+        ("DECIMAL(38, 10)", Decimal("1" + EDGE_38)),
+        ("DECIMAL(38, 10)", Decimal(EDGE_38 + "1")),
+        ("DECIMAL(38, 10)", Decimal("1.0E+28")),
+        ("DECIMAL(76, 20)", Decimal("1" + "0" * 56)),
+        ("DECIMAL(76, 0)", Decimal("1E+100")),
+    ],
 )
 def test_decimal_that_does_not_fit_is_an_error(text: str, value: Decimal) -> None:
     """A value with more scale or more integer digits than the type is never rounded."""
-    with pytest.raises(ValueError):
+    with pytest.raises(RejectedValue, match="does not fit"):
         _convert(text, value)
 
 
@@ -103,9 +141,10 @@ def test_nested_values_accept_the_numeric_forms_ksqldb_uses_inside_structs() -> 
     t = "STRUCT<`TS` TIMESTAMP, `D` DATE, `T` TIME, `AMT` DECIMAL(4, 2), `B` BYTES>"
     value = {"TS": 943959600000, "D": 1, "T": 10_000, "AMT": Decimal("1.1"), "B": "IQ=="}
     converted = _convert(t, value)
-    assert converted == {"TS": 943959600000, "D": 1, "T": 10_000, "AMT": Decimal("1.10"), "B": b"!"}
+    assert converted == {"TS": 943959600000, "D": 1, "T": 10_000_000, "AMT": Decimal("1.10"), "B": b"!"}
     arr = pa.array([converted, None], type=parse_type(t).arrow)
     assert arr[0]["TS"].as_py() == dt.datetime(1999, 11, 30, 11, tzinfo=dt.UTC)
+    assert arr[0]["T"].as_py() == dt.time(0, 0, 10)  # millis of the day, stored as time64[us]
 
 
 def test_nulls_anywhere_in_nested_values() -> None:

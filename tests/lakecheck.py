@@ -64,10 +64,11 @@ def wire_truth(truth: pa.Table) -> pa.Table:
     """What ksqlDB's REST API can carry: it writes top-level TIME values without their
     milliseconds (``LocalTime.ofSecondOfDay(ms / 1000)``, wire reference section 4)."""
     for i, field in enumerate(truth.schema):
-        if pa.types.is_time32(field.type):
-            millis = truth.column(i).cast(pa.int32())
-            seconds = pc.multiply(pc.divide(millis, 1000), 1000).cast(pa.int32())
-            truth = truth.set_column(i, field, seconds.cast(field.type))
+        if pa.types.is_time(field.type):
+            per_second = {"s": 1, "ms": 1_000, "us": 1_000_000, "ns": 1_000_000_000}[field.type.unit]
+            ticks = truth.column(i).cast(pa.int64())
+            whole = pc.multiply(pc.divide(ticks, per_second), per_second)
+            truth = truth.set_column(i, field, whole.cast(field.type))
     return truth
 
 

@@ -20,7 +20,7 @@ TYPE_TABLE = [
     ("VARCHAR", pa.string()),
     ("BYTES", pa.binary()),
     ("DATE", pa.date32()),
-    ("TIME", pa.time32("ms")),
+    ("TIME", pa.time64("us")),
     ("TIMESTAMP", pa.timestamp("ms", tz="UTC")),
     ("ARRAY<STRING>", pa.list_(pa.string())),
     ("MAP<STRING, STRING>", pa.map_(pa.string(), pa.string())),

@@ -10,6 +10,7 @@ with the library), with ground-truth accessors to compare a lake against.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import threading
 import time
 from collections.abc import Callable
@@ -161,4 +162,6 @@ def _arrow_value(t: KsqlType, value: Any) -> Any:
         return [(k, _arrow_value(member, v)) for k, v in value.items()]
     if t.base == "STRUCT":
         return {name: _arrow_value(ft, value.get(name)) for name, ft in t.fields}
+    if t.base == "TIME":  # millis of the day, whatever unit the Arrow type counts in
+        return (dt.datetime.min + dt.timedelta(milliseconds=value)).time()
     return value

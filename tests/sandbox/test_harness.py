@@ -24,10 +24,12 @@ def test_arrow_ground_truth(sandbox: Sandbox) -> None:
     assert schema.field("AMOUNT").type == pa.decimal128(10, 2)
     assert schema.field("TRANSACTION_TIME").type == pa.timestamp("ms", tz="UTC")
     assert schema.field("SETTLEMENT_DATE").type == pa.date32()
-    assert schema.field("LOCAL_TIME").type == pa.time32("ms")
+    assert schema.field("LOCAL_TIME").type == pa.time64("us")
     assert schema.field("DEVICE_FINGERPRINT").type == pa.binary()
     first = table.slice(0, 1).to_pylist()[0]
     assert isinstance(first["AMOUNT"], Decimal)
+    millis = sandbox.rows("TRANSACTION_STREAM")[0]["LOCAL_TIME"]
+    assert first["LOCAL_TIME"] == (dt.datetime.min + dt.timedelta(milliseconds=millis)).time()
     assert isinstance(first["PAYLOAD"]["ITEMS"][0]["ADDED_AT"], dt.datetime)
     assert dict(first["PAYLOAD"]["META"])["country"]
     assert sandbox.arrow("USER_SUMMARY").num_rows == len(sandbox.table("USER_SUMMARY"))

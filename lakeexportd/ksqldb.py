@@ -1,9 +1,15 @@
-"""KsqlDBClient: the only module that speaks HTTP to ksqlDB (and the only one importing httpx).
+"""KsqlDBClient: the only module that speaks HTTP to ksqlDB (with ``curl_stream``).
 
-Queries go to ``POST /query-stream`` in the delimited format (HTTP/1.1 chunked, or h2c when the
-``httpx.Client`` was built with ``http1=False, http2=True``), or to the legacy ``POST /query``
-for servers older than 0.24. Rows arrive as Arrow tables, decoded block by block while the body
-streams in, so memory never holds the whole answer.
+Queries go to ``POST /query-stream`` in the delimited format (HTTP/1.1 chunked, or h2c with
+prior knowledge), or to the legacy ``POST /query`` for servers older than 0.24. Rows arrive as
+Arrow tables, decoded block by block while the body streams in, so memory never holds the
+whole answer.
+
+The transport is libcurl (``curl_stream.CurlTransport``, what ``client_from_settings`` builds)
+for every request: ksqlDB sends one HTTP chunk per row, which only a native HTTP parser drains
+at speed, and one TLS stack for all requests means a certificate setting that works for /info
+works for the rows. An ``httpx.Client`` is still accepted (the unit tests' seam:
+``httpx.MockTransport``); httpx is imported only then.
 
 Failures before the header (connection errors, timeouts, 429, 5xx) are retried with exponential
 backoff and full jitter up to ``max_retries``, then raised as ``KsqlDBUnavailable``. Once rows
@@ -24,9 +30,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeAlias
 
-import httpx
 import pyarrow as pa
 
+from lakeexportd.curl_stream import CurlTransport, TransportFailure
 from lakeexportd.errors import (
     ExportAborted,
     KsqlDBAuthError,
@@ -40,6 +46,8 @@ from lakeexportd.framing import DEFAULT_BLOCK_BYTES, DelimitedStream, QueryHeade
 from lakeexportd.ksql_types import KsqlType, parse_type
 
 if TYPE_CHECKING:
+    import httpx
+
     from lakeexportd.config import KsqlDBSettings
 
 Api = Literal["auto", "query-stream", "query"]
@@ -58,6 +66,32 @@ class RequestObserver(Protocol):
     def request(self, endpoint: str, code: str) -> None: ...
 
     def retry(self, endpoint: str) -> None: ...
+
+
+class Response(Protocol):
+    """An answer whose header has arrived: what ``curl_stream.CurlResponse`` offers."""
+
+    status_code: int
+    http_version: str
+
+    def iter_raw(self) -> Iterator[bytes]: ...
+
+    def read(self) -> bytes: ...
+
+    def close(self) -> None: ...
+
+
+class Transport(Protocol):
+    """Opens requests; failures before the header and in the body are ``TransportFailure``."""
+
+    base_url: str
+    scheme: str
+
+    def open(
+        self, method: str, path: str, *, headers: dict[str, str], body: bytes | None = None
+    ) -> Response: ...
+
+    def close(self) -> None: ...
 
 
 class _NoObserver:
@@ -115,7 +149,10 @@ def build_http_client(
     cert_file: str | None = None,
     key_file: str | None = None,
 ) -> httpx.Client:
-    """The ``httpx.Client`` for a ksqlDB server: auth, TLS, timeouts and HTTP version."""
+    """An ``httpx.Client`` for a ksqlDB server: auth, TLS, timeouts and HTTP version (the
+    daemon uses ``CurlTransport``, which takes the same arguments)."""
+    import httpx
+
     tls: ssl.SSLContext | bool = verify
     if verify:
         tls = (
@@ -143,7 +180,7 @@ def client_from_settings(
 ) -> KsqlDBClient:
     """The client a configuration describes (``ksqldb:`` section of the YAML)."""
     password = settings.password.reveal() if settings.password is not None else None
-    http = build_http_client(
+    transport = CurlTransport(
         settings.url,
         username=settings.username,
         password=password,
@@ -155,15 +192,17 @@ def client_from_settings(
         cert_file=str(settings.tls.cert_file) if settings.tls.cert_file else None,
         key_file=str(settings.tls.key_file) if settings.tls.key_file else None,
     )
-    return KsqlDBClient(http, api=settings.api, max_retries=settings.max_retries, observer=observer)
+    return KsqlDBClient(
+        transport, api=settings.api, max_retries=settings.max_retries, observer=observer
+    )
 
 
 class KsqlDBClient:
-    """Talks to one ksqlDB server through the given ``httpx.Client`` (the test seam)."""
+    """Talks to one ksqlDB server through a ``CurlTransport`` or an ``httpx.Client``."""
 
     def __init__(
         self,
-        http: httpx.Client,
+        http: CurlTransport | httpx.Client,
         *,
         api: Api = "auto",
         max_retries: int = 5,
@@ -173,7 +212,9 @@ class KsqlDBClient:
         observer: RequestObserver | None = None,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
-        self.http = http
+        self.transport: Transport = (
+            http if isinstance(http, CurlTransport) else _HttpxTransport(http)
+        )
         self.api: Api = api
         self.max_retries = max_retries
         self.backoff_base = backoff_base
@@ -184,7 +225,7 @@ class KsqlDBClient:
         self._resolved_api: Literal["query-stream", "query"] | None = None if api == "auto" else api
 
     def close(self) -> None:
-        self.http.close()
+        self.transport.close()
 
     # -- queries ---------------------------------------------------------------------------
 
@@ -308,34 +349,29 @@ class KsqlDBClient:
         what: str,
         json_body: dict[str, Any] | None = None,
         accept: str = "application/json",
-    ) -> Iterator[httpx.Response]:
+    ) -> Iterator[Response]:
         """Open a streamed response with a 2xx status, retrying transient failures first."""
         content = json.dumps(json_body).encode() if json_body is not None else None
         headers = {"Accept": accept}
         if content is not None:
             headers["Content-Type"] = "application/json"
+        base_url = self.transport.base_url
         attempt = 0
         while True:
             failure: str
             try:
-                request = self.http.build_request(method, path, content=content, headers=headers)
-                response = self.http.send(request, stream=True)
-            except httpx.TransportError as exc:
+                response = self.transport.open(method, path, headers=headers, body=content)
+            except TransportFailure as exc:
                 self._observer.request(path, "error")
-                tls = _tls_problem(exc)
-                if tls is not None:
+                if exc.kind == "tls":
                     raise KsqlDBTLSError(
-                        f"{what}: TLS with ksqlDB at {self.http.base_url} failed ({tls}); check "
+                        f"{what}: TLS with ksqlDB at {base_url} failed ({exc}); check "
                         "ksqldb.tls.ca_file (the CA that signed the server's certificate), "
                         "cert_file/key_file if the server requires a client certificate, "
                         "and that the URL's host name matches the certificate"
                     ) from exc
-                failure = (
-                    f"cannot reach ksqlDB at {self.http.base_url} ({type(exc).__name__}: {exc})"
-                )
-                if self.http.base_url.scheme == "https" and isinstance(
-                    exc, httpx.RemoteProtocolError | httpx.ReadError
-                ):
+                failure = f"cannot reach ksqlDB at {base_url} ({exc})"
+                if self.transport.scheme == "https" and exc.kind == "connect":
                     # TLS 1.3 servers that require a client certificate just hang up.
                     failure += (
                         "; if the server requires a client certificate, set "
@@ -369,12 +405,74 @@ class KsqlDBClient:
             self._sleep(random.uniform(0, delay))
 
 
+class _HttpxTransport:
+    """An ``httpx.Client`` behind the ``Transport`` interface (its errors as
+    ``TransportFailure``): the seam for tests with ``httpx.MockTransport``."""
+
+    def __init__(self, http: httpx.Client) -> None:
+        self.http = http
+        self.base_url = str(http.base_url).rstrip("/")
+        self.scheme = http.base_url.scheme
+
+    def open(
+        self, method: str, path: str, *, headers: dict[str, str], body: bytes | None = None
+    ) -> Response:
+        import httpx
+
+        try:
+            request = self.http.build_request(method, path, content=body, headers=headers)
+            return _HttpxResponse(self.http.send(request, stream=True))
+        except httpx.TransportError as exc:
+            raise _httpx_failure(exc) from exc
+
+    def close(self) -> None:
+        self.http.close()
+
+
+class _HttpxResponse:
+    def __init__(self, response: httpx.Response) -> None:
+        self.response = response
+        self.status_code = response.status_code
+        self.http_version = response.http_version
+
+    def iter_raw(self) -> Iterator[bytes]:
+        import httpx
+
+        try:
+            yield from self.response.iter_raw()
+        except (httpx.TransportError, httpx.StreamError) as exc:
+            raise _httpx_failure(exc) from exc
+
+    def read(self) -> bytes:
+        import httpx
+
+        try:
+            return self.response.read()
+        except (httpx.TransportError, httpx.StreamError) as exc:
+            raise _httpx_failure(exc) from exc
+
+    def close(self) -> None:
+        self.response.close()
+
+
+def _httpx_failure(exc: Exception) -> TransportFailure:
+    import httpx
+
+    tls = _tls_problem(exc)
+    if tls is not None:
+        return TransportFailure("tls", tls)
+    kind: Literal["timeout", "connect"] = (
+        "timeout" if isinstance(exc, httpx.TimeoutException) else "connect"
+    )
+    return TransportFailure(kind, f"{type(exc).__name__}: {exc}")
+
+
 class QueryResult:
     """A running query: ``schema`` once the header is read, then ``batches()``."""
 
     def __init__(
         self,
-        response: httpx.Response,
+        response: Response,
         decoder: DelimitedStream | StreamedRowStream,
         batch_size: int,
         cancel: threading.Event | None = None,
@@ -412,15 +510,16 @@ class QueryResult:
         what = self._decoder.what
         try:
             yield from self.response.iter_raw()
-        except httpx.ReadTimeout as exc:
-            raise KsqlDBStreamError(
-                f"{what}: no data from ksqlDB for longer than the read timeout after "
-                f"{self._decoder.rows} rows; raise ksqldb.read_timeout if the source is large"
-            ) from exc
-        except (httpx.TransportError, httpx.StreamError) as exc:
+        except TransportFailure as exc:
+            if exc.kind == "timeout":
+                raise KsqlDBStreamError(
+                    f"{what}: no data from ksqlDB for longer than the read timeout after "
+                    f"{self._decoder.rows} rows; raise ksqldb.read_timeout if the source is "
+                    "large"
+                ) from exc
             raise KsqlDBStreamError(
                 f"{what}: the connection broke after {self._decoder.rows} rows "
-                f"({type(exc).__name__}: {exc}); the rows received are not used"
+                f"({exc}); the rows received are not used"
             ) from exc
 
     def read_header(self) -> None:
@@ -436,7 +535,7 @@ class QueryResult:
         """Every row of the answer, in order; raises if the answer turns out incomplete.
 
         The body is read and decoded on a reader thread, a block ahead of the caller:
-        receiving (h11 is pure Python) and CSV parsing then overlap the caller's routing and
+        receiving and CSV parsing then overlap the caller's routing and
         Parquet writing. Its exceptions are raised here, after the rows that came before them.
         """
         for table in self._pending:
@@ -568,10 +667,10 @@ def _json(data: bytes, what: str) -> Any:
         raise KsqlDBProtocolError(f"{what}: answer is not JSON: {data[:120]!r}") from exc
 
 
-def _read_error_body(response: httpx.Response) -> bytes:
+def _read_error_body(response: Response) -> bytes:
     try:
         return response.read()[:65536]
-    except httpx.HTTPError:
+    except TransportFailure:
         return b""
     finally:
         response.close()

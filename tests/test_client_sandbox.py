@@ -1,4 +1,5 @@
-"""KsqlDBClient against the real sandbox server over HTTP/1.1 and HTTP/2 on 127.0.0.1."""
+"""KsqlDBClient over libcurl (what the daemon uses) against the real sandbox server, over
+HTTP/1.1 and h2c on 127.0.0.1."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import pyarrow as pa
 import pytest
 from lakecheck import wire_truth
 
+from lakeexportd.curl_stream import CurlTransport
 from lakeexportd.errors import (
     KsqlDBAuthError,
     KsqlDBProtocolError,
@@ -16,7 +18,7 @@ from lakeexportd.errors import (
     KsqlDBStreamError,
     KsqlDBUnavailable,
 )
-from lakeexportd.ksqldb import KsqlDBClient, build_http_client
+from lakeexportd.ksqldb import KsqlDBClient
 from lakeexportd.sandbox import Sandbox
 
 
@@ -29,8 +31,8 @@ def sandbox() -> Iterator[Sandbox]:
 @pytest.fixture(params=["HTTP/1.1", "HTTP/2"])
 def client(request: pytest.FixtureRequest, sandbox: Sandbox) -> Iterator[KsqlDBClient]:
     """A client speaking one HTTP version; the sandbox's faults are cleared afterwards."""
-    http = build_http_client(sandbox.url, http2=request.param == "HTTP/2", read_timeout=5)
-    c = KsqlDBClient(http, api="query-stream", max_retries=3, backoff_base=0.01)
+    transport = CurlTransport(sandbox.url, http2=request.param == "HTTP/2", read_timeout=5)
+    c = KsqlDBClient(transport, api="query-stream", max_retries=3, backoff_base=0.01)
     c.expected_http_version = request.param  # type: ignore[attr-defined]
     yield c
     c.close()
@@ -124,8 +126,8 @@ def test_broken_answers_raise(client: KsqlDBClient, sandbox: Sandbox, fault: dic
 
 def test_latency_beyond_read_timeout_fails_and_within_succeeds(sandbox: Sandbox) -> None:
     """Silence longer than read_timeout fails; shorter latency is waited out."""
-    http = build_http_client(sandbox.url, read_timeout=0.5)
-    c = KsqlDBClient(http, api="query-stream", max_retries=0)
+    transport = CurlTransport(sandbox.url, read_timeout=0.5)
+    c = KsqlDBClient(transport, api="query-stream", max_retries=0)
     c.expected_http_version = "HTTP/1.1"  # type: ignore[attr-defined]
     try:
         sandbox.inject("latency", seconds=1.5, path="/query-stream")
@@ -156,8 +158,8 @@ def test_ten_megabyte_row_is_decoded(client: KsqlDBClient, sandbox: Sandbox) -> 
 def test_basic_auth_accepts_right_and_refuses_wrong_credentials() -> None:
     """With auth on, a wrong password is a KsqlDBAuthError (401); the right one works."""
     with Sandbox.start(seed=1, preload=10, user="alice", password="s3cret") as sb:
-        good = KsqlDBClient(build_http_client(sb.url, username="alice", password="s3cret"), api="query-stream")
-        bad = KsqlDBClient(build_http_client(sb.url, username="alice", password="nope"), api="query-stream")
+        good = KsqlDBClient(CurlTransport(sb.url, username="alice", password="s3cret"), api="query-stream")
+        bad = KsqlDBClient(CurlTransport(sb.url, username="alice", password="nope"), api="query-stream")
         try:
             good.expected_http_version = "HTTP/1.1"  # type: ignore[attr-defined]
             assert collect(good, "SELECT * FROM PAYMENT_TOTALS;").num_rows > 0
@@ -171,7 +173,7 @@ def test_basic_auth_accepts_right_and_refuses_wrong_credentials() -> None:
 
 def test_legacy_query_endpoint_gives_the_same_rows(sandbox: Sandbox) -> None:
     """api: query reads the same rows through /query's StreamedRow format."""
-    c = KsqlDBClient(build_http_client(sandbox.url), api="query")
+    c = KsqlDBClient(CurlTransport(sandbox.url), api="query")
     c.expected_http_version = "HTTP/1.1"  # type: ignore[attr-defined]
     try:
         legacy = collect(c, "SELECT ROWTIME, * FROM TRANSACTION_FLATTENED;")

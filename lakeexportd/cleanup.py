@@ -105,6 +105,8 @@ def remove_orphans(
         if staging_dir is not None and staging_dir.is_dir() and not any(staging_dir.iterdir()):
             staging_dir.rmdir()  # what a successful publish leaves: nothing to report
         staging = [staging_dir] if staging_dir is not None and staging_dir.exists() else []
+        if doc is None and (data or versions):
+            raise MetadataMissingError(feed_dir, len(data) + len(versions))
         found = temps + data + versions + staging
         if dry_run or not found:
             return found
@@ -127,6 +129,24 @@ def remove_orphans(
         return found
     except OSError as exc:
         raise LakeStateError(f"cannot clean up {feed_dir}: {exc}") from exc
+
+
+class MetadataMissingError(LakeStateError):
+    """Data in a feed folder that has no ``_metadata.json``: never cleaned, only rebuilt.
+
+    Every run commits an empty document before it writes its first data file, so data without
+    a document is not an interrupted run's leftover: the document was deleted or lost.
+    """
+
+    def __init__(self, feed_dir: Path, count: int) -> None:
+        self.feed_dir = feed_dir
+        super().__init__(
+            f"{feed_dir} holds {count} data file(s) or version folder(s) but no "
+            f"{layout.METADATA_NAME}; lakeexportd deletes only what it can prove is its own "
+            "leftover, so nothing was changed and the feed stays stopped. Restore "
+            f"{layout.METADATA_NAME} from a backup, or rebuild it from the Parquet files with "
+            f"`lakeexportd repair --rebuild {feed_dir.name}`"
+        )
 
 
 def _remove_empty_partitions(feed_dir: Path, doc: FeedMetadata | None) -> None:

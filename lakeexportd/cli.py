@@ -66,10 +66,15 @@ def _add_export(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     export.set_defaults(handler=cli_export.run_export)
     repair = sub.add_parser(
         "repair",
-        help="remove files that _metadata.json does not list (left by interrupted runs)",
+        help="remove files that _metadata.json does not list (left by interrupted runs), "
+        "or rebuild a lost _metadata.json",
         description="Remove every data file, temp file and table version that the feed's "
         "_metadata.json does not list: what an interrupted run left behind. Their rows are "
-        "exported again by the next run. Every feed when none is named.",
+        "exported again by the next run. Every feed when none is named. A feed folder that "
+        "holds data but no _metadata.json is never cleaned: --rebuild FEED reconstructs the "
+        "document from the Parquet files (rows and sizes from the footers, schema, the "
+        "watermark from the largest ROWTIME, table versions from the folders), shows it and "
+        "asks before writing it.",
     )
     cli_export.add_repair_arguments(repair)
     repair.set_defaults(handler=cli_export.run_repair)

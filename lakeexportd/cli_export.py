@@ -51,7 +51,16 @@ def add_repair_arguments(parser: argparse.ArgumentParser) -> None:
         "feeds", nargs="*", metavar="FEED", help="feeds to repair (default: every feed)"
     )
     parser.add_argument(
-        "--dry-run", action="store_true", help="list what would be removed, remove nothing"
+        "--dry-run", action="store_true",
+        help="list what would be removed (or, with --rebuild, written); change nothing",
+    )
+    parser.add_argument(
+        "--rebuild", action="store_true",
+        help="rebuild a missing _metadata.json of the named feeds from their Parquet files "
+        "(footers, names, partitions, version folders), after showing it and asking",
+    )
+    parser.add_argument(
+        "--yes", action="store_true", help="with --rebuild: write without asking"
     )
 
 
@@ -157,12 +166,23 @@ def run_export(args: argparse.Namespace) -> int:
 
 def run_repair(args: argparse.Namespace) -> int:
     config = _load(args)
+    if args.yes and not args.rebuild:
+        print("lakeexportd repair: --yes only goes with --rebuild", file=sys.stderr)
+        return EX_USAGE
+    if args.rebuild and not args.feeds:
+        print("lakeexportd repair: --rebuild needs the feed names to rebuild", file=sys.stderr)
+        return EX_USAGE
     try:
         feeds = _select(config, args.feeds, every=not args.feeds)
     except _UsageError as exc:
         print(f"lakeexportd repair: {exc}", file=sys.stderr)
         return EX_USAGE
     exporter = _exporter(config)
+    if args.rebuild:
+        try:
+            return _rebuild(exporter, feeds, dry_run=args.dry_run, yes=args.yes)
+        finally:
+            exporter.client.close()
     worst = EX_OK
     try:
         for feed in feeds:
@@ -178,4 +198,34 @@ def run_repair(args: argparse.Namespace) -> int:
                 print(f"  {path}", file=sys.stderr)
     finally:
         exporter.client.close()
+    return worst
+
+
+def _rebuild(exporter: DataLakeExporter, feeds: list[Feed], *, dry_run: bool, yes: bool) -> int:
+    """``repair --rebuild``: show each rebuilt document, ask, write."""
+    worst = EX_OK
+
+    def confirm(lines: list[str]) -> bool:
+        print("\n".join(lines))
+        if dry_run:
+            print("(--dry-run: nothing written)")
+            return False
+        if yes:
+            return True
+        if not sys.stdin.isatty():
+            print("not written: no terminal to ask on; run again with --yes to write it")
+            return False
+        return input("Write this _metadata.json? [y/N] ").strip().lower() in ("y", "yes")
+
+    for feed in feeds:
+        try:
+            rebuilt = exporter.rebuild(feed, confirm=confirm)
+        except LakeExportError as exc:
+            print(f"repair {feed.name}: failed: {exc}", file=sys.stderr)
+            worst = max(worst, exc.exit_code, key=_SEVERITY.__getitem__)
+            continue
+        if rebuilt is not None:
+            print(f"repair {feed.name}: wrote _metadata.json ({rebuilt.files} files listed)")
+        elif not dry_run:
+            worst = max(worst, EX_FAILED, key=_SEVERITY.__getitem__)
     return worst

@@ -117,6 +117,9 @@ class Run:
         failpoint("export.after_cleanup")
         if doc is None:
             doc = update.new_document(self.feed.kind, feed=self.feed.name, source=self.feed.source)
+            # The first run commits an empty document before it writes any data: from then on a
+            # data file without a document is never a leftover (cleanup.MetadataMissingError).
+            self._commit(doc)
         try:
             if isinstance(doc, StreamMetadata):
                 result = self._stream(doc)

@@ -14,19 +14,24 @@ A run, under the feed's lock:
    current), then dropped versions and expired partitions are deleted.
 
 A failure anywhere leaves the last commit as the truth: files no commit lists are orphans the
-next run (or ``lakeexportd repair``) removes, and their rows are exported again.
+next run (or ``lakeexportd repair``) removes, and their rows are exported again. A feed's first
+run commits an empty document before it writes data, so data in a folder without a document is
+never taken for such a leftover: the feed stops, and ``repair --rebuild`` (``rebuild`` here)
+reconstructs the document from the files.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import structlog
 
-from lakeexportd import cleanup, layout
+from lakeexportd import cleanup, layout, rebuild
 from lakeexportd.config import Feed
+from lakeexportd.errors import LakeStateError
 from lakeexportd.export_run import ExportResult, Progress, Run, epoch_ms, new_run_id
 from lakeexportd.ksqldb import KsqlDBClient
 from lakeexportd.locking import FeedLock
@@ -92,6 +97,43 @@ class DataLakeExporter:
         dir_mode, _ = layout.modes(feed.security)
         with FeedLock(feed_dir, feed=feed.name, wait=self.lock_wait, dir_mode=dir_mode):
             return run.execute()
+
+    def rebuild(
+        self, feed: Feed, *, confirm: Callable[[list[str]], bool]
+    ) -> rebuild.Rebuilt | None:
+        """Rebuild a missing ``_metadata.json`` from the feed's files, under the feed lock.
+
+        ``confirm`` sees what would be written and says whether to write it; the document is
+        committed only then (``None`` when it declined). A readable document is never replaced.
+        """
+        feed_dir = self.feed_dir(feed)
+        path = layout.metadata_path(feed_dir)
+        if not feed_dir.is_dir():
+            raise LakeStateError(
+                f"feed {feed.name!r}: {feed_dir} does not exist; nothing to rebuild"
+            )
+        dir_mode, file_mode = layout.modes(feed.security)
+        with FeedLock(feed_dir, feed=feed.name, wait=self.lock_wait, dir_mode=dir_mode):
+            if path.exists():
+                raise LakeStateError(
+                    f"feed {feed.name!r}: {path} exists; --rebuild only writes a missing "
+                    f"document. If it is damaged, move it aside (mv {path} {path}.broken) first"
+                )
+            if feed.kind == "stream":
+                rebuilt = rebuild.rebuild_stream(
+                    feed_dir, feed=feed.name, source=feed.source,
+                    event_time=feed.event_time or "ROWTIME",
+                )
+            else:
+                rebuilt = rebuild.rebuild_table(feed_dir, feed=feed.name, source=feed.source)
+            if not confirm(rebuild.describe(rebuilt)):
+                return None
+            if self.store.load(feed_dir) is not None:
+                raise LakeStateError(f"feed {feed.name!r}: {path} appeared meanwhile; not replaced")
+            self.store.commit(feed_dir, rebuilt.doc, file_mode=file_mode)
+        log.warning("metadata.rebuilt", feed=feed.name, files=rebuilt.files,
+                    records=rebuilt.doc.total_records)
+        return rebuilt
 
     def repair(self, feed: Feed, *, dry_run: bool = False) -> list[Path]:
         """Remove (or only list) every file of ``feed`` its ``_metadata.json`` does not list."""

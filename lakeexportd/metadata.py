@@ -215,10 +215,10 @@ class MetadataStore:
             with self._guard:
                 self._seen.pop(path, None)
             raise LakeStateError(
-                f"{path} cannot be used ({exc}); lakeexportd will not overwrite it. Restore it "
-                f"from a backup, or move it aside (mv {path} {path}.broken) and run "
-                "`lakeexportd repair`: the feed's files are then removed and it is exported "
-                "again from its start"
+                f"{path} cannot be used ({exc}); lakeexportd will not overwrite it, and the "
+                "feed stays stopped. Restore it from a backup, or move it aside "
+                f"(mv {path} {path}.broken) and rebuild it from the feed's Parquet files with "
+                f"`lakeexportd repair --rebuild {feed_dir.name}`"
             ) from exc
         with self._guard:
             self._seen[path] = signature

@@ -154,6 +154,33 @@ def test_repair_lists_then_removes_unlisted_files(sandbox: Sandbox, tmp_path: Pa
     assert_consistent(tmp_path / "lake", "stream", "tx")
 
 
+def test_repair_rebuild_shows_asks_then_writes_a_lost_metadata(sandbox: Sandbox, tmp_path: Path) -> None:
+    """A lost _metadata.json: export fails and deletes nothing; repair --rebuild shows the
+    document, writes nothing without an answer, writes it with --yes, and exports go on."""
+    path = config(tmp_path, sandbox.url)
+    assert cli("export", "-c", str(path), "tx").returncode == 0
+    meta = tmp_path / "lake/streams/tx/_metadata.json"
+    files = sorted(p.name for p in meta.parent.rglob("*.parquet"))
+    meta.unlink()
+    stopped = cli("export", "-c", str(path), "tx")
+    assert stopped.returncode == 1 and "repair --rebuild tx" in stopped.stderr
+    assert sorted(p.name for p in meta.parent.rglob("*.parquet")) == files
+    dry = cli("repair", "-c", str(path), "--rebuild", "--dry-run", "tx")
+    assert dry.returncode == 0 and "3000 rows" in dry.stdout and "nothing written" in dry.stdout
+    asked = subprocess.run(
+        [sys.executable, "-m", "lakeexportd", "repair", "-c", str(path), "--rebuild", "tx"],
+        capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=60,
+        env={**os.environ, "KSQL_PW": "pw-xyz"},
+    )
+    assert asked.returncode == 1 and "run again with --yes" in asked.stdout and not meta.exists()
+    written = cli("repair", "-c", str(path), "--rebuild", "--yes", "tx")
+    assert written.returncode == 0 and "wrote _metadata.json" in written.stdout, written.stderr
+    assert cli("export", "-c", str(path), "tx").returncode == 0
+    assert_consistent(tmp_path / "lake", "stream", "tx")
+    again = cli("repair", "-c", str(path), "--rebuild", "--yes", "tx")
+    assert again.returncode == 1 and "exists" in again.stderr
+
+
 def test_every_command_has_help() -> None:
     """Each subcommand answers --help with a description and exit 0."""
     listing = cli("--help")

@@ -330,9 +330,96 @@ def test_corrupted_metadata_fails_clearly_and_is_never_overwritten(static: Sandb
     path = tmp_path / "streams/tx/_metadata.json"
     path.write_text(path.read_text()[:-40])
     damaged = path.read_bytes()
-    with pytest.raises(LakeStateError, match="will not overwrite"):
+    with pytest.raises(LakeStateError, match="will not overwrite.*repair --rebuild tx"):
         ex.export(f, NOW + dt.timedelta(minutes=1))
     assert path.read_bytes() == damaged
+
+
+def _files_with_bytes(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*.parquet"))}
+
+
+def test_first_run_commits_an_empty_document_before_any_data(fresh: Sandbox, tmp_path: Path) -> None:
+    """A feed's document exists before its first file, so data never sits in a folder without one."""
+    ex = exporter(fresh.url, tmp_path)
+    f = feed("tx", "TRANSACTION_FLATTENED")
+    commits: list[int] = []
+    original = ex.store.commit
+
+    def spy(feed_dir: Path, doc, **kw) -> None:  # type: ignore[no-untyped-def]
+        commits.append(len(list(feed_dir.rglob("*.parquet"))))
+        original(feed_dir, doc, **kw)
+
+    ex.store.commit = spy  # type: ignore[method-assign]
+    ex.export(f, NOW)
+    assert commits[0] == 0 and commits[-1] > 0 and len(commits) == 2
+
+
+@pytest.mark.parametrize("kind", ["stream", "table"])
+def test_missing_metadata_stops_the_feed_and_deletes_nothing(static: Sandbox, tmp_path: Path, kind: str) -> None:
+    """Data without _metadata.json is never cleaned: export and repair fail naming --rebuild."""
+    ex = exporter(static.url, tmp_path)
+    f = feed("tx", "TRANSACTION_FLATTENED") if kind == "stream" else feed("users", "USER_SUMMARY", kind="table")
+    for minutes in range(3):
+        ex.export(f, NOW + dt.timedelta(minutes=minutes))
+    folder = layout.feed_dir(tmp_path, kind, f.name)  # type: ignore[arg-type]
+    before = _files_with_bytes(folder)
+    assert before
+    (folder / "_metadata.json").unlink()
+    with pytest.raises(LakeStateError, match=f"no _metadata.json.*repair --rebuild {f.name}"):
+        ex.export(f, NOW + dt.timedelta(minutes=5))
+    with pytest.raises(LakeStateError, match="no _metadata.json"):
+        ex.repair(f)
+    assert _files_with_bytes(folder) == before
+    assert not (folder / "_metadata.json").exists()
+
+
+def test_rebuild_restores_a_lost_stream_document_and_runs_go_on_exactly_once(fresh: Sandbox, tmp_path: Path) -> None:
+    """--rebuild lists every file with its footer rows and sets the watermark to the largest ROWTIME."""
+    ex = exporter(fresh.url, tmp_path)
+    f = feed("tx", "TRANSACTION_FLATTENED")
+    ex.export(f, NOW)
+    folder = tmp_path / "streams/tx"
+    old = metadata(tmp_path, "stream", "tx")
+    (folder / "_metadata.json").unlink()
+    shown: list[str] = []
+    assert ex.rebuild(f, confirm=lambda lines: bool(shown.extend(lines))) is None
+    assert not (folder / "_metadata.json").exists() and any("watermark" in line for line in shown)
+    rebuilt = ex.rebuild(f, confirm=lambda lines: True)
+    assert rebuilt is not None
+    new = metadata(tmp_path, "stream", "tx")
+    assert new["total_records"] == old["total_records"] == sum(pq.read_metadata(p).num_rows for p in folder.rglob("*.parquet"))
+    assert new["total_size_bytes"] == old["total_size_bytes"]
+    assert [(p["path"], [x["name"] for x in p["files"]]) for p in new["partitions"]] == [
+        (p["path"], [x["name"] for x in p["files"]]) for p in old["partitions"]
+    ]
+    assert new["schema"] == old["schema"]
+    largest = max(max(pq.read_table(p, columns=["ROWTIME"]).column(0).to_pylist()) for p in folder.rglob("*.parquet"))
+    assert new["watermark"]["rowtime_ms"] == largest
+    fresh.generate(40, (largest + 1, largest + 20_000))
+    assert ex.export(f, NOW + dt.timedelta(minutes=1)).rows == 40
+    assert_exactly_once(read_listed(tmp_path, "stream", "tx"), fresh.arrow("TRANSACTION_FLATTENED"))
+    assert_consistent(tmp_path, "stream", "tx")
+    with pytest.raises(LakeStateError, match="exists"):
+        ex.rebuild(f, confirm=lambda lines: True)
+
+
+def test_rebuild_restores_table_versions_and_never_reuses_a_number(static: Sandbox, tmp_path: Path) -> None:
+    """A rebuilt table document names the newest version current; the next run makes a new number."""
+    ex = exporter(static.url, tmp_path)
+    t = feed("users", "USER_SUMMARY", kind="table", retention_versions=3)
+    for minutes in range(5):
+        ex.export(t, NOW + dt.timedelta(minutes=minutes))
+    old = metadata(tmp_path, "table", "users")
+    (tmp_path / "tables/users/_metadata.json").unlink()
+    assert ex.rebuild(t, confirm=lambda lines: True) is not None
+    new = metadata(tmp_path, "table", "users")
+    assert new["current_version"] == old["current_version"] == 5
+    assert [v["version"] for v in new["versions"]] == [v["version"] for v in old["versions"]] == [3, 4, 5]
+    assert new["total_records"] == old["total_records"]
+    ex.export(t, NOW + dt.timedelta(minutes=9))
+    assert metadata(tmp_path, "table", "users")["current_version"] == 6
+    assert_consistent(tmp_path, "table", "users")
 
 
 def test_unlisted_files_are_removed_by_the_next_run_and_by_repair(static: Sandbox, tmp_path: Path) -> None:

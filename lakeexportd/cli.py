@@ -45,10 +45,17 @@ def _add_validate(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 
 
 def _validate(args: argparse.Namespace) -> int:
-    from lakeexportd import config
+    import datetime as dt
+
+    from lakeexportd import config, scheduling
 
     loaded = config.load_config(args.config or config.default_config_path())
     print("\n".join(config.summarize(loaded)))
+    now = dt.datetime.now(dt.UTC)
+    for feed in loaded.feeds:
+        if scheduling.never_fires(feed, now):
+            print(f"warning: feed {feed.name!r}: cron {feed.schedule.cron!r} matches no date, "
+                  "so the feed never runs; fix the cron", file=sys.stderr)
     return EX_OK
 
 

@@ -300,14 +300,15 @@ class Daemon:
             self.metrics.remove_feed(feed.name)
             log.info("feed.removed", feed=feed.name)
         for feed in diff.added:
-            self._schedule(feed, new.scheduler.jitter, first_now=True)
+            if not self._schedule(feed, new.scheduler.jitter, first_now=True):
+                continue
             self.metrics.add_feed(feed.name)
             runs.seed_from_metadata(self.metrics, feed, new.lake.root)
             log.info("feed.scheduled" if initial else "feed.added", feed=feed.name,
                      kind=feed.kind, source=feed.source, schedule=str(feed.schedule))
         for feed in diff.changed:
-            self._schedule(feed, new.scheduler.jitter, first_now=False)
-            log.info("feed.rescheduled", feed=feed.name, schedule=str(feed.schedule))
+            if self._schedule(feed, new.scheduler.jitter, first_now=False):
+                log.info("feed.rescheduled", feed=feed.name, schedule=str(feed.schedule))
         if new.lake.root != self.config.lake.root:
             for feed in wanted.values():
                 runs.seed_from_metadata(self.metrics, feed, new.lake.root)
@@ -318,15 +319,29 @@ class Daemon:
         )
         return diff
 
-    def _schedule(self, feed: Feed, jitter: float, *, first_now: bool) -> None:
-        extra = {"next_run_time": utc_now()} if first_now and feed.schedule.every else {}
-        # Same job id on reschedule: APScheduler counts running instances per id, so the
-        # replacement never runs while the old job's export is still going.
-        self.scheduler.add_job(
-            self.run_feed, scheduling.trigger_for(feed, jitter), args=[feed], id=feed.name,
-            name=feed.name, max_instances=1, coalesce=True,
-            misfire_grace_time=scheduling.misfire_grace(feed), replace_existing=True, **extra,
-        )
+    def _schedule(self, feed: Feed, jitter: float, *, first_now: bool) -> bool:
+        """Schedule one feed; a failure fails that feed (logged), never the daemon."""
+        now = utc_now()
+        extra = {"next_run_time": now} if first_now and feed.schedule.every else {}
+        try:
+            if scheduling.never_fires(feed, now):
+                log.warning("feed.never_runs", feed=feed.name, schedule=str(feed.schedule),
+                            hint="no date matches this cron (e.g. 31 February): fix the cron")
+            # Same job id on reschedule: APScheduler counts running instances per id, so the
+            # replacement never runs while the old job's export is still going.
+            self.scheduler.add_job(
+                self.run_feed, scheduling.trigger_for(feed, jitter), args=[feed], id=feed.name,
+                name=feed.name, max_instances=1, coalesce=True,
+                misfire_grace_time=scheduling.misfire_grace(feed), replace_existing=True,
+                **extra,
+            )
+        except Exception as exc:  # noqa: BLE001 - one feed's schedule must not stop the others
+            log.error("feed.schedule_failed", feed=feed.name, schedule=str(feed.schedule),
+                      reason=f"{type(exc).__name__}: {exc}",
+                      hint="the feed does not run; fix its schedule and reload (SIGHUP)")
+            self.metrics.runs.labels(feed=feed.name, result="failed").inc()
+            return False
+        return True
 
     def _status(self, note: str | None = None) -> str:
         text = f"{len(self.feeds)} feeds scheduled"

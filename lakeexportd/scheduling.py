@@ -33,6 +33,14 @@ def trigger_for(feed: Feed, jitter: float) -> BaseTrigger:
     return trigger
 
 
+def never_fires(feed: Feed, now: dt.datetime) -> bool:
+    """Whether a cron schedule names no date that exists (``0 0 31 2 *``): the feed never runs."""
+    if feed.schedule.cron is None:
+        return False
+    trigger = CronTrigger.from_crontab(feed.schedule.cron, timezone="UTC")
+    return trigger.get_next_fire_time(None, now) is None
+
+
 def misfire_grace(feed: Feed) -> int:
     """How late a run may start and still run: one period for intervals (at least 1 s)."""
     if feed.schedule.every is not None:

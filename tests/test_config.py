@@ -182,6 +182,25 @@ def test_format_duration_round_trips(seconds: float) -> None:
     assert parse_duration(format_duration(seconds)) == pytest.approx(seconds)
 
 
+@pytest.mark.parametrize("every", ["1ms", "999ms", "367d", "3000000d", "99999999999d"])
+def test_every_outside_what_the_scheduler_honours_is_a_config_error(every: str) -> None:
+    """`every` below 1s (a spinning feed) or above 366d (APScheduler overflows) is refused."""
+    with pytest.raises(ConfigError, match=r"\$\.feeds\[0\]\.schedule\.every.*out of range.*1s to 366d"):
+        one_feed(schedule={"every": every})
+
+
+@pytest.mark.parametrize("every", ["1s", "366d"])
+def test_every_at_its_bounds_is_accepted(every: str) -> None:
+    """The bounds themselves are valid schedules."""
+    assert one_feed(schedule={"every": every}).schedule.every == parse_duration(every)
+
+
+def test_jitter_above_a_day_is_a_config_error() -> None:
+    """scheduler.jitter feeds the same trigger arithmetic: more than 1d is refused."""
+    with pytest.raises(ConfigError, match=r"\$\.scheduler\.jitter.*out of range"):
+        parse(minimal(scheduler={"jitter": "99999999999d"}))
+
+
 def test_cron_schedule_is_kept_and_described() -> None:
     """A valid cron is stored as written and shown with its (UTC) time zone."""
     feed = one_feed(schedule={"cron": "0 6 * * mon-fri"})
@@ -346,6 +365,15 @@ def test_validate_prints_a_summary(capsys: pytest.CaptureFixture[str]) -> None:
     out = capsys.readouterr().out
     assert "OK, 7 feeds (7 enabled): 4 streams, 3 tables" in out
     assert re.search(r"user_summary\s+table\s+USER_SUMMARY\s+every 20s", out)
+
+
+def test_validate_warns_about_a_cron_that_never_fires(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`0 0 31 2 *` loads (it is a valid cron) but `validate` warns that the feed never runs."""
+    path = tmp_path / "lakeexportd.yaml"
+    path.write_text("ksqldb: {url: 'http://k:8088'}\nlake: {root: lake}\nfeeds:\n"
+                    "  - {name: feb, source: S, kind: stream, schedule: {cron: '0 0 31 2 *'}}\n")
+    assert cli._validate(argparse.Namespace(config=str(path))) == 0
+    assert "warning: feed 'feb': cron '0 0 31 2 *' matches no date" in capsys.readouterr().err
 
 
 def test_validate_uses_the_environment_default(

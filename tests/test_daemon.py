@@ -219,6 +219,39 @@ def test_cron_feed_uses_a_utc_cron_trigger(make_daemon: Callable[..., Daemon]) -
     assert (nxt.weekday(), nxt.hour, nxt.minute) == (0, 3, 15)
 
 
+def test_a_cron_that_never_fires_is_a_warning_and_other_feeds_run(
+    make_daemon: Callable[..., Daemon]
+) -> None:
+    """`0 0 31 2 *` matches no date: the daemon says so for that feed and keeps the others."""
+    with structlog.testing.capture_logs() as logs:
+        daemon = make_daemon([feed("orders", schedule={"cron": "0 0 31 2 *"}), feed("users")])
+    (warning,) = [e for e in logs if e["event"] == "feed.never_runs"]
+    assert warning["feed"] == "orders"
+    assert daemon.scheduler.get_job("users") is not None and daemon.is_ready()
+
+
+def test_a_feed_that_cannot_be_scheduled_fails_alone(
+    make_daemon: Callable[..., Daemon], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An unexpected error scheduling one feed fails that feed (logged), never the daemon."""
+    from lakeexportd import scheduling
+
+    real = scheduling.trigger_for
+
+    def trigger_for(f: Feed, jitter: float) -> Any:
+        if f.name == "orders":
+            raise OverflowError("date value out of range")
+        return real(f, jitter)
+
+    monkeypatch.setattr(scheduling, "trigger_for", trigger_for)
+    with structlog.testing.capture_logs() as logs:
+        daemon = make_daemon([feed("orders"), feed("users")])
+    (failed,) = [e for e in logs if e["event"] == "feed.schedule_failed"]
+    assert failed["feed"] == "orders" and "OverflowError" in failed["reason"]
+    assert daemon.scheduler.get_job("orders") is None
+    assert daemon.scheduler.get_job("users") is not None and daemon.is_ready()
+
+
 def test_jitter_is_passed_to_triggers(make_daemon: Callable[..., Daemon], files: Files) -> None:
     """scheduler.jitter reaches interval and cron triggers."""
     files.write([feed("orders", schedule={"every": "1h"}), feed("users")],

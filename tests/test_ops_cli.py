@@ -99,6 +99,8 @@ def test_feeds_add_update_disable_enable_archive_restore(config: Path, capsys: p
 
 @pytest.mark.parametrize(("args", "message"), [
     (["add", "x", "--source", "S", "--kind", "stream", "--every", "5"], "--every (feed 'x'): bad duration '5'"),
+    (["add", "x", "--source", "S", "--kind", "stream", "--every", "99999999999d"], "is out of range"),
+    (["add", "x", "--source", "S", "--kind", "stream", "--every", "1ms"], "give 1s to 366d"),
     (["add", "x", "--source", "S", "--kind", "table", "--settle-delay", "5s"], "does not apply to a table"),
     (["add", "../x", "--source", "S", "--kind", "stream"], "is not a safe feed name"),
     (["add", "tx", "--source", "S", "--kind", "stream"], "already registered"),

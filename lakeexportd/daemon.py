@@ -136,8 +136,10 @@ class Daemon:
             if old is not None:
                 old.retire()  # closes once its running exports end
             log.info("config.exporter_rebuilt", ksqldb=new.ksqldb.url, lake=str(new.lake.root))
-        diff = self._apply(new, initial=False)
-        self.config = new
+        # The new config is current before any job of it can run: a feed the reload adds runs
+        # at once, and its run checks the registry against self.config.
+        old, self.config = self.config, new
+        diff = self._apply(new, initial=False, old=old)
         self.metrics.reloads.labels(result="success").inc()
         log.info("config.reloaded", path=str(new.path), added=[f.name for f in diff.added],
                  rescheduled=[f.name for f in diff.changed],
@@ -288,9 +290,12 @@ class Daemon:
         exporter, close = self.exporter_factory(config, self.metrics.observer())
         return Backend(exporter, close)
 
-    def _apply(self, new: Config, *, initial: bool) -> scheduling.FeedDiff:
+    def _apply(
+        self, new: Config, *, initial: bool, old: Config | None = None
+    ) -> scheduling.FeedDiff:
+        old = old or self.config
         wanted = scheduling.active(self.manager.effective_feeds(new))
-        jitter_changed = new.scheduler.jitter != self.config.scheduler.jitter
+        jitter_changed = new.scheduler.jitter != old.scheduler.jitter
         diff = scheduling.diff_feeds(self.feeds, wanted, all_changed=jitter_changed)
         for feed in diff.removed:
             try:
@@ -309,7 +314,7 @@ class Daemon:
         for feed in diff.changed:
             if self._schedule(feed, new.scheduler.jitter, first_now=False):
                 log.info("feed.rescheduled", feed=feed.name, schedule=str(feed.schedule))
-        if new.lake.root != self.config.lake.root:
+        if new.lake.root != old.lake.root:
             for feed in wanted.values():
                 runs.seed_from_metadata(self.metrics, feed, new.lake.root)
         self.feeds = wanted

@@ -363,6 +363,41 @@ def test_reload_adds_reschedules_and_removes_only_changed_feeds(
     assert value(reg, "lakeexportd_export_runs_total", feed="gone", result="success") is None
 
 
+def test_a_feed_added_by_reload_runs_at_once_even_while_the_reload_is_finishing(
+    make_daemon: Callable[..., Daemon], files: Files, backends: Backends,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The added feed's first run, started while reload() is still busy, sees the new config
+    (it used to be skipped as "disabled or archived in the registry")."""
+    from lakeexportd import runs
+
+    daemon = make_daemon([feed("orders")])
+    decided = threading.Event()
+    real_seed = runs.seed_from_metadata
+
+    def slow_seed(*args: Any, **kwargs: Any) -> None:
+        # Hold reload() here, after the job is scheduled, until its first run has decided.
+        decided.wait(5)
+        real_seed(*args, **kwargs)
+
+    monkeypatch.setattr(runs, "seed_from_metadata", slow_seed)
+    real_still_active = daemon._still_active
+
+    def watched(f: Feed) -> bool:
+        try:
+            return real_still_active(f)
+        finally:
+            decided.set()
+
+    monkeypatch.setattr(daemon, "_still_active", watched)
+    files.write([feed("orders"), feed("fresh", schedule={"every": "1h"})])
+    with structlog.testing.capture_logs() as logs:
+        assert daemon.reload()
+        calls = backends.current.wait_calls(1)
+    assert [c.feed.name for c in calls] == ["fresh"]
+    assert not [e for e in logs if e["event"] == "feed.skipped"]
+
+
 def test_an_invalid_file_on_reload_keeps_the_old_feeds(
     make_daemon: Callable[..., Daemon], files: Files
 ) -> None:

@@ -24,6 +24,7 @@ from lakeexportd.errors import (
     LakeExportError,
 )
 from lakeexportd.exporter import DataLakeExporter, ExportResult
+from lakeexportd.feeds import FeedManager
 from lakeexportd.ksqldb import client_from_settings
 
 _SEVERITY = {EX_OK: 0, EX_TEMPFAIL: 1, EX_FAILED: 2, EX_CONFIG: 3}
@@ -42,7 +43,10 @@ def add_config_argument(parser: argparse.ArgumentParser) -> None:
 def add_export_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_argument(parser)
     parser.add_argument("feeds", nargs="*", metavar="FEED", help="feeds to export now")
-    parser.add_argument("--all", action="store_true", help="export every enabled feed")
+    parser.add_argument(
+        "--all", action="store_true",
+        help="export every active feed (the YAML's and `feeds add` ones; not disabled or archived)",
+    )
 
 
 def add_repair_arguments(parser: argparse.ArgumentParser) -> None:
@@ -68,17 +72,32 @@ def _load(args: argparse.Namespace) -> Config:
     return load_config(args.config or default_config_path())
 
 
-def _select(config: Config, names: list[str], *, every: bool) -> list[Feed]:
+def _known(config: Config) -> dict[str, tuple[Feed, str]]:
+    """The feeds of the YAML and the registry (``feeds add``), with their state now."""
+    manager = FeedManager(config.lake.root, now=lambda: dt.datetime.now(dt.UTC))
+    return dict(manager.known_feeds(config))
+
+
+def _select(
+    config: Config, names: list[str], *, every: bool, active_only: bool = True
+) -> list[Feed]:
+    """The named feeds, or every one: active ones for export, all for repair."""
+    known = _known(config)
     if every:
-        return [f for f in config.feeds if f.enabled]
-    known = {f.name: f for f in config.feeds}
+        return [f for f, state in known.values() if state == "active" or not active_only]
     unknown = [n for n in names if n not in known]
     if unknown:
         raise _UsageError(
-            f"unknown feed {', '.join(map(repr, unknown))} in {config.path}; "
-            f"known feeds: {', '.join(known) or '(none)'}"
+            f"unknown feed {', '.join(map(repr, unknown))} in {config.path} and the feed "
+            f"registry; known feeds: {', '.join(known) or '(none)'}"
         )
-    return [known[n] for n in dict.fromkeys(names)]
+    stopped = [f"{n} ({known[n][1]})" for n in names if known[n][1] != "active"]
+    if active_only and stopped:
+        raise _UsageError(
+            f"feed {', '.join(stopped)} is not active, so it is not exported; enable it first "
+            "(`lakeexportd feeds enable NAME`, or `feeds restore NAME` for an archived one)"
+        )
+    return [known[n][0] for n in dict.fromkeys(names)]
 
 
 class _UsageError(Exception):
@@ -173,7 +192,7 @@ def run_repair(args: argparse.Namespace) -> int:
         print("lakeexportd repair: --rebuild needs the feed names to rebuild", file=sys.stderr)
         return EX_USAGE
     try:
-        feeds = _select(config, args.feeds, every=not args.feeds)
+        feeds = _select(config, args.feeds, every=not args.feeds, active_only=False)
     except _UsageError as exc:
         print(f"lakeexportd repair: {exc}", file=sys.stderr)
         return EX_USAGE

@@ -95,11 +95,15 @@ def _option_flags(parser: argparse.ArgumentParser, *, required: bool) -> None:
 def run(args: argparse.Namespace) -> int:
     config = load_config(args.config or default_config_path())
     manager = FeedManager(config.lake.root, now=lambda: dt.datetime.now(dt.UTC))
-    report = manager.sync_from_config(config)
+    # Only `feeds sync` applies the YAML (the daemon does at start and on SIGHUP): applying
+    # an edited file that the daemon has not reloaded would stop or archive feeds behind it.
     if args.action == "sync":
-        return _print_sync(report, args.json)
-    if report.changed:
-        print(f"feeds: applied {config.path}: {'; '.join(report.lines())}", file=sys.stderr)
+        return _print_sync(manager.sync_from_config(config), args.json)
+    pending = manager.sync_from_config(config, dry_run=True)
+    if pending.changed:
+        print(f"feeds: note: {config.path} differs from the registry "
+              f"({'; '.join(pending.lines())}); not applied: the daemon applies it at its next "
+              "start or reload (SIGHUP), or run `lakeexportd feeds sync`", file=sys.stderr)
     if args.action == "list":
         return _print_entries(manager.list(args.state), args.json)
     if args.action == "show":

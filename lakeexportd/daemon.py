@@ -138,8 +138,8 @@ class Daemon:
             log.info("config.exporter_rebuilt", ksqldb=new.ksqldb.url, lake=str(new.lake.root))
         # The new config is current before any job of it can run: a feed the reload adds runs
         # at once, and its run checks the registry against self.config.
-        old, self.config = self.config, new
-        diff = self._apply(new, initial=False, old=old)
+        previous, self.config = self.config, new
+        diff = self._apply(new, initial=False, old=previous)
         self.metrics.reloads.labels(result="success").inc()
         log.info("config.reloaded", path=str(new.path), added=[f.name for f in diff.added],
                  rescheduled=[f.name for f in diff.changed],

@@ -36,7 +36,7 @@ import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from lakeexportd import layout
 from lakeexportd.config import Config, Feed
@@ -82,6 +82,17 @@ class SyncReport:
 
 def _yaml_state(feed: Feed) -> State:
     return "active" if feed.enabled else "disabled"
+
+
+class _Writer(Protocol):
+    def write(self, entry: FeedEntry) -> Any: ...
+
+
+class _DryRun:
+    """Stands in for the registry's files when a sync must change nothing."""
+
+    def write(self, entry: FeedEntry) -> None:
+        pass
 
 
 class FeedManager:
@@ -217,42 +228,50 @@ class FeedManager:
 
     # -- the configuration ---------------------------------------------------------------------
 
-    def sync_from_config(self, config: Config) -> SyncReport:
-        """Make the registry agree with ``config`` (see the module docstring for the rules)."""
+    def sync_from_config(self, config: Config, *, dry_run: bool = False) -> SyncReport:
+        """Make the registry agree with ``config`` (see the module docstring for the rules).
+
+        ``dry_run`` only reports what a sync would change: commands that look (``feeds list``,
+        ``show``) use it, since applying a YAML the daemon has not reloaded yet would stop or
+        archive feeds behind its back.
+        """
+        if dry_run:
+            return self._sync(config, _DryRun())
+        with self.files.locked():
+            return self._sync(config, self.files)
+
+    def _sync(self, config: Config, files: _Writer) -> SyncReport:
         report = SyncReport()
         where = str(config.path)
-        with self.files.locked():
-            entries = {e.name: e for e in self.list()}
-            for index, feed in enumerate(config.feeds):
-                entry = entries.get(feed.name)
-                self._check_reuse(config, index, feed, entry)
-                stamp, mark = self._stamp(), fingerprint(feed)
-                if entry is None:
-                    new = FeedEntry(feed=feed, origin="config", state="active", changed="",
-                                    reason="", fingerprint=mark)
-                    self.files.write(new.moved(_yaml_state(feed), f"added to {where}", stamp,
-                                               "config"))
-                    report.added.append(feed.name)
-                elif entry.origin == "cli" or entry.fingerprint != mark:
-                    text = f"now declared in {where}" if entry.origin == "cli" else \
-                        f"entry changed in {where}"
-                    self.files.write(entry.moved(_yaml_state(feed), text, stamp, "config",
-                                                 feed=feed, origin="config", override=None,
-                                                 fingerprint=mark))
-                    report.updated.append(feed.name)
-                elif entry.state == "archived" and entry.override is None:
-                    self.files.write(entry.moved(_yaml_state(feed), f"back in {where}", stamp,
-                                                 "config"))
-                    report.restored.append(feed.name)
-                else:
-                    report.unchanged.append(feed.name)
-            declared = {f.name for f in config.feeds}
-            for entry in entries.values():
-                if entry.origin == "config" and entry.name not in declared \
-                        and entry.state != "archived":
-                    self.files.write(entry.moved("archived", f"removed from {where}; data kept",
-                                                 self._stamp(), "config", override=None))
-                    report.archived.append(entry.name)
+        entries = {e.name: e for e in self.list()}
+        for index, feed in enumerate(config.feeds):
+            entry = entries.get(feed.name)
+            self._check_reuse(config, index, feed, entry)
+            stamp, mark = self._stamp(), fingerprint(feed)
+            if entry is None:
+                new = FeedEntry(feed=feed, origin="config", state="active", changed="",
+                                reason="", fingerprint=mark)
+                files.write(new.moved(_yaml_state(feed), f"added to {where}", stamp, "config"))
+                report.added.append(feed.name)
+            elif entry.origin == "cli" or entry.fingerprint != mark:
+                text = f"now declared in {where}" if entry.origin == "cli" else \
+                    f"entry changed in {where}"
+                files.write(entry.moved(_yaml_state(feed), text, stamp, "config",
+                                        feed=feed, origin="config", override=None,
+                                        fingerprint=mark))
+                report.updated.append(feed.name)
+            elif entry.state == "archived" and entry.override is None:
+                files.write(entry.moved(_yaml_state(feed), f"back in {where}", stamp, "config"))
+                report.restored.append(feed.name)
+            else:
+                report.unchanged.append(feed.name)
+        declared = {f.name for f in config.feeds}
+        for entry in entries.values():
+            if entry.origin == "config" and entry.name not in declared \
+                    and entry.state != "archived":
+                files.write(entry.moved("archived", f"removed from {where}; data kept",
+                                        self._stamp(), "config", override=None))
+                report.archived.append(entry.name)
         return report
 
     def _check_reuse(self, config: Config, index: int, feed: Feed,
@@ -269,6 +288,25 @@ class FeedManager:
             f"{feed.kind} {feed.source} would mix two sources: choose another name, or run "
             f"`lakeexportd feeds delete {feed.name} --purge` first"
         )
+
+    def known_feeds(self, config: Config) -> dict[str, tuple[Feed, State]]:
+        """Every feed the YAML or the registry knows, with the state it runs in now.
+
+        The one notion of "the feeds" for every command: YAML feeds (state from the registry
+        unless the YAML changed or is not synced yet) and feeds added with ``feeds add``.
+        """
+        active = {f.name for f in self.effective_feeds(config)}
+        entries = {e.name: e for e in self.list()}
+        out: dict[str, tuple[Feed, State]] = {}
+        for feed in config.feeds:
+            entry = entries.get(feed.name)
+            state: State = "active" if feed.name in active else (
+                entry.state if entry is not None and entry.state != "active" else "disabled")
+            out[feed.name] = (feed, state)
+        for entry in entries.values():
+            if entry.name not in out:
+                out[entry.name] = (entry.feed, "active" if entry.name in active else entry.state)
+        return out
 
     def effective_feeds(self, config: Config) -> builtins.list[Feed]:
         """The feeds to schedule now: YAML and cli feeds minus disabled and archived ones."""

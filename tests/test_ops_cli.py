@@ -69,11 +69,24 @@ def test_every_operations_command_has_help(capsys: pytest.CaptureFixture[str]) -
         assert "usage:" in capsys.readouterr().out
 
 
-def test_feeds_list_show_and_sync_json(config: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """list prints a table of the synced YAML feeds; --json gives entries scripts can parse."""
+def _registry(lake: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(lake)): p.read_bytes() for p in sorted((lake / "feeds").rglob("*")) if p.is_file()}
+
+
+def test_feeds_list_only_looks_and_sync_applies_the_yaml(config: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """list (and a failing add) change nothing and say the YAML is not applied; sync applies it;
+    list then prints a table of the synced YAML feeds; --json gives entries scripts can parse."""
+    lake = config.parent / "lake"
+    before = _registry(lake)
     code, out, err = run(capsys, "feeds", "list", "-c", str(config))
     assert code == 0 and out.splitlines()[0].split()[:4] == ["FEED", "STATE", "ORIGIN", "KIND"]
-    assert "applied" in err and "added tx, users" in err
+    assert "not applied" in err and "added tx, users" in err and "feeds sync" in err
+    assert run(capsys, "feeds", "add", "café", "--source", "S", "--kind", "stream", "-c", str(config))[0] == 2
+    assert _registry(lake) == before
+    code, out, _ = run(capsys, "feeds", "sync", "-c", str(config), "--json")
+    assert code == 0 and json.loads(out)["added"] == ["tx", "users"]
+    code, out, err = run(capsys, "feeds", "list", "-c", str(config))
+    assert code == 0 and "tx" in out and "users" in out and "not applied" not in err
     code, out, _ = run(capsys, "feeds", "show", "users", "-c", str(config), "--json")
     assert code == 0 and json.loads(out)["definition"]["security"] == "aggregated"
     code, out, _ = run(capsys, "feeds", "sync", "-c", str(config), "--json")
@@ -110,9 +123,26 @@ def test_feeds_add_update_disable_enable_archive_restore(config: Path, capsys: p
 ])
 def test_feeds_bad_input_is_a_usage_error_or_refusal(config: Path, capsys: pytest.CaptureFixture[str], args: list[str], message: str) -> None:
     """Bad flags, unsafe names and unknown feeds exit 2; refused actions exit 1; each says why."""
+    run(capsys, "feeds", "sync", "-c", str(config))
     code, _, err = run(capsys, "feeds", *args, "-c", str(config))
     assert message in err
     assert code == (1 if message.startswith(("already", "declared")) else 2)
+
+
+def test_export_and_repair_follow_the_registry(config: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """export --all skips disabled and archived feeds and exports `feeds add` ones; a named
+    stopped feed is refused with the fix; repair knows cli feeds too."""
+    c = ["-c", str(config)]
+    run(capsys, "feeds", "sync", *c)
+    run(capsys, "feeds", "add", "anon", "--source", "transaction_anonymized", "--kind", "stream", *c)
+    run(capsys, "feeds", "disable", "users", *c)
+    code, _, err = run(capsys, "export", "--all", *c)
+    assert code == 0 and "export anon:" in err and "export tx:" in err and "users" not in err
+    code, _, err = run(capsys, "export", "users", *c)
+    assert code == 2 and "users (disabled) is not active" in err and "feeds enable" in err
+    assert run(capsys, "export", "anon", *c)[0] == 0
+    code, _, err = run(capsys, "repair", *c)
+    assert code == 0 and all(f"repair {n}: removed 0" in err for n in ("tx", "users", "anon"))
 
 
 def test_feeds_delete_refuses_without_yes_on_a_non_tty(config: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
@@ -131,6 +161,7 @@ def test_feeds_delete_purge_yes_removes_only_that_feeds_data(config: Path, capsy
     """--purge --yes removes streams/tx/ and the entry; the table's data and entry stay."""
     lake = config.parent / "lake"
     c = ["-c", str(config)]
+    run(capsys, "feeds", "sync", *c)
     run(capsys, "feeds", "archive", "tx", *c)
     code, out, _ = run(capsys, "feeds", "delete", "tx", "--purge", "--yes", *c)
     assert code == 0 and f"removed {lake / 'streams/tx'}" in out

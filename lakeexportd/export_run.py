@@ -141,13 +141,17 @@ class Run:
         upper = epoch_ms(self.now) - round(feed.settle_delay * 1000)
         lower = doc.watermark_ms
         written: list[WrittenFile] = []
+        window = Window(lower, upper)
         if lower is None and feed.start == "now":
-            pass  # first run of a feed that starts now: commit the watermark, export nothing
+            # First run of a feed that starts now: commit the watermark, export nothing. Its
+            # window is empty, not "everything up to now": the history was skipped on purpose,
+            # and verify --source must not count it as late rows.
+            window = Window(upper, upper)
         elif lower is not None and upper <= lower:
             upper = lower  # the clock has not passed the watermark yet: an empty run
         else:
             written = self._write_stream(doc, lower, upper)
-        record = self._record("success", written, window=Window(lower, upper))
+        record = self._record("success", written, window=window)
         columns = self.columns or doc.schema  # no query ran: the schema stays as it was
         new = update.after_stream_run(
             doc, record=record, written=written, columns=columns, watermark_ms=upper, now=self.now

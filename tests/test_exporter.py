@@ -28,6 +28,7 @@ from lakeexportd.locking import FeedLock
 from lakeexportd.metadata import MetadataStore
 from lakeexportd.metadata_model import StreamMetadata
 from lakeexportd.sandbox import Sandbox
+from lakeexportd.verify_source import check_stream
 
 DAY_MS = 86_400_000
 
@@ -104,6 +105,18 @@ def test_start_now_skips_the_history(static: Sandbox, tmp_path: Path) -> None:
     result = exporter(static.url, tmp_path).export(feed("tx", "TRANSACTION_FLATTENED", start="now"), NOW)
     assert result.rows == 0 and result.watermark_ms == layout_ms(NOW) - 30_000
     assert metadata(tmp_path, "stream", "tx")["total_records"] == 0
+
+
+def test_start_now_history_is_not_reported_as_late_rows(static: Sandbox, tmp_path: Path) -> None:
+    """The skipped history is an empty window: verify --source finds no late rows in it."""
+    ex = exporter(static.url, tmp_path)
+    ex.export(feed("tx", "TRANSACTION_FLATTENED", start="now"), NOW)
+    doc = MetadataStore().load(tmp_path / "streams/tx")
+    assert isinstance(doc, StreamMetadata)
+    upper = layout_ms(NOW) - 30_000
+    assert [(e.window.from_ms, e.window.to_ms) for e in doc.exports if e.window] == [(upper, upper)]
+    check = check_stream(ex.client, tmp_path, doc)
+    assert check.skipped and not check.windows
 
 
 def layout_ms(moment: dt.datetime) -> int:

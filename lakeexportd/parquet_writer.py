@@ -163,6 +163,8 @@ class ParquetFile:
                 use_dictionary=True,
                 write_statistics=True,
                 store_schema=True,
+                # A CRC per page lets `verify --deep` tell a damaged page from a valid one.
+                write_page_checksum=True,
             )
         except (OSError, pa.ArrowException) as exc:
             if created:  # ours (O_EXCL): a full disk must not leave a half-made temp behind

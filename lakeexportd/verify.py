@@ -2,7 +2,8 @@
 
 Every listed file must exist with the listed size and the listed row count (read from its
 Parquet footer); no data file, temp file or version directory may exist unlisted; totals are
-recomputed by construction. Read-only: it reports, it never repairs.
+recomputed by construction. ``deep`` also decodes every row group with page checksums verified,
+which finds damaged pages the footer cannot show. Read-only: it reports, it never repairs.
 """
 
 from __future__ import annotations
@@ -37,8 +38,9 @@ def listed_files(doc: FeedMetadata) -> list[tuple[str, FileEntry]]:
     return [(v.path, f) for v in doc.versions for f in v.files]
 
 
-def check_files(feed_dir: Path, doc: FeedMetadata) -> list[Mismatch]:
-    """Listed files that are missing, or whose size or footer row count differ."""
+def check_files(feed_dir: Path, doc: FeedMetadata, *, deep: bool = False) -> list[Mismatch]:
+    """Listed files that are missing, or whose size or footer row count differ (``deep``: or
+    whose pages fail their checksum or do not decode)."""
     problems = []
     for directory, entry in listed_files(doc):
         path = feed_dir / directory / entry.name
@@ -61,7 +63,22 @@ def check_files(feed_dir: Path, doc: FeedMetadata) -> list[Mismatch]:
             problems.append(
                 Mismatch(doc.feed, rel, f"{rows} rows in the footer, metadata says {entry.records}")
             )
+        elif deep and (damage := _damaged(path)) is not None:
+            problems.append(Mismatch(doc.feed, rel, damage))
     return problems
+
+
+def _damaged(path: Path) -> str | None:
+    """Why a file's data pages cannot be read back, or ``None`` when every row group decodes."""
+    group = 0
+    try:
+        parquet = pq.ParquetFile(path, page_checksum_verification=True)
+        for group in range(parquet.num_row_groups):
+            parquet.read_row_group(group)
+    except Exception as exc:  # pyarrow raises OSError, ArrowInvalid and others for bad pages
+        return (f"damaged data in row group {group} ({exc}); restore the file from a backup, "
+                "or re-export its rows")
+    return None
 
 
 def unlisted(feed_dir: Path, doc: FeedMetadata | None) -> list[Path]:
@@ -85,13 +102,15 @@ def unlisted(feed_dir: Path, doc: FeedMetadata | None) -> list[Path]:
     return sorted(found)
 
 
-def verify_feed(root: Path, kind: layout.Kind, feed: str) -> list[Mismatch]:
+def verify_feed(
+    root: Path, kind: layout.Kind, feed: str, *, deep: bool = False
+) -> list[Mismatch]:
     """Every disagreement between a feed's files and its metadata (empty when consistent)."""
     feed_dir = layout.feed_dir(root, kind, feed)
     doc = MetadataStore().load(feed_dir)
     problems: list[Mismatch] = []
     if doc is not None:
-        problems += check_files(feed_dir, doc)
+        problems += check_files(feed_dir, doc, deep=deep)
         if isinstance(doc, TableMetadata) and doc.versions and doc.current is None:
             problems.append(
                 Mismatch(feed, "_metadata.json", f"current_version {doc.current_version} unlisted")

@@ -34,6 +34,9 @@ def port_problem(host: str, port: int, what: str) -> str | None:
     """None if ``host:port`` can be bound, else a message saying what to do."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family) as sock:
+        # As the servers do: a port left in TIME_WAIT by the last `make run` is free to reuse;
+        # only a live listener makes the bind fail.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
         except OSError as exc:

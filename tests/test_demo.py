@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import psutil
+import pytest
 import yaml
 
 from lakeexportd.demo import DEMO_CONFIG, port_problem
@@ -36,6 +37,24 @@ def test_a_taken_port_is_named_with_what_to_do() -> None:
     assert problem is not None
     assert f"port {port}" in problem and "the sandbox ksqlDB" in problem and "ss -ltnp" in problem
     assert port_problem("127.0.0.1", free_port(), "x") is None
+
+
+def test_a_port_in_time_wait_counts_as_free() -> None:
+    """A port left in TIME_WAIT by a stopped `make run` is free again (servers reuse it)."""
+    with socket.socket() as server:
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+        client = socket.create_connection(("127.0.0.1", port))
+        accepted, _ = server.accept()
+        accepted.close()  # the server side closes first: its port enters TIME_WAIT
+        client.recv(1)
+        client.close()
+    with socket.socket() as plain:  # what the old check did: a bind without SO_REUSEADDR fails
+        with pytest.raises(OSError):
+            plain.bind(("127.0.0.1", port))
+    assert port_problem("127.0.0.1", port, "the sandbox ksqlDB") is None
 
 
 def test_demo_config_uses_the_documented_ports() -> None:

@@ -9,10 +9,14 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from lakeexportd import __version__
 from lakeexportd.errors import EX_FAILED, EX_OK, LakeExportError
 from lakeexportd.parquet_writer import use_lean_arrow_memory
+
+if TYPE_CHECKING:
+    from lakeexportd.config import Config
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -34,12 +38,19 @@ def _add_validate(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         "validate",
         help="check a configuration file and list its feeds",
         description="Load and check the configuration: print a summary of its feeds and exit 0,"
-        " or print the first problem and exit 78.",
+        " or print the first problem and exit 78. With --source, also ask ksqlDB whether each "
+        "feed's source exists and is the declared kind (exit 1 if not, 75 if ksqlDB is "
+        "unreachable).",
     )
     parser.add_argument(
         "-c", "--config", metavar="FILE", default=None,
         help="configuration file (default: $LAKEEXPORTD_CONFIG, then "
         "/etc/lakeexportd/lakeexportd.yaml)",
+    )
+    parser.add_argument(
+        "--source", action="store_true",
+        help="also check each feed's source in ksqlDB (exists, and is a STREAM or TABLE as "
+        "its kind says)",
     )
     parser.set_defaults(handler=_validate)
 
@@ -56,7 +67,37 @@ def _validate(args: argparse.Namespace) -> int:
         if scheduling.never_fires(feed, now):
             print(f"warning: feed {feed.name!r}: cron {feed.schedule.cron!r} matches no date, "
                   "so the feed never runs; fix the cron", file=sys.stderr)
-    return EX_OK
+    return _check_sources(loaded) if getattr(args, "source", False) else EX_OK
+
+
+def _check_sources(loaded: Config) -> int:
+    """``validate --source``: every feed's source exists in ksqlDB with the declared kind."""
+    from lakeexportd.errors import FeedError, TransientError
+    from lakeexportd.ksqldb import client_from_settings
+
+    client = client_from_settings(loaded.ksqldb)
+    worst = EX_OK
+    try:
+        for feed in loaded.feeds:
+            try:
+                actual = client.describe(feed.source).kind
+            except TransientError as exc:
+                print(f"validate --source: {exc}", file=sys.stderr)
+                return exc.exit_code
+            except FeedError as exc:
+                print(f"feed {feed.name!r}: {exc}", file=sys.stderr)
+                worst = EX_FAILED
+                continue
+            if actual != feed.kind:
+                print(f"feed {feed.name!r} declares kind {feed.kind!r}, but ksqlDB says "
+                      f"{feed.source} is a {actual.upper()}: set `kind: {actual}`",
+                      file=sys.stderr)
+                worst = EX_FAILED
+            else:
+                print(f"feed {feed.name}: {feed.source} is a {actual.upper()}, as declared")
+    finally:
+        client.close()
+    return worst
 
 
 def _add_export(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -31,7 +31,7 @@ import structlog
 
 from lakeexportd import cleanup, layout, rebuild
 from lakeexportd.config import Feed
-from lakeexportd.errors import LakeStateError
+from lakeexportd.errors import FeedError, LakeStateError
 from lakeexportd.export_run import ExportResult, Progress, Run, epoch_ms, new_run_id
 from lakeexportd.ksqldb import KsqlDBClient
 from lakeexportd.locking import FeedLock
@@ -57,6 +57,7 @@ class DataLakeExporter:
         self.root = lake_root
         self.lock_wait = lock_wait
         self.store = store or MetadataStore()
+        self._kinds: dict[str, str] = {}  # source -> what DESCRIBE says it is
 
     def feed_dir(self, feed: Feed) -> Path:
         """The feed's folder; refused if it (or its staging folder) resolves outside the lake,
@@ -83,6 +84,7 @@ class DataLakeExporter:
         if now.tzinfo is None:
             raise ValueError("now must be timezone-aware")
         feed_dir = self.feed_dir(feed)
+        self._check_kind(feed)
         run = Run(
             client=self.client,
             root=self.root,
@@ -97,6 +99,22 @@ class DataLakeExporter:
         dir_mode, _ = layout.modes(feed.security)
         with FeedLock(feed_dir, feed=feed.name, wait=self.lock_wait, dir_mode=dir_mode):
             return run.execute()
+
+    def _check_kind(self, feed: Feed) -> None:
+        """The declared kind must be what ksqlDB says the source is (once per source).
+
+        A table exported as a stream piles up every update as a new row; a stream exported as
+        a table is re-snapshotted whole on every run.
+        """
+        actual = self._kinds.get(feed.source)
+        if actual is None:
+            actual = self._kinds[feed.source] = self.client.describe(feed.source).kind
+        if actual != feed.kind:
+            raise FeedError(
+                f"feed {feed.name!r} declares kind {feed.kind!r}, but ksqlDB says "
+                f"{feed.source} is a {actual.upper()}; set `kind: {actual}` for it (under a new "
+                "feed name if this one already exported data as the wrong kind)"
+            )
 
     def rebuild(
         self, feed: Feed, *, confirm: Callable[[list[str]], bool]

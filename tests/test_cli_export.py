@@ -181,6 +181,16 @@ def test_repair_rebuild_shows_asks_then_writes_a_lost_metadata(sandbox: Sandbox,
     assert again.returncode == 1 and "exists" in again.stderr
 
 
+def test_validate_source_checks_each_feeds_kind_in_ksqldb(sandbox: Sandbox, tmp_path: Path) -> None:
+    """validate --source names a feed whose declared kind is not its source's, and exits 1."""
+    path = config(tmp_path, sandbox.url, extra="  - {name: wrong, source: USER_SUMMARY, kind: stream}\n")
+    result = cli("validate", "-c", str(path), "--source")
+    assert result.returncode == 1
+    assert "feed 'wrong' declares kind 'stream', but ksqlDB says USER_SUMMARY is a TABLE" in result.stderr
+    assert "feed tx: TRANSACTION_FLATTENED is a STREAM, as declared" in result.stdout
+    assert cli("validate", "-c", str(config(tmp_path, sandbox.url)), "--source").returncode == 0
+
+
 def test_every_command_has_help() -> None:
     """Each subcommand answers --help with a description and exit 0."""
     listing = cli("--help")

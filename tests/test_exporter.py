@@ -18,6 +18,7 @@ from lakecheck import NOW, assert_consistent, assert_exactly_once, exporter, fee
 
 from lakeexportd import layout
 from lakeexportd.errors import (
+    FeedError,
     FeedLocked,
     KsqlDBProtocolError,
     KsqlDBStreamError,
@@ -98,6 +99,18 @@ def test_each_run_exports_only_its_window_and_commits_the_watermark(fresh: Sandb
     assert windows[0][0] is None
     assert all(prev[1] == cur[0] for prev, cur in zip(windows, windows[1:]))
     assert metadata(tmp_path, "stream", "tx")["watermark"] == {"rowtime_ms": third.watermark_ms}
+
+
+@pytest.mark.parametrize(("source", "declared", "actual"), [
+    ("USER_SUMMARY", "stream", "TABLE"), ("TRANSACTION_FLATTENED", "table", "STREAM"),
+])
+def test_a_feed_whose_kind_is_not_the_sources_fails_naming_both(
+    static: Sandbox, tmp_path: Path, source: str, declared: str, actual: str
+) -> None:
+    """kind: stream on a TABLE (or the reverse) is a feed error before anything is written."""
+    with pytest.raises(FeedError, match=f"declares kind '{declared}', but ksqlDB says {source} is a {actual}"):
+        exporter(static.url, tmp_path).export(feed("f", source, kind=declared), NOW)
+    assert not list(tmp_path.rglob("*.parquet"))
 
 
 def test_start_now_skips_the_history(static: Sandbox, tmp_path: Path) -> None:

@@ -1,31 +1,40 @@
 """Block-wise decoding of ksqlDB's delimited rows into Arrow: the export's hot path.
 
-Pure: bytes in, Arrow tables out. A ksqlDB row line is a flat JSON array (``[1,"a",12.50]``),
-so for flat schemas a whole block of complete lines is decoded natively: each line's opening
-``[`` and closing ``]`` (found next to the line breaks, which JSON strings cannot hold raw)
-become commas, so every line is a CSV record with one empty field at each end, and Arrow's
-multi-threaded CSV reader parses it with the exact column types, skipping the two empty fields.
-The brackets are found and overwritten with numpy at memory speed: a ``bytes.replace`` of
-``]\\n[`` cost as much as the CSV parse itself (about 150 MB/s, one search per row). Lines the
-CSV reader cannot take exactly go down the exact path (``json.loads`` with ``Decimal`` numbers
-and a per-type converter):
+Pure: bytes in, Arrow tables out. A ksqlDB row line is a JSON array (``[1,"a",12.50]``). Three
+paths, each decoding whole blocks of complete lines, and one exact path that goes row by row:
 
-- lines holding a backslash (a JSON escape such as ``\\n`` or ``\\u0001``, which CSV would
-  misread);
-- every line of a schema with ARRAY, MAP or STRUCT columns;
-- a block the CSV reader rejects, or whose shape does not check out (row count, brackets, or
-  the number of ``"`` characters, which must equal two per non-null quoted value: this catches
-  a bare token in a string column or a quoted number in a numeric one).
+- **CSV** (flat schemas): each line's opening ``[`` and closing ``]`` (found next to the line
+  breaks, which JSON strings cannot hold raw) become commas, so every line is a CSV record with
+  one empty field at each end, and Arrow's multi-threaded CSV reader parses it with the exact
+  column types, skipping the two empty fields. The brackets are found and overwritten with
+  numpy at memory speed: a ``bytes.replace`` of ``]\\n[`` cost as much as the CSV parse itself
+  (about 150 MB/s, one search per row).
+- **typed JSON** (``json_block``: msgspec decodes the block against the column types in C, Arrow
+  builds the columns): every block of a schema with ARRAY, MAP or STRUCT columns; in flat
+  schemas, lines holding a backslash (a JSON escape such as ``\\n`` or ``\\u0001``, which CSV
+  would misread), blocks the CSV reader rejects or whose shape does not check out (row count,
+  brackets, or the number of ``"`` characters, which must equal two per non-null quoted value:
+  this catches a bare token in a string column or a quoted number in a numeric one), and
+  DECIMALs wider than 38 digits (which Arrow's CSV reader cannot produce).
+- **exact** (``json.loads`` with ``Decimal`` numbers and a per-type converter from
+  ``ksql_values``): a block the typed decoder refuses. It accepts every form the reference
+  allows at any depth, and raises naming the row and column of anything else.
 
-The exact path raises ``KsqlDBProtocolError`` naming the row and column of anything that is not
-ksqlDB's format. One malformed shape gets past the fast path: within one block, a bare word in a
-string column exactly balanced by a quoted value in a numeric column (the quote count still
-matches). That takes two opposite server bugs at once; each alone is caught.
+Errors: ``KsqlDBProtocolError`` for anything that is not ksqlDB's format; ``RejectedValueError``
+for a well-formed value the column's type cannot hold exactly (a DECIMAL that would need
+rounding or more digits): no path rounds. One malformed shape gets past the CSV path: within
+one block, a bare word in a string column exactly balanced by a quoted value in a numeric
+column (the quote count still matches). That takes two opposite server bugs at once; each
+alone is caught.
 """
 
 from __future__ import annotations
 
+import gc
 import json
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from decimal import Decimal
 from typing import Any
 
@@ -35,6 +44,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
 from lakeexportd.errors import KsqlDBProtocolError
+from lakeexportd.json_block import JsonBlockDecoder, Unsupported
 from lakeexportd.ksql_types import KsqlType, arrow_schema
 from lakeexportd.ksql_values import value_converter
 
@@ -56,6 +66,34 @@ _NL, _COMMA, _QUOTE, _OPEN, _CLOSE = (ord(c) for c in '\n,"[]')
 # when the Parquet writer thread leaves one free.
 _CSV_BLOCK_BYTES = 1 << 20
 
+_gc_lock = threading.Lock()
+_gc_pauses = 0
+_gc_was_enabled = False
+
+
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    """No cyclic garbage collection while a block's objects are built.
+
+    Decoding a block creates some 50 containers a row, all alive until the block is done, and
+    each 700 allocations start a collection that walks them all again: with collection on, the
+    typed JSON path ran 3x slower. Nothing decoded holds a cycle. Pauses from several threads
+    nest; the collector runs again (if it ran before) when the last one ends.
+    """
+    global _gc_pauses, _gc_was_enabled
+    with _gc_lock:
+        if _gc_pauses == 0:
+            _gc_was_enabled = gc.isenabled()
+            gc.disable()
+        _gc_pauses += 1
+    try:
+        yield
+    finally:
+        with _gc_lock:
+            _gc_pauses -= 1
+            if _gc_pauses == 0 and _gc_was_enabled:
+                gc.enable()
+
 
 class RowDecoder:
     """Decodes blocks of complete row lines for one query header."""
@@ -70,8 +108,16 @@ class RowDecoder:
         self.schema = arrow_schema(names, types)
         self._converters = [value_converter(t) for t in types]
         self.flat = not any(t.is_nested for t in types)
+        # Arrow's CSV reader produces no decimal256: such schemas take the typed JSON path.
+        self._csv = self.flat and not any(
+            t.base == "DECIMAL" and not pa.types.is_decimal128(t.arrow) for t in types
+        )
+        try:
+            self._json: JsonBlockDecoder | None = JsonBlockDecoder(types)
+        except Unsupported:
+            self._json = None  # e.g. MAP<DOUBLE, ...>: the exact path takes every block
         self._csv_names = [f"c{i}" for i in range(len(names))]
-        if self.flat:
+        if self._csv:
             csv_types = {}
             for i, t in enumerate(types):
                 csv_types[self._csv_names[i]] = _CSV_TYPE.get(t.base) or t.arrow
@@ -94,36 +140,59 @@ class RowDecoder:
                 true_values=["true"],
                 false_values=["false"],
             )
-        self.fast_rows = 0
-        self.exact_rows = 0
+        self.fast_rows = 0  # rows decoded by the CSV path
+        self.json_rows = 0  # by the typed JSON path
+        self.exact_rows = 0  # row by row
 
     def decode(self, block: bytes, first_row: int = 1) -> pa.Table:
         """Decode ``block`` (complete lines, each ``[...]\\n``); ``first_row`` numbers errors."""
         if not block:
             return self.schema.empty_table()
-        if not self.flat:
-            return self.decode_exact(block.split(b"\n")[:-1], first_row)
+        if not self._csv:
+            return self._decode_json(block, first_row)
         if b"\\" in block:
             return self._decode_mixed(block, first_row)
         table = self._decode_fast(block)
         if table is None:
-            return self.decode_exact(block.split(b"\n")[:-1], first_row)
+            return self._decode_json(block, first_row)
         return table
 
     def _decode_mixed(self, block: bytes, first_row: int) -> pa.Table:
         lines = block.split(b"\n")[:-1]
         dirty = [i for i, line in enumerate(lines) if b"\\" in line]
         if len(dirty) * 4 > len(lines):
-            return self.decode_exact(lines, first_row)
+            return self._decode_json(block, first_row)
         dirty_set = set(dirty)
         clean = [line for i, line in enumerate(lines) if i not in dirty_set]
         fast = self._decode_fast(b"\n".join(clean) + b"\n") if clean else self.schema.empty_table()
         if fast is None:
-            return self.decode_exact(lines, first_row)
-        exact = self._exact_lines([lines[i] for i in dirty], [first_row + i for i in dirty])
+            return self._decode_json(block, first_row)
+        escaped = self._json_lines([lines[i] for i in dirty], [first_row + i for i in dirty])
         clean_pos = [i for i in range(len(lines)) if i not in dirty_set]
         order = pc.sort_indices(pa.array(clean_pos + dirty, pa.int64()))
-        return pa.concat_tables([fast, exact]).take(order)
+        return pa.concat_tables([fast, escaped]).take(order)
+
+    def _decode_json(self, block: bytes, first_row: int) -> pa.Table:
+        """The typed JSON path for a whole block; the exact path if it refuses the block."""
+        table = self._typed(block, block.count(b"\n"))
+        if table is not None:
+            return table
+        lines = block.split(b"\n")[:-1]
+        return self._exact_lines(lines, list(range(first_row, first_row + len(lines))))
+
+    def _json_lines(self, lines: list[bytes], numbers: list[int]) -> pa.Table:
+        table = self._typed(b"\n".join(lines) + b"\n", len(lines))
+        return table if table is not None else self._exact_lines(lines, numbers)
+
+    def _typed(self, block: bytes, rows: int) -> pa.Table | None:
+        if self._json is None:
+            return None
+        with _gc_paused():
+            arrays = self._json.decode(block)
+        if arrays is None or (arrays and len(arrays[0]) != rows):
+            return None
+        self.json_rows += rows
+        return pa.Table.from_arrays(arrays, schema=self.schema)
 
     def _decode_fast(self, block: bytes) -> pa.Table | None:
         """Decode a block without backslashes natively; ``None`` if it needs the exact path."""

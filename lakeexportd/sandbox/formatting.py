@@ -14,7 +14,7 @@ import json
 import math
 import re
 from collections.abc import Callable, Sequence
-from decimal import Decimal
+from decimal import Context, Decimal
 from typing import Any
 
 from lakeexportd.ksql_types import KsqlType
@@ -25,6 +25,7 @@ _EPOCH = dt.datetime(1970, 1, 1)
 _EPOCH_DATE = dt.date(1970, 1, 1)
 _NEEDS_ESCAPE = re.compile(r'["\\\x00-\x1f]')
 _LOWER_HEX_ESCAPE = re.compile(r"\\u00([0-9a-f]{2})")
+_UNBOUNDED = Context(prec=1000)
 
 
 def java_double(value: float) -> str:
@@ -64,7 +65,8 @@ def double_json(value: float) -> str:
 def decimal_plain(value: Decimal, scale: int | None = None) -> str:
     """Top-level DECIMAL: plain notation, the scale kept (``BigDecimal.toPlainString``)."""
     if scale is not None and value.as_tuple().exponent != -scale:
-        value = value.quantize(Decimal(1).scaleb(-scale))
+        # The default context holds 28 digits; BigDecimal holds any (DECIMAL(38, s) and wider).
+        value = value.quantize(Decimal(1).scaleb(-scale), context=_UNBOUNDED)
     return f"{value:f}"
 
 

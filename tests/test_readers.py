@@ -127,6 +127,7 @@ def test_duckdb_reads_the_stream_by_day_with_exact_decimals(lake: Lake) -> None:
     """DuckDB gives integer days (leading zeros included), every row, exact DECIMAL sums."""
     ns = lake.run(snippet("duckdb_stream"))
     daily = ns["daily"]
+    assert {(year, month) for year, month, _ in lake.days()} == {(2025, 12), (2026, 1)}
     assert [tuple(row[:3]) for row in daily] == lake.days()
     assert all(type(v) is int for row in daily for v in row[:3])
     assert sum(row[3] for row in daily) == lake.truth.num_rows

@@ -163,11 +163,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_validate(sub)
     _add_run(sub)
     _add_export(sub)
-    from lakeexportd import cli_feeds, cli_metadata, cli_verify  # operations commands
+    from lakeexportd import cli_feeds, cli_metadata, cli_status, cli_verify  # operations
 
     cli_feeds.register(sub)
     cli_metadata.register(sub)
     cli_verify.register(sub)
+    cli_status.register(sub)
     return parser
 
 

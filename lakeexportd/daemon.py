@@ -27,6 +27,7 @@ import threading
 import time
 from collections.abc import Callable
 from types import FrameType
+from typing import Any
 
 import structlog
 from apscheduler.executors.pool import ThreadPoolExecutor
@@ -34,13 +35,14 @@ from apscheduler.jobstores.base import JobLookupError
 from apscheduler.schedulers.background import BackgroundScheduler
 from prometheus_client import CollectorRegistry
 
-from lakeexportd import runs, scheduling
+from lakeexportd import __version__, runs, scheduling
 from lakeexportd.backends import Backend, ExporterFactory, backend_key, build_exporter
 from lakeexportd.config import Config, Feed, load_config
 from lakeexportd.errors import ConfigError, LakeExportError
 from lakeexportd.feeds import FeedManager
 from lakeexportd.metrics import Metrics
-from lakeexportd.metrics_http import MetricsServer
+from lakeexportd.metrics_http import MetricsServer, MetricsServerError
+from lakeexportd.presence import DaemonInfo, Presence
 from lakeexportd.sdnotify import Notifier
 
 log = structlog.get_logger(__name__)
@@ -81,8 +83,10 @@ class Daemon:
             timezone=dt.UTC,
         )
         self.server = MetricsServer(
-            self.metrics.registry, config.metrics.host, config.metrics.port, self.is_ready
+            self.metrics.registry, config.metrics.host, config.metrics.port, self.is_ready,
+            self.status,
         ) if serve_metrics else None
+        self.presence: Presence | None = None
         self.feeds: dict[str, Feed] = {}  # the active feeds that have a job
         self.state = "new"  # new -> running -> stopping -> stopped
         self._backend: Backend | None = None
@@ -98,8 +102,20 @@ class Daemon:
         """Serve metrics, schedule the active feeds, tell systemd we are ready."""
         self._backend = self._new_backend(self.config)
         self._sync(self.manager, self.config)  # a ConfigError here is an invalid start: 78
+        others = self._claim_presence(self.config)
         if self.server is not None:
-            self.server.start()
+            try:
+                self.server.start()
+            except MetricsServerError as exc:
+                same = [d for d in others if d.metrics == self.config.metrics.listen]
+                if not same:
+                    raise
+                raise MetricsServerError(
+                    f"{exc}. Another lakeexportd already runs on this lake with this "
+                    f"metrics.listen: {same[0].describe()}. One daemon per lake and config is "
+                    "enough (`lakeexportd status` shows it); a standby needs its own "
+                    "metrics.listen"
+                ) from exc
         self.metrics.up.set(1)
         self.scheduler.start()
         self.state = "running"
@@ -111,6 +127,39 @@ class Daemon:
 
     def is_ready(self) -> bool:
         return self.state == "running" and self.scheduler.running
+
+    def status(self) -> dict[str, Any]:
+        """What ``/status`` serves: this daemon, and per scheduled feed its next run and
+        whether it runs now (called from the HTTP server's threads)."""
+        running = set(self.running())
+        feeds: dict[str, dict[str, Any]] = {}
+        for name in sorted(self.feeds):
+            job = self.scheduler.get_job(name) if self.scheduler.running else None
+            when = getattr(job, "next_run_time", None)
+            feeds[name] = {"next_run": when.astimezone(dt.UTC).isoformat() if when else None,
+                           "running": name in running}
+        info = self.presence.info if self.presence is not None else None
+        return {"state": self.state, "pid": info.pid if info else None,
+                "host": info.host if info else None, "started": info.started if info else None,
+                "feeds": feeds}
+
+    def _claim_presence(self, config: Config) -> list[DaemonInfo]:
+        """Register this daemon in ``<lake>/.daemons/``; log the others found there."""
+        presence = Presence(config.lake.root, config=str(config.path),
+                            metrics=config.metrics.listen, version=__version__, now=self.clock())
+        try:
+            others = presence.claim()
+        except LakeExportError as exc:
+            log.error("daemon.presence_unwritable", reason=str(exc),
+                      hint="`lakeexportd status` will not see this daemon")
+            return []
+        self.presence = presence
+        for other in others:
+            log.warning("daemon.another_on_lake", other_pid=other.pid, other_host=other.host,
+                        other_started=other.started, other_config=other.config,
+                        hint="each feed still runs once at a time (per-feed locks); "
+                        "`lakeexportd status` lists the daemons")
+        return others
 
     def reload(self) -> bool:
         """Load the config file again and apply what changed; keep the old config if invalid."""
@@ -139,6 +188,10 @@ class Daemon:
         # The new config is current before any job of it can run: a feed the reload adds runs
         # at once, and its run checks the registry against self.config.
         previous, self.config = self.config, new
+        if new.lake.root != previous.lake.root and self.presence is not None:
+            self.presence.release()
+            self.presence = None
+            self._claim_presence(new)
         diff = self._apply(new, initial=False, old=previous)
         self.metrics.reloads.labels(result="success").inc()
         log.info("config.reloaded", path=str(new.path), added=[f.name for f in diff.added],
@@ -167,6 +220,8 @@ class Daemon:
             self._backend.retire()
         if self.server is not None:
             self.server.stop()
+        if self.presence is not None:
+            self.presence.release()
         self.metrics.up.set(0)
         self.state = "stopped"
         log.info("daemon.stopped")

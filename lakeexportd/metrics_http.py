@@ -1,4 +1,6 @@
-"""The daemon's small HTTP server: ``/metrics``, ``/healthz`` and ``/readyz``.
+"""The daemon's small HTTP server: ``/metrics``, ``/healthz``, ``/readyz`` and ``/status``.
+
+``/status`` is JSON for ``lakeexportd status``: per feed, the next run and whether it runs now.
 
 A ``ThreadingHTTPServer`` on a daemon thread: a slow scraper never blocks the scheduler, and
 the thread dies with the process. It binds exactly the configured host (``[::1]`` too).
@@ -6,6 +8,7 @@ the thread dies with the process. It binds exactly the configured host (``[::1]`
 
 from __future__ import annotations
 
+import json
 import socket
 import threading
 from collections.abc import Callable
@@ -26,6 +29,7 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
     registry: CollectorRegistry
     is_ready: Callable[[], bool]
+    status: Callable[[], dict[str, Any]] | None
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -40,8 +44,11 @@ class _Handler(BaseHTTPRequestHandler):
         elif path == "/readyz":
             ready = self.server.is_ready()
             self._answer(200 if ready else 503, b"ready\n" if ready else b"not ready\n")
+        elif path == "/status" and self.server.status is not None:
+            body = json.dumps(self.server.status(), indent=2).encode() + b"\n"
+            self._answer(200, body, "application/json")
         else:
-            self._answer(404, b"not found: try /metrics, /healthz or /readyz\n")
+            self._answer(404, b"not found: try /metrics, /healthz, /readyz or /status\n")
 
     def _answer(self, status: int, body: bytes, content_type: str = "text/plain") -> None:
         self.send_response(status)
@@ -58,12 +65,14 @@ class MetricsServer:
     """Serves ``registry``; ``is_ready`` decides ``/readyz``."""
 
     def __init__(
-        self, registry: CollectorRegistry, host: str, port: int, is_ready: Callable[[], bool]
+        self, registry: CollectorRegistry, host: str, port: int, is_ready: Callable[[], bool],
+        status: Callable[[], dict[str, Any]] | None = None,
     ) -> None:
         self.registry = registry
         self.host = host
         self.port = port
         self.is_ready = is_ready
+        self.status = status
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
 
@@ -87,6 +96,7 @@ class MetricsServer:
             ) from exc
         server.registry = self.registry
         server.is_ready = self.is_ready
+        server.status = self.status
         self._server = server
         self._thread = threading.Thread(
             target=server.serve_forever, kwargs={"poll_interval": 0.2}, name="metrics-http",

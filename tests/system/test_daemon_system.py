@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from daemonproc import DEPLOY_FILES, LAKEEXPORTD, Setup, wait_for
+from daemonproc import DEPLOY_FILES, LAKEEXPORTD, DaemonProcess, Setup, free_port, wait_for
 from lakecheck import assert_consistent, assert_exactly_once, read_listed
 from scrape import Samples, names, value
 
@@ -195,3 +195,53 @@ def test_an_invalid_config_at_start_exits_78(tmp_path: Path) -> None:
     missing = subprocess.run([str(LAKEEXPORTD), "run", "-c", str(tmp_path / "none.yaml")],
                              capture_output=True, text=True, timeout=30)
     assert missing.returncode == 78
+
+
+def status(config: Path) -> tuple[int, dict[str, Any], str]:
+    """`lakeexportd status --json` and the table output, as an operator runs them."""
+    as_json = subprocess.run([str(LAKEEXPORTD), "status", "-c", str(config), "--json"],
+                             capture_output=True, text=True, timeout=30)
+    table = subprocess.run([str(LAKEEXPORTD), "status", "-c", str(config)],
+                           capture_output=True, text=True, timeout=30)
+    assert table.returncode == as_json.returncode, table.stderr
+    return as_json.returncode, json.loads(as_json.stdout), table.stdout
+
+
+def test_status_shows_feeds_daemons_and_a_second_daemon_on_the_lake(setup: Setup) -> None:
+    """status: per feed state, last run, result, lag, next run; the daemon(s) on the lake; a
+    second daemon with the same config is refused with a message naming the first."""
+    setup.write([STREAM, {**TABLE, "schedule": {"every": "1h"}}])
+    code, before, text = status(setup.config)
+    assert code == 0 and before["daemons"] == [] and "no daemon runs on this lake" in text
+    first = setup.start()
+    first.wait_runs("txn", 1)
+    first.wait_runs("users", 1)
+    code, now, text = status(setup.config)
+    (daemon,) = now["daemons"]
+    assert daemon["pid"] == first.proc.pid and daemon["answers"]
+    feeds = {f["feed"]: f for f in now["feeds"]}
+    assert feeds["txn"]["state"] == "active" and feeds["txn"]["result"] == "success"
+    assert feeds["txn"]["lag_s"] is not None and feeds["txn"]["daemons"] == [first.proc.pid]
+    nxt = dt.datetime.fromisoformat(feeds["users"]["next_run"])
+    assert 3000 < (nxt - dt.datetime.now(dt.UTC)).total_seconds() <= 3600
+    assert f"daemon: pid {first.proc.pid}" in text and re.search(r"users\s+active\s+table", text)
+    # The same config again: its metrics port is taken; the message names the running daemon.
+    second = subprocess.run([str(LAKEEXPORTD), "run", "-c", str(setup.config)],
+                            capture_output=True, text=True, timeout=60)
+    assert second.returncode != 0
+    assert "Another lakeexportd already runs on this lake" in second.stderr
+    assert f"pid {first.proc.pid}" in second.stderr
+    # A standby with its own metrics port runs; status warns that two daemons share the lake.
+    other_port = free_port()
+    standby_config = setup.tmp / "standby.yaml"
+    standby_config.write_text(setup.config.read_text().replace(f":{setup.port}", f":{other_port}"))
+    standby = DaemonProcess(standby_config, other_port)
+    setup.daemons.append(standby)
+    standby.wait_ready()
+    code, both, text = status(setup.config)
+    assert sorted(d["pid"] for d in both["daemons"]) == sorted([first.proc.pid, standby.proc.pid])
+    assert "warning: 2 daemons run on this lake" in text
+    assert any(e["event"] == "daemon.another_on_lake" for e in standby.events())
+    standby.kill()  # SIGKILL: its entry stays on disk, but status sees it is gone
+    code, after, _ = status(setup.config)
+    assert [d["pid"] for d in after["daemons"]] == [first.proc.pid]

@@ -30,7 +30,7 @@ from lakeexportd.sandbox.catalog import Catalog
 from lakeexportd.sandbox.errors import KsqlError
 from lakeexportd.sandbox.faults import FaultSet
 from lakeexportd.sandbox.feeder import Feeder
-from lakeexportd.sandbox.output import Emitter, Output
+from lakeexportd.sandbox.output import BUFFERED_TABLE_PULL_BYTES, Emitter, Output
 from lakeexportd.sandbox.query import plan as plan_query
 
 Receive = Callable[[], Awaitable[dict[str, Any]]]
@@ -199,6 +199,10 @@ class SandboxApp:
         stop = asyncio.Event()
         if plan.kind != "table_pull":
             self.queries[plan.query_id] = stop
+        if legacy and plan.kind == "table_pull":
+            out.buffer_up_to(BUFFERED_TABLE_PULL_BYTES)
+        else:
+            out.frame_per_write()  # the header line, then one chunk per row
         watcher = asyncio.create_task(_watch_disconnect(receive, stop))
         try:
             await out.start(200, [(b"content-type", writer.content_type.encode())])

@@ -1,7 +1,14 @@
-"""A response body on the wire: buffering, trickling, aborting, and the row faults.
+"""A response body on the wire: framing, trickling, aborting, and the row faults.
 
 ``Output`` owns the ASGI send calls; ``Emitter`` writes rows through a format writer and applies
 the request's row faults when their row count comes up.
+
+Framing follows ksqlDB 0.29 (wire reference 3.3 "Chunking"): a query answer makes one
+``response.write`` per element (the header line, each row, an error), and Vert.x sends each
+write as its own HTTP/1.1 chunk (one DATA frame on HTTP/2): ``Output(per_write=True)`` sends
+each ``write`` as one ASGI body message, which Hypercorn frames the same way. Only ``/query``
+table pulls are buffered (flushed every 50 KiB, ``JsonStreamedRowResponseWriter``'s
+``FLUSH_SIZE_BYTES`` in 0.29.0).
 """
 
 from __future__ import annotations
@@ -18,15 +25,18 @@ from lakeexportd.sandbox.writers import Writer
 
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 FLUSH_BYTES = 256 * 1024
+BUFFERED_TABLE_PULL_BYTES = 50 * 1024
 
 
 class Output:
-    """A response body: buffered into large chunks, or trickled when a fault asks for it."""
+    """A response body: one chunk per write (a query's rows), or buffered up to
+    ``flush_bytes``; trickled in small pieces when a fault asks for it."""
 
     def __init__(self, send: Send, trickle: Fault | None = None, http2: bool = False) -> None:
         self._send = send
         self._http2 = http2
         self._trickle = trickle
+        self.flush_bytes = FLUSH_BYTES
         self._buffer: list[bytes] = []
         self._size = 0
         self.started = False
@@ -35,11 +45,18 @@ class Output:
         await self._send({"type": "http.response.start", "status": status, "headers": headers})
         self.started = True
 
+    def frame_per_write(self) -> None:
+        """From now on every ``write`` is its own chunk / DATA frame, as ksqlDB sends rows."""
+        self.flush_bytes = 0
+
+    def buffer_up_to(self, size: int) -> None:
+        self.flush_bytes = size
+
     async def write(self, data: bytes) -> None:
         if data:
             self._buffer.append(data)
             self._size += len(data)
-            if self._size >= FLUSH_BYTES:
+            if self._size >= self.flush_bytes:
                 await self.flush()
 
     async def flush(self) -> None:

@@ -1,5 +1,8 @@
 """Run the sandbox app under Hypercorn (HTTP/1.1 chunked and h2c prior-knowledge on one port).
 
+Each ASGI body message goes out as one HTTP/1.1 chunk (h11 does that) and, with the stream
+buffer below, as one HTTP/2 DATA frame: the framing ksqlDB gives its rows.
+
 ``build`` wires catalog, feeder, faults and app from plain settings; ``serve`` runs it on an
 already-bound socket until a shutdown event fires, so callers choose threads or signals.
 """
@@ -7,6 +10,7 @@ already-bound socket until a shutdown event fires, so callers choose threads or 
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import socket
 import ssl
@@ -14,14 +18,52 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import hypercorn.protocol.h2
 from hypercorn.asyncio import serve as hypercorn_serve
 from hypercorn.config import Config
+from hypercorn.typing import Event as IOEvent
 
 from lakeexportd.sandbox.app import SandboxApp
 from lakeexportd.sandbox.catalog import Catalog
 from lakeexportd.sandbox.faults import Fault, FaultSet
 from lakeexportd.sandbox.feeder import Feeder
 from lakeexportd.sandbox.generator import TransactionGenerator
+
+
+class _WritePerFrameBuffer(hypercorn.protocol.h2.StreamBuffer):
+    """Hypercorn's HTTP/2 stream buffer, but a DATA frame never spans two ASGI body messages.
+
+    Hypercorn joins whatever the app sent into frames of up to the maximum frame size; ksqlDB
+    (Vert.x) sends each ``response.write`` as its own DATA frame, so a query's rows arrive one
+    frame per row (wire reference 3.3). A message larger than the frame size or the window
+    is still split, as Vert.x would.
+    """
+
+    def __init__(self, event_class: type[IOEvent]) -> None:
+        super().__init__(event_class)
+        self._writes: collections.deque[int] = collections.deque()
+
+    async def push(self, data: bytes) -> None:
+        if data:
+            self._writes.append(len(data))
+        await super().push(data)
+
+    async def pop(self, max_length: int) -> bytes:
+        if self._writes:
+            max_length = min(max_length, self._writes[0])
+        data = await super().pop(max_length)
+        if data and self._writes:
+            self._writes[0] -= len(data)
+            if self._writes[0] <= 0:
+                self._writes.popleft()
+        return data
+
+    async def close(self) -> None:
+        self._writes.clear()
+        await super().close()
+
+
+hypercorn.protocol.h2.StreamBuffer = _WritePerFrameBuffer  # type: ignore[misc]
 
 
 @dataclass(frozen=True)

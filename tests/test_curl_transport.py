@@ -1,0 +1,143 @@
+"""The libcurl transport (what the daemon uses) against the real sandbox on 127.0.0.1: read
+timeout as silence between bytes, shutdown while ksqlDB is silent, closing from another thread,
+the metrics hook, retries of connection failures, and what the transport reports."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from lakeexportd.curl_stream import CurlTransport, TransportFailure
+from lakeexportd.errors import ExportAborted, KsqlDBStreamError, KsqlDBUnavailable
+from lakeexportd.ksqldb import KsqlDBClient
+from lakeexportd.sandbox import Sandbox
+
+QUERY = "SELECT * FROM TRANSACTION_FLATTENED LIMIT 4;"
+HEADERS = {"Accept": "application/vnd.ksqlapi.delimited.v1", "Content-Type": "application/json"}
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.requests: list[tuple[str, str]] = []
+        self.retries: list[str] = []
+
+    def request(self, endpoint: str, code: str) -> None:
+        self.requests.append((endpoint, code))
+
+    def retry(self, endpoint: str) -> None:
+        self.retries.append(endpoint)
+
+
+@pytest.fixture(scope="module")
+def sandbox() -> Iterator[Sandbox]:
+    with Sandbox.start(seed=5, preload=300, preload_days=1) as sb:
+        yield sb
+
+
+@pytest.fixture(autouse=True)
+def _clear(sandbox: Sandbox) -> Iterator[None]:
+    yield
+    sandbox.clear_faults()
+
+
+def rows(client: KsqlDBClient, sql: str = QUERY, cancel: threading.Event | None = None) -> int:
+    with client.query(sql, cancel=cancel) as result:
+        return sum(b.num_rows for b in result.batches())
+
+
+@pytest.mark.parametrize("http2", [False, True], ids=["HTTP/1.1", "h2c"])
+def test_read_timeout_is_silence_between_bytes(sandbox: Sandbox, http2: bool) -> None:
+    """Five writes 0.4 s apart take longer than a 1 s read timeout and still succeed; one
+    silence of 1.5 s after the header fails as a read timeout, not as a short answer."""
+    client = KsqlDBClient(CurlTransport(sandbox.url, http2=http2, read_timeout=1.0),
+                          api="query-stream", max_retries=0)
+    sandbox.inject("trickle", seconds=0.4, chunk_bytes=1 << 20, path="/query-stream")
+    assert rows(client) == 4
+    sandbox.inject("trickle", seconds=1.5, chunk_bytes=1 << 20, path="/query-stream")
+    with pytest.raises(KsqlDBStreamError, match="read timeout"):
+        rows(client)
+
+
+def test_shutdown_aborts_a_run_while_ksqldb_is_silent(sandbox: Sandbox) -> None:
+    """A set cancel ends the wait on a silent answer (header sent, then nothing for 20 s)."""
+    client = KsqlDBClient(CurlTransport(sandbox.url, read_timeout=60), api="query-stream")
+    sandbox.inject("trickle", seconds=20, chunk_bytes=1 << 20, path="/query-stream")
+    cancel = threading.Event()
+    threading.Timer(0.3, cancel.set).start()
+    started = time.monotonic()
+    with pytest.raises(ExportAborted, match="stopped by shutdown"):
+        rows(client, cancel=cancel)
+    assert time.monotonic() - started < 10  # not the 20 s of silence
+
+
+def test_close_from_another_thread_ends_the_body(sandbox: Sandbox) -> None:
+    """close() while another thread waits in iter_raw(): the reader stops with a failure."""
+    sandbox.inject("trickle", seconds=20, chunk_bytes=1 << 20, path="/query-stream")
+    response = CurlTransport(sandbox.url).open(
+        "POST", "/query-stream", headers=HEADERS, body=b'{"sql": "%s"}' % QUERY.encode())
+    assert response.status_code == 200 and response.http_version == "HTTP/1.1"
+    outcome: list[object] = []
+
+    def read() -> None:
+        try:
+            outcome.extend(response.iter_raw())
+        except TransportFailure as exc:
+            outcome.append(exc)
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    time.sleep(0.3)
+    response.close()
+    reader.join(timeout=10)
+    assert not reader.is_alive()
+    assert isinstance(outcome[-1], TransportFailure) and "closed" in str(outcome[-1])
+
+
+@pytest.mark.parametrize("http2", [False, True], ids=["HTTP/1.1", "h2c"])
+def test_observer_sees_every_answer_and_retry(sandbox: Sandbox, http2: bool) -> None:
+    """The metrics hook gets each HTTP status and each retry, over both HTTP versions."""
+    recorder = Recorder()
+    client = KsqlDBClient(CurlTransport(sandbox.url, http2=http2), api="query-stream",
+                          observer=recorder, max_retries=3, sleep=lambda s: None)
+    sandbox.inject("status", status=503, count=1, path="/query-stream")
+    assert rows(client) == 4
+    assert client.info().version.startswith("0.29")
+    assert recorder.requests == [("/query-stream", "503"), ("/query-stream", "200"),
+                                 ("/info", "200")]
+    assert recorder.retries == ["/query-stream"]
+
+
+def test_refused_connection_is_retried_then_unavailable() -> None:
+    """Nothing listening: retried with backoff, then KsqlDBUnavailable naming the URL."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    recorder = Recorder()
+    delays: list[float] = []
+    client = KsqlDBClient(CurlTransport(f"http://127.0.0.1:{port}", connect_timeout=2),
+                          api="query-stream", observer=recorder, max_retries=2,
+                          backoff_base=0.5, sleep=delays.append)
+    with pytest.raises(KsqlDBUnavailable, match=f"cannot reach ksqlDB at http://127.0.0.1:{port} "
+                                                 r"\(ConnectError: .*gave up after 3 attempts"):
+        rows(client)
+    assert recorder.requests == [("/query-stream", "error")] * 3
+    assert len(delays) == 2 and 0 <= delays[0] <= 0.5 and 0 <= delays[1] <= 1.0  # full jitter
+
+
+def test_auto_api_reads_info_then_query_stream_over_h2c(sandbox: Sandbox) -> None:
+    """api: auto asks /info for the version first; rows then come over h2c."""
+    recorder = Recorder()
+    client = KsqlDBClient(CurlTransport(sandbox.url, http2=True), observer=recorder)
+    with client.query(QUERY) as result:
+        assert result.http_version == "HTTP/2"
+        assert sum(b.num_rows for b in result.batches()) == 4
+    assert [endpoint for endpoint, _ in recorder.requests] == ["/info", "/query-stream"]
+
+
+def test_password_is_not_in_the_transport_repr() -> None:
+    transport = CurlTransport("http://127.0.0.1:1", username="u", password="s3cret-pw")
+    assert "s3cret-pw" not in repr(transport)

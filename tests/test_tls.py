@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from lakeexportd.config import KsqlDBSettings, Secret, TLSSettings
 from lakeexportd.curl_stream import CurlTransport
 from lakeexportd.errors import KsqlDBTLSError, KsqlDBUnavailable
-from lakeexportd.ksqldb import KsqlDBClient
+from lakeexportd.ksqldb import KsqlDBClient, client_from_settings
 from lakeexportd.sandbox import Sandbox
 from lakeexportd.sandbox.server import TLSFiles
 
@@ -91,3 +92,29 @@ def test_mutual_tls_needs_the_client_certificate(pki: Path) -> None:
         finally:
             good.close()
             bad.close()
+
+
+@pytest.mark.parametrize(("http2", "version"), [(False, "HTTP/1.1"), (True, "HTTP/2")])
+def test_http_version_over_tls_is_negotiated_with_alpn(https: Sandbox, pki: Path, http2: bool,
+                                                       version: str) -> None:
+    """Over https, http2: true negotiates HTTP/2 by ALPN; otherwise HTTP/1.1."""
+    c = client(https.url, ca_file=str(pki / "ca.pem"), http2=http2)
+    try:
+        with c.query("SELECT * FROM TRANSACTION_FLATTENED LIMIT 5;") as result:
+            assert result.http_version == version
+            assert sum(b.num_rows for b in result.batches()) == 5
+    finally:
+        c.close()
+
+
+def test_settings_build_the_curl_transport_with_tls_and_auth(https: Sandbox, pki: Path) -> None:
+    """client_from_settings (daemon and CLI) carries rows over libcurl with the TLS settings."""
+    settings = KsqlDBSettings(url=https.url, username="u", password=Secret("pw-not-shown"),
+                              http2=True, tls=TLSSettings(ca_file=pki / "ca.pem"))
+    c = client_from_settings(settings)
+    try:
+        assert isinstance(c.transport, CurlTransport) and "pw-not-shown" not in repr(c.transport)
+        with c.query("SELECT * FROM PAYMENT_TOTALS;") as result:  # the sandbox has no auth here
+            assert result.http_version == "HTTP/2" and result.schema.names
+    finally:
+        c.close()

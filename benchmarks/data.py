@@ -111,20 +111,22 @@ def nested_body(rows: int, seed: int = 11) -> Path:
     path = CACHE / f"nested_{rows}_{seed}.jsonl"
     if path.exists():
         return path
-    import httpx
-
+    from lakeexportd.curl_stream import CurlTransport
     from lakeexportd.sandbox.harness import Sandbox
 
     CACHE.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
+    query = json.dumps({"sql": "SELECT ROWTIME, * FROM TRANSACTION_STREAM;", "properties": {}})
     with Sandbox.start(seed=seed, preload=rows, preload_days=DAYS) as sb, open(tmp, "wb") as out:
-        with httpx.Client(base_url=sb.url, timeout=600) as client, client.stream(
-            "POST", "/query-stream",
-            json={"sql": "SELECT ROWTIME, * FROM TRANSACTION_STREAM;", "properties": {}},
-            headers={"Accept": "application/vnd.ksqlapi.delimited.v1"},
-        ) as response:
-            response.raise_for_status()
-            for chunk in response.iter_bytes(1 << 20):
-                out.write(chunk)
+        # The sandbox sends one chunk per row, as ksqlDB does: libcurl drains them fastest.
+        response = CurlTransport(sb.url, read_timeout=600).open(
+            "POST", "/query-stream", body=query.encode(),
+            headers={"Accept": "application/vnd.ksqlapi.delimited.v1",
+                     "Content-Type": "application/json"})
+        if response.status_code != 200:
+            raise RuntimeError(f"sandbox answered HTTP {response.status_code}")
+        for chunk in response.iter_raw():
+            out.write(chunk)
+        response.close()
     tmp.rename(path)
     return path

@@ -10,7 +10,8 @@ It frames the body the way ksqlDB 0.29 does (``DelimitedQueryStreamResponseWrite
 It must never be the bottleneck: the framed bytes are computed once per body and cached on
 disk, then sent with ``os.sendfile`` in large pieces (the kernel copies; no per-row Python on
 the serving side). On h2c the server honours the client's flow-control windows, sending whole
-frames as far as the windows allow. The SQL is ignored; ``GET /info`` answers a ksqlDB version.
+frames as far as the windows allow. The SQL is ignored; ``GET /info`` answers a ksqlDB version
+and ``POST /ksql`` (lakeexportd's DESCRIBE of the feed's source) says BENCH is a stream.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Literal
 
+import hpack
 import numpy as np
 
 Framing = Literal["rows", "h2c", "large"]
@@ -32,6 +34,9 @@ FRAMINGS: tuple[Framing, ...] = ("rows", "h2c", "large")
 CHUNK = 4 << 20
 SEND = 4 << 20  # bytes per sendfile call
 INFO = b'{"KsqlServerInfo":{"version":"0.29.0","serverStatus":"RUNNING"}}'
+DESCRIBE = (b'[{"@type":"sourceDescription","statementText":"DESCRIBE BENCH;",'
+            b'"sourceDescription":{"name":"BENCH","type":"STREAM","fields":[],'
+            b'"topic":"bench","timestamp":"","windowType":null,"statement":""}}]')
 DELIMITED = b"application/vnd.ksqlapi.delimited.v1"
 _PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 _STREAM = 1  # every connection carries one request, the client's first stream
@@ -139,6 +144,13 @@ def _h1_handler(framed: Path | None, body: Path) -> type[BaseHTTPRequestHandler]
 
         def do_POST(self) -> None:
             self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            if self.path == "/ksql":
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(DESCRIBE)))
+                self.end_headers()
+                self.wfile.write(DESCRIBE)
+                return
             self.send_response(200)
             self.send_header("Content-Type", DELIMITED.decode())
             self.send_header("Transfer-Encoding", "chunked")
@@ -178,6 +190,7 @@ class _H2Peer:
         self.conn_window = 65_535
         self.request_done = False
         self.path = b""
+        self._hpack = hpack.Decoder()
         self.closed = False
 
     def read_frames(self, block: bool) -> None:
@@ -219,10 +232,12 @@ class _H2Peer:
             self.sock.sendall(_frame(0x6, 0x1, 0, payload))
         elif kind in (0x1, 0x0):  # HEADERS / DATA of the request
             if kind == 0x1:
-                # :method first; GET is the static table's entry 2 (0x82). Skip the pad
-                # length and the priority fields when their flags are set.
+                # Skip the pad length and the priority fields when their flags are set.
                 skip = (1 if flags & 0x8 else 0) + (5 if flags & 0x20 else 0)
-                self.path = b"/info" if payload[skip:skip + 1] == b"\x82" else b"/query-stream"
+                pad = payload[0] if flags & 0x8 else 0
+                block = payload[skip:len(payload) - pad]
+                headers = dict(self._hpack.decode(block, raw=True))
+                self.path = headers.get(b":path", b"")
             if flags & 0x1:
                 self.request_done = True
         elif kind in (0x3, 0x7):  # RST_STREAM, GOAWAY
@@ -256,10 +271,11 @@ def _h2c_handler(frames: Path, ends: np.ndarray) -> type[BaseHTTPRequestHandler]
                 peer.read_frames(block=True)
             if peer.closed:
                 return
-            if peer.path == b"/info":
+            answers = {b"/info": INFO, b"/ksql": DESCRIBE}
+            if peer.path in answers:
                 headers = b"\x88"  # :status 200 (static table index 8), nothing else needed
                 sock.sendall(_frame(0x1, 0x4, _STREAM, headers))
-                sock.sendall(_frame(0x0, 0x1, _STREAM, INFO))
+                sock.sendall(_frame(0x0, 0x1, _STREAM, answers[peer.path]))
             else:
                 self._rows(peer)
             try:

@@ -49,6 +49,11 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def plain(doc: str | None) -> str:
+    """A module docstring as ``--help`` text: reST's double backquotes become single ones."""
+    return (doc or "").replace("``", "`")
+
+
 def add_repair_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_argument(parser)
     parser.add_argument(

@@ -25,7 +25,7 @@ import sys
 from dataclasses import fields, replace
 from typing import Any
 
-from lakeexportd.cli_export import add_config_argument
+from lakeexportd.cli_export import add_config_argument, plain
 from lakeexportd.config import Config, Feed, default_config_path, load_config
 from lakeexportd.errors import EX_OK, EX_USAGE, ConfigError
 from lakeexportd.feeds import FeedEntry, FeedManager, FeedUsageError, SyncReport
@@ -53,7 +53,7 @@ _OPTION_FLAGS: dict[str, dict[str, Any]] = {
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     feeds = sub.add_parser(
         "feeds", help="manage feeds at run time: list, add, enable, disable, archive, ...",
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+        description=plain(__doc__), formatter_class=argparse.RawDescriptionHelpFormatter)
     actions = feeds.add_subparsers(dest="action", metavar="ACTION", required=True)
 
     def action(name: str, text: str, *, feed: bool = True) -> argparse.ArgumentParser:
@@ -86,7 +86,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def _option_flags(parser: argparse.ArgumentParser, *, required: bool) -> None:
+    """The feed settings as flags; ``update`` (``required=False``) leaves out source and kind,
+    which never change (the feed's folder would mix two sources): add a new feed instead."""
     for key, options in _OPTION_FLAGS.items():
+        if not required and key in ("source", "kind"):
+            parser.set_defaults(**{f"opt_{key}": None})
+            continue
         parser.add_argument(f"--{key.replace('_', '-')}", dest=f"opt_{key}", default=None,
                             required=required and key in ("source", "kind"), **options)
     parser.add_argument("--reason", default="", help="why (kept in history)")
@@ -142,8 +147,10 @@ def _parse_options(config: Config, options: dict[str, Any], command: str) -> Fee
         return feed_from_options(options, where=f"lakeexportd {command}",
                                  defaults=config.defaults)
     except ConfigError as exc:
+        # YAML key paths become the flags that set them; the name is the FEED argument.
         text = re.sub(r"\$\.(?:schedule\.)?([a-z_]+)",
-                      lambda m: "--" + m[1].replace("_", "-"), str(exc))
+                      lambda m: "FEED" if m[1] == "name" else "--" + m[1].replace("_", "-"),
+                      str(exc))
         raise FeedUsageError(text) from None
 
 

@@ -17,7 +17,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from lakeexportd.cli_export import add_config_argument
+from lakeexportd.cli_export import add_config_argument, plain
 from lakeexportd.config import default_config_path, load_config
 from lakeexportd.errors import EX_FAILED, EX_OK
 from lakeexportd.report import FORMATS, MetadataAnalyzer, MetadataReader
@@ -27,7 +27,7 @@ from lakeexportd.text_table import human_age, human_bytes, render
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     meta = sub.add_parser("metadata", help="show what the lake holds: feeds, partitions, reports",
-                          description=__doc__,
+                          description=plain(__doc__),
                           formatter_class=argparse.RawDescriptionHelpFormatter)
     actions = meta.add_subparsers(dest="action", metavar="ACTION", required=True)
 

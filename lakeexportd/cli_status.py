@@ -17,7 +17,7 @@ import urllib.request
 from dataclasses import asdict
 from typing import Any
 
-from lakeexportd.cli_export import add_config_argument
+from lakeexportd.cli_export import add_config_argument, plain
 from lakeexportd.config import default_config_path, load_config
 from lakeexportd.errors import EX_OK, EX_USAGE
 from lakeexportd.feeds import FeedManager
@@ -30,7 +30,7 @@ _ASK_TIMEOUT = 2.0
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = sub.add_parser("status", help="feeds and daemons of the lake at a glance",
-                            description=__doc__,
+                            description=plain(__doc__),
                             formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_argument(parser)
     parser.add_argument("feed", nargs="?", metavar="FEED", help="one feed (default: all)")

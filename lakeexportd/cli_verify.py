@@ -23,7 +23,7 @@ from typing import Any
 import pyarrow as pa
 
 from lakeexportd import layout, verify, verify_source
-from lakeexportd.cli_export import add_config_argument
+from lakeexportd.cli_export import add_config_argument, plain
 from lakeexportd.config import Config, Feed, default_config_path, load_config
 from lakeexportd.errors import EX_CONFIG, EX_FAILED, EX_OK, EX_TEMPFAIL, LakeExportError
 from lakeexportd.feeds_registry import RegistryFiles, UnknownFeed, check_name
@@ -37,7 +37,7 @@ _SEVERITY = {EX_OK: 0, EX_TEMPFAIL: 1, EX_FAILED: 2, EX_CONFIG: 3}
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = sub.add_parser("verify", help="check the lake against its metadata (and ksqlDB)",
-                            description=__doc__,
+                            description=plain(__doc__),
                             formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_argument(parser)
     parser.add_argument("feed", nargs="?", metavar="FEED", help="one feed (default: every feed)")

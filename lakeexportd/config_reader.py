@@ -170,7 +170,8 @@ class Node:
     def require_string(self, key: str, what: str) -> str:
         value = self.opt_string(key)
         if value is None:
-            raise self.fail(key, "missing required key", f"add `{key}:` with {what}")
+            problem = "is empty (null)" if key in self.data else "missing required key"
+            raise self.fail(key, problem, f"give `{key}:` {what}")
         return value
 
     def choice(self, key: str, choices: Collection[str], default: str) -> str:
@@ -212,6 +213,9 @@ class Node:
                             f"write e.g. '{raw}s'; {DURATION_HELP}")
         text = self._typed(key, (str,), "a duration such as '30s'")
         assert isinstance(text, str)
+        if text.strip().startswith("-"):
+            raise self.fail(key, f"duration {show(text)} is negative",
+                            "give a positive amount such as '5s' (or '0s' where zero is allowed)")
         try:
             seconds = parse_duration(text)
         except ValueError:

@@ -48,7 +48,8 @@ def check_files(feed_dir: Path, doc: FeedMetadata, *, deep: bool = False) -> lis
         try:
             size = path.stat().st_size
         except FileNotFoundError:
-            problems.append(Mismatch(doc.feed, rel, "listed but missing"))
+            problems.append(Mismatch(doc.feed, rel, "listed but missing: its rows are not in "
+                                     "the lake; restore the file from a backup"))
             continue
         if size != entry.size_bytes:
             problems.append(
@@ -115,9 +116,16 @@ def verify_feed(
             problems.append(
                 Mismatch(feed, "_metadata.json", f"current_version {doc.current_version} unlisted")
             )
-    for path in unlisted(feed_dir, doc) if feed_dir.exists() else []:
+    leftovers = unlisted(feed_dir, doc) if feed_dir.exists() else []
+    if doc is None and any(not layout.is_temp_name(p.name) for p in leftovers):
+        return [Mismatch(feed, layout.METADATA_NAME,
+                         f"missing while {len(leftovers)} data files exist; nothing will delete "
+                         f"them: rebuild it with `lakeexportd repair --rebuild {feed}`")]
+    for path in leftovers:
         problems.append(
-            Mismatch(feed, path.relative_to(feed_dir).as_posix(), "on disk but not listed")
+            Mismatch(feed, path.relative_to(feed_dir).as_posix(),
+                     f"on disk but not listed (left by an interrupted run; `lakeexportd repair "
+                     f"{feed}` removes it, and its rows are exported again)")
         )
     staging = layout.staging_dir(root, feed)
     if kind == "table" and staging.exists() and any(staging.iterdir()):

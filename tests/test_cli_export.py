@@ -165,6 +165,8 @@ def test_repair_rebuild_shows_asks_then_writes_a_lost_metadata(sandbox: Sandbox,
     stopped = cli("export", "-c", str(path), "tx")
     assert stopped.returncode == 1 and "repair --rebuild tx" in stopped.stderr
     assert sorted(p.name for p in meta.parent.rglob("*.parquet")) == files
+    checked = cli("verify", "-c", str(path), "tx")
+    assert checked.returncode == 1 and "repair --rebuild tx" in checked.stdout
     dry = cli("repair", "-c", str(path), "--rebuild", "--dry-run", "tx")
     assert dry.returncode == 0 and "3000 rows" in dry.stdout and "nothing written" in dry.stdout
     asked = subprocess.run(

@@ -117,6 +117,7 @@ def test_feeds_add_update_disable_enable_archive_restore(config: Path, capsys: p
     (["add", "x", "--source", "S", "--kind", "stream", "--every", "1ms"], "give 1s to 366d"),
     (["add", "x", "--source", "S", "--kind", "table", "--settle-delay", "5s"], "does not apply to a table"),
     (["add", "../x", "--source", "S", "--kind", "stream"], "is not a safe feed name"),
+    (["add", "café", "--source", "S", "--kind", "stream"], "FEED: 'café' is not a safe feed name"),
     (["add", "tx", "--source", "S", "--kind", "stream"], "already registered"),
     (["show", "nope"], "unknown feed 'nope'"),
     (["disable", "../tx"], "not a feed name"),
@@ -144,6 +145,24 @@ def test_export_and_repair_follow_the_registry(config: Path, capsys: pytest.Capt
     assert run(capsys, "export", "anon", *c)[0] == 0
     code, _, err = run(capsys, "repair", *c)
     assert code == 0 and all(f"repair {n}: removed 0" in err for n in ("tx", "users", "anon"))
+
+
+def test_feeds_update_offers_no_source_or_kind(config: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Source and kind never change, so `feeds update` has no such flags (help or parser)."""
+    with pytest.raises(SystemExit):
+        cli.main(["feeds", "update", "--help"])
+    assert "--source" not in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["feeds", "update", "tx", "--source", "OTHER", "-c", str(config)])
+    assert exit_.value.code == 2 and "unrecognized arguments: --source" in capsys.readouterr().err
+
+
+def test_help_texts_show_no_rst_markup(capsys: pytest.CaptureFixture[str]) -> None:
+    """Module docstrings reach --help without reST's double backquotes."""
+    for command in (["feeds"], ["metadata"], ["verify"], ["status"]):
+        with pytest.raises(SystemExit):
+            cli.main([*command, "--help"])
+        assert "``" not in capsys.readouterr().out, command
 
 
 def test_feeds_delete_refuses_without_yes_on_a_non_tty(config: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:

@@ -88,6 +88,7 @@ class Daemon:
         ) if serve_metrics else None
         self.presence: Presence | None = None
         self.feeds: dict[str, Feed] = {}  # the active feeds that have a job
+        self.holds = runs.Holds()  # feeds not run again on each tick after a rejected value
         self.state = "new"  # new -> running -> stopping -> stopped
         self._backend: Backend | None = None
         self._running: dict[int, str] = {}  # thread id -> feed, for stop() to wait on
@@ -296,7 +297,7 @@ class Daemon:
         try:
             return runs.run_export(
                 backend.exporter, feed, self.clock(), cancel=self.cancel, metrics=self.metrics,
-                wall_clock=lambda: self.clock().timestamp(),
+                wall_clock=lambda: self.clock().timestamp(), holds=self.holds,
             )
         finally:
             with self._idle:

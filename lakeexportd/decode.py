@@ -43,10 +43,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
-from lakeexportd.errors import KsqlDBProtocolError
+from lakeexportd.errors import KsqlDBProtocolError, RejectedValueError
 from lakeexportd.json_block import JsonBlockDecoder, Unsupported
 from lakeexportd.ksql_types import KsqlType, arrow_schema
-from lakeexportd.ksql_values import value_converter
+from lakeexportd.ksql_values import RejectedValue, value_converter
 
 # Types the CSV reader parses directly; the value is the type it is asked to produce.
 _CSV_TYPE = {
@@ -108,6 +108,12 @@ class RowDecoder:
         self.schema = arrow_schema(names, types)
         self._converters = [value_converter(t) for t in types]
         self.flat = not any(t.is_nested for t in types)
+        # A stream query's ROWTIME names the row in a RejectedValueError.
+        self._rowtime = next(
+            (i for i, (n, t) in enumerate(zip(names, types))
+             if n == "ROWTIME" and t.base == "BIGINT"),
+            None,
+        )
         # Arrow's CSV reader produces no decimal256: such schemas take the typed JSON path.
         self._csv = self.flat and not any(
             t.base == "DECIMAL" and not pa.types.is_decimal128(t.arrow) for t in types
@@ -283,14 +289,20 @@ class RowDecoder:
                     f"columns ({', '.join(self.names)}): {_excerpt(line)}"
                 )
             for i, value in enumerate(row):
-                columns[i].append(self._convert(i, value, number))
+                columns[i].append(self._convert(i, value, number, row))
         arrays = [pa.array(values, type=f.type) for values, f in zip(columns, self.schema)]
         self.exact_rows += len(lines)
         return pa.Table.from_arrays(arrays, schema=self.schema)
 
-    def _convert(self, i: int, value: Any, number: int) -> Any:
+    def _convert(self, i: int, value: Any, number: int, row: list[Any]) -> Any:
         try:
             return self._converters[i](value)
+        except RejectedValue as exc:
+            rowtime = row[self._rowtime] if self._rowtime is not None else None
+            raise RejectedValueError(
+                column=self.names[i], ksql_type=str(self.types[i]), value=str(exc.value)[:200],
+                reason=str(exc), row=number, rowtime=rowtime if type(rowtime) is int else None,
+            ) from exc
         except (ValueError, KeyError, TypeError, ArithmeticError) as exc:
             raise KsqlDBProtocolError(
                 f"row {number}, column {self.names[i]} ({self.types[i]}): {exc}"

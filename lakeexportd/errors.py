@@ -11,6 +11,7 @@ operator (or the daemon) should do about it::
      |    +-- KsqlDBRequestError     ksqlDB refused the statement (4xx with error_code/message)
      |    +-- SchemaError            unsupported type, or an incompatible schema change
      |    +-- LakeStateError         the lake on disk is not what the metadata says
+     |    +-- RejectedValueError     a row holds a value its column's type cannot keep exactly
      +-- TransientError         retry within the run, then wait for the next tick (exit 75)
           +-- KsqlDBUnavailable      connection failure, timeout, 429 or 5xx after the retries
           +-- KsqlDBStreamError      the answer broke off or ended with an error object
@@ -89,6 +90,48 @@ class KsqlDBTLSError(ConfigError):
 
 class SchemaError(FeedError):
     """A column type lakeexportd cannot map, or a schema change it must not absorb."""
+
+
+class RejectedValueError(FeedError):
+    """A well-formed value its column's type cannot hold exactly (a DECIMAL that would need
+    rounding or more digits): retrying reads the same row again, so the run fails as a feed
+    error, not a transient one.
+
+    The decoder knows the row (its number in the answer and, for streams, its ROWTIME); the
+    export run adds the feed with ``for_feed``.
+    """
+
+    def __init__(
+        self,
+        *,
+        column: str,
+        ksql_type: str,
+        value: str,
+        reason: str,
+        row: int,
+        rowtime: int | None = None,
+        feed: str | None = None,
+    ) -> None:
+        self.column = column
+        self.ksql_type = ksql_type
+        self.value = value
+        self.reason = reason
+        self.row = row
+        self.rowtime = rowtime
+        self.feed = feed
+        where = f"feed {feed!r}: " if feed else ""
+        which = f"the row with ROWTIME {rowtime}" if rowtime is not None else f"row {row}"
+        super().__init__(
+            f"{where}{which}, column {column} ({ksql_type}): {reason}; nothing was "
+            f"published. lakeexportd never rounds: the feed fails at this row until the "
+            f"source's type or data changes"
+        )
+
+    def for_feed(self, feed: str) -> RejectedValueError:
+        return RejectedValueError(
+            column=self.column, ksql_type=self.ksql_type, value=self.value, reason=self.reason,
+            row=self.row, rowtime=self.rowtime, feed=feed,
+        )
 
 
 class LakeStateError(FeedError):

@@ -22,7 +22,7 @@ import structlog
 from lakeexportd import cleanup, layout
 from lakeexportd import metadata_update as update
 from lakeexportd.config import Feed
-from lakeexportd.errors import ExportAborted, LakeExportError, SchemaError
+from lakeexportd.errors import ExportAborted, LakeExportError, RejectedValueError, SchemaError
 from lakeexportd.failpoints import failpoint
 from lakeexportd.ksqldb import KsqlDBClient
 from lakeexportd.metadata import MetadataStore
@@ -249,18 +249,21 @@ class Run:
 
     def _batches(self, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         failpoint("export.after_header")
-        for batch in batches:
-            if self.cancel.is_set():
-                raise ExportAborted(
-                    f"feed {self.feed.name!r}: export stopped by shutdown after {self.rows} "
-                    "rows; nothing was published and the next run exports them"
-                )
-            self.rows += batch.num_rows
-            yield batch
-            if self.rows == batch.num_rows:
-                failpoint("export.after_first_batch")
-            if self.progress is not None:
-                self.progress(self.rows)
+        try:
+            for batch in batches:
+                if self.cancel.is_set():
+                    raise ExportAborted(
+                        f"feed {self.feed.name!r}: export stopped by shutdown after "
+                        f"{self.rows} rows; nothing was published and the next run exports them"
+                    )
+                self.rows += batch.num_rows
+                yield batch
+                if self.rows == batch.num_rows:
+                    failpoint("export.after_first_batch")
+                if self.progress is not None:
+                    self.progress(self.rows)
+        except RejectedValueError as exc:  # the decoder knows the row, not the feed
+            raise exc.for_feed(self.feed.name) from exc
 
     def _checked_columns(self, doc: FeedMetadata, schema: pa.Schema) -> tuple[SchemaColumn, ...]:
         """The answer's columns; a removed or retyped column fails before anything is written."""

@@ -12,8 +12,9 @@ in one C call (``decode_lines``); the rows are transposed with ``zip`` and each 
 - TIME is ``HH:mm[:ss]`` text at top level (converted in Python, once per distinct text) and
   millis of the day inside a STRUCT; both are built as ``time32[ms]`` and cast to the column's
   Arrow unit;
-- DECIMAL numbers become ``Decimal`` exactly (``1.0E7`` included); Arrow refuses a value that
-  would need rounding or more digits than the type, so nothing is rounded on the way;
+- DECIMAL numbers keep their text (``float_hook=str``), which Arrow casts to the decimal type
+  exactly (``1.0E7`` included), refusing a value that would need rounding or more digits than
+  the type, so nothing is rounded on the way;
 - DOUBLE takes numbers and the quoted ``NaN``/``Infinity``/``-Infinity``, replaced by floats
   only in a column that holds one;
 - BYTES are base64 (msgspec checks the alphabet and padding); MAP keys are text (STRING,
@@ -37,7 +38,7 @@ import msgspec
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from lakeexportd.ksql_types import KsqlType
+from lakeexportd.ksql_types import MAX_DECIMAL_PRECISION, KsqlType
 from lakeexportd.ksql_values import parse_time_ms
 
 _INT32 = Annotated[int, msgspec.Meta(ge=-(2**31), le=2**31 - 1)]
@@ -202,6 +203,12 @@ def finish(array: pa.Array, target: pa.DataType) -> pa.Array:
         return pa.ListArray.from_arrays(
             array.offsets, finish(array.values, target.value_type), type=target, mask=mask
         )
+    if pa.types.is_decimal(target):
+        # Arrow's text-to-decimal128 parse wraps around, silently, for 39-digit values of
+        # 2**127 and more (9999...9 becomes -2084...): parse into decimal256, which refuses
+        # what does not fit, then narrow, which checks the precision.
+        wide = array.cast(pa.decimal256(MAX_DECIMAL_PRECISION, target.scale))
+        return wide.cast(target)
     return array.cast(target)
 
 

@@ -34,6 +34,10 @@ class RejectedValue(ValueError):
     """A well-formed value the column's type cannot hold exactly (a DECIMAL that would need
     rounding or more digits): the source's data, not the wire, is at fault."""
 
+    def __init__(self, message: str, value: Any) -> None:
+        super().__init__(message)
+        self.value = value  # the value itself, wherever it sits in a nested one
+
 
 def parse_timestamp_ms(text: str) -> int:
     """``yyyy-MM-ddTHH:mm:ss.SSS`` (UTC when no offset is given) to epoch milliseconds."""
@@ -156,9 +160,9 @@ def _decimal(precision: int, scale: int) -> Converter:
         try:
             exact: Decimal = v.quantize(quantum, context=_EXACT)
         except ArithmeticError as exc:  # Inexact (would round) or InvalidOperation (too long)
-            raise RejectedValue(_does_not_fit(v, precision, scale)) from exc
+            raise RejectedValue(_does_not_fit(v, precision, scale), v) from exc
         if not -limit < exact < limit:
-            raise RejectedValue(_does_not_fit(v, precision, scale))
+            raise RejectedValue(_does_not_fit(v, precision, scale), v)
         return exact
 
     return convert

@@ -38,12 +38,13 @@ current_feed: contextvars.ContextVar[str | None] = contextvars.ContextVar(
 class _FeedState:
     """What the scrape-time gauges are computed from, for one feed."""
 
-    __slots__ = ("lag_origin", "last_success", "table_versions")
+    __slots__ = ("lag_origin", "last_success", "table_versions", "rejected_columns")
 
     def __init__(self) -> None:
         self.lag_origin: float | None = None  # epoch seconds the lag counts from
         self.last_success: float | None = None
         self.table_versions: int | None = None
+        self.rejected_columns: set[str] = set()  # label values of rejected_values
 
 
 class _ScrapeTimeCollector(Collector):
@@ -95,6 +96,11 @@ class Metrics:
             "lakeexportd_retries", "ksqlDB requests retried after a transient failure.",
             ["feed"], registry=registry,
         )
+        self.rejected = Counter(
+            "lakeexportd_rejected_values", "Runs failed on a value its column's type cannot hold "
+            "exactly (a DECIMAL that would need rounding), by feed and column.",
+            ["feed", "column"], registry=registry,
+        )
         self.up = Gauge("lakeexportd_up", "1 while the daemon runs.", registry=registry)
         self.ready = Gauge(
             "lakeexportd_ready", "1 when the config is loaded and the scheduler runs.",
@@ -126,12 +132,24 @@ class Metrics:
 
     def remove_feed(self, feed: str) -> None:
         with self._lock:
-            if self._feeds.pop(feed, None) is None:
+            state = self._feeds.pop(feed, None)
+            if state is None:
                 return
         for result in RESULTS:
             self.runs.remove(feed, result)
         for metric in (self.rows, self.bytes, self.duration, self.retries):
             metric.remove(feed)
+        for column in state.rejected_columns:
+            self.rejected.remove(feed, column)
+
+    def rejected_value(self, feed: str, column: str) -> None:
+        """Count a run that failed on a value ``column`` cannot hold exactly."""
+        with self._lock:
+            state = self._feeds.get(feed)
+            if state is None:
+                return
+            state.rejected_columns.add(column)
+        self.rejected.labels(feed=feed, column=column).inc()
 
     def known(self, feed: str) -> bool:
         with self._lock:

@@ -24,6 +24,7 @@ from lakeexportd.errors import (
     ExportAborted,
     FeedLocked,
     LakeExportError,
+    RejectedValueError,
     TransientError,
 )
 from lakeexportd.exporter import ExportResult, Progress, new_run_id
@@ -59,6 +60,43 @@ def classify(exc: BaseException) -> Result:
     return "failed"
 
 
+REJECTED_HOLD_S = 3600.0
+
+
+class Holds:
+    """Feeds whose last run failed on a rejected value (``RejectedValueError``).
+
+    The next run would read the same row and fail the same way, so the daemon does not start
+    one on every tick: a held feed is skipped until its definition changes (a reload or the
+    CLI gives it a different ``Feed``) or ``hold_s`` passes (the source may have been fixed in
+    ksqlDB, which the daemon cannot see without trying).
+    """
+
+    def __init__(
+        self, hold_s: float = REJECTED_HOLD_S, monotonic: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.hold_s = hold_s
+        self._monotonic = monotonic
+        self._lock = threading.Lock()
+        self._held: dict[str, tuple[Feed, float]] = {}
+
+    def hold(self, feed: Feed) -> None:
+        with self._lock:
+            self._held[feed.name] = (feed, self._monotonic() + self.hold_s)
+
+    def remaining(self, feed: Feed) -> float | None:
+        """Seconds ``feed`` stays held, or None (a changed definition ends the hold)."""
+        with self._lock:
+            held = self._held.get(feed.name)
+            if held is None:
+                return None
+            left = held[1] - self._monotonic()
+            if held[0] != feed or left <= 0:
+                del self._held[feed.name]
+                return None
+            return left
+
+
 def run_export(
     exporter: Exporter,
     feed: Feed,
@@ -68,8 +106,15 @@ def run_export(
     metrics: Metrics,
     wall_clock: Callable[[], float],
     monotonic: Callable[[], float] = time.monotonic,
-) -> Result:
-    """Export ``feed`` as of ``now``; log and count the run; never raise an ``Exception``."""
+    holds: Holds | None = None,
+) -> Result | None:
+    """Export ``feed`` as of ``now``; log and count the run; never raise an ``Exception``.
+
+    None: no run, because ``holds`` holds the feed.
+    """
+    if holds is not None and holds.remaining(feed) is not None:
+        log.debug("feed.held", feed=feed.name, reason="the last run rejected a value")
+        return None
     run_id = new_run_id(now)
     started = monotonic()
     with structlog.contextvars.bound_contextvars(feed=feed.name, run_id=run_id), \
@@ -80,13 +125,21 @@ def run_export(
             outcome = classify(exc)
             duration = monotonic() - started
             metrics.observe_run(feed.name, outcome, duration_s=duration)
+            details: dict[str, object] = {}
+            if isinstance(exc, RejectedValueError):
+                metrics.rejected_value(feed.name, exc.column)
+                if holds is not None:
+                    holds.hold(feed)
+                    details["held_s"] = holds.hold_s
+                    details["hint"] = ("runs resume when the feed's definition changes "
+                                       "(reload) or the hold ends")
             # Skips and aborts are expected in normal operation; other failures need a look,
             # and a bug (not a LakeExportError) needs its traceback.
             log.log(
                 _LEVELS[outcome], "export.failed", feed=feed.name, run_id=run_id,
                 result=outcome, rows=0, files=0, bytes=0,
                 duration_s=round(duration, 3), error=str(exc), error_type=type(exc).__name__,
-                exc_info=not isinstance(exc, LakeExportError),
+                exc_info=not isinstance(exc, LakeExportError), **details,
             )
             return outcome
         duration = monotonic() - started
@@ -98,7 +151,7 @@ def run_export(
             feed.name, last_success=wall_clock(), lag_origin=lag_origin(result),
             table_versions=result.versions_kept,
         )
-        details: dict[str, object] = (
+        details = (
             {"watermark_ms": result.watermark_ms} if result.kind == "stream"
             else {"version": result.version, "versions_kept": result.versions_kept}
         )

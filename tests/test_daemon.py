@@ -25,6 +25,7 @@ from lakeexportd.errors import (
     ExportAborted,
     FeedLocked,
     KsqlDBUnavailable,
+    RejectedValueError,
     SchemaError,
 )
 from lakeexportd.exporter import ExportResult, epoch_ms
@@ -291,6 +292,8 @@ def test_a_successful_run_updates_metrics(
     (ExportAborted("shutdown"), "aborted"),
     (KsqlDBUnavailable("connection refused"), "transient"),
     (SchemaError("column X changed type"), "failed"),
+    (RejectedValueError(column="W", ksql_type="DECIMAL(4, 2)", value="1.234", reason="no",
+                        row=1, rowtime=5, feed="orders"), "failed"),
     (RuntimeError("a bug"), "failed"),
 ])
 def test_failures_are_classified_and_logged_once(
@@ -649,3 +652,40 @@ def test_unreadable_registry_keeps_feeds_running(
         daemon.refresh()
         assert daemon.run_feed(job_feed(daemon, "orders")) == "success"
     assert any(e["event"] == "feed.registry_unreadable" for e in logs)
+
+
+def test_a_rejected_value_fails_the_feed_once_then_holds_it_until_it_changes(
+    make_daemon: Callable[..., Daemon], backends: Backends
+) -> None:
+    """Rereading the same row cannot help: no run on every tick, a metric per feed and column;
+    a changed definition (or the end of the hold) lets the feed run again."""
+    import dataclasses
+
+    from lakeexportd import runs
+
+    clock = [1000.0]
+    daemon = make_daemon([feed("orders"), feed("users")])
+    daemon.holds = runs.Holds(hold_s=600, monotonic=lambda: clock[0])
+    backends.current.failures["orders"] = RejectedValueError(
+        column="AMOUNT", ksql_type="DECIMAL(4, 2)", value="1.234", row=3, rowtime=1700000000000,
+        reason="1.234 does not fit in DECIMAL(4, 2) without rounding", feed="orders")
+    orders = job_feed(daemon, "orders")
+    with structlog.testing.capture_logs() as logs:
+        assert daemon.run_feed(orders) == "failed"
+        assert daemon.run_feed(orders) is None  # held: no run, no second failure
+        assert daemon.run_feed(job_feed(daemon, "users")) == "success"  # others unaffected
+    reg = daemon.metrics.registry
+    assert value(reg, "lakeexportd_rejected_values_total", feed="orders", column="AMOUNT") == 1
+    assert value(reg, "lakeexportd_export_runs_total", feed="orders", result="failed") == 1
+    assert [c.feed.name for c in backends.current.calls] == ["orders", "users"]
+    (failed,) = [e for e in logs if e["event"] == "export.failed"]
+    assert failed["held_s"] == 600 and "ROWTIME 1700000000000" in failed["error"]
+    assert "feed 'orders'" in failed["error"] and "1.234" in failed["error"]
+    changed = dataclasses.replace(orders, batch_size=orders.batch_size + 1)
+    assert daemon.run_feed(changed) == "failed"  # a new definition runs at once
+    clock[0] += 601
+    assert daemon.run_feed(changed) == "failed"  # and so does the same one after the hold
+    assert len(backends.current.calls) == 4
+    assert value(reg, "lakeexportd_rejected_values_total", feed="orders", column="AMOUNT") == 3
+    daemon.metrics.remove_feed("orders")
+    assert value(reg, "lakeexportd_rejected_values_total", feed="orders", column="AMOUNT") is None

@@ -11,7 +11,12 @@ import pyarrow.compute as pc
 import pytest
 
 from lakeexportd.decode import RowDecoder
-from lakeexportd.errors import KsqlDBProtocolError
+from lakeexportd.errors import (
+    FeedError,
+    KsqlDBProtocolError,
+    RejectedValueError,
+    TransientError,
+)
 from lakeexportd.ksql_types import parse_type
 
 FLAT = [
@@ -134,7 +139,6 @@ def test_nested_schema_decodes_exactly() -> None:
         ('["a",bogus,2]', "not valid JSON"),
         ("[bare,1,2]", "not valid JSON"),
         ('["a","1",2]', "column N (INTEGER)"),
-        ('["a",1,2.5]', "column AMOUNT"),
         ('["a",4294967296,2]', "does not fit in INTEGER"),
         ("", "not valid JSON"),
     ],
@@ -205,7 +209,46 @@ def test_wide_decimals_keep_every_digit_on_the_fast_and_exact_paths() -> None:
 
 @pytest.mark.parametrize("value", ["123.1", "-100", "1.234"])
 def test_decimal_too_wide_for_its_type_is_refused_not_stored(value: str) -> None:
-    """The CSV reader checks the scale but not the precision: the decoder checks both."""
+    """The CSV reader checks the scale but not the precision: the decoder checks both. Such a
+    value is the source's problem (a feed error naming row, column and value), not the wire's."""
     d = decoder([("A", "DECIMAL(4, 2)")])
-    with pytest.raises(KsqlDBProtocolError, match=f"row 2, column A.*{value} does not fit"):
+    with pytest.raises(RejectedValueError, match=f"row 2, column A.*{value} does not fit") as info:
         d.decode(lines("[1.00]", f"[{value}]"))
+    assert isinstance(info.value, FeedError) and not isinstance(info.value, TransientError)
+    assert (info.value.column, info.value.value, info.value.row) == ("A", value, 2)
+
+
+@pytest.mark.parametrize(
+    ("cols", "row", "value"),
+    [
+        ([("ROWTIME", "BIGINT"), ("S", "STRUCT<`AMT` DECIMAL(38, 10)>")],
+         '[1700000000123,{"AMT":1.0E28}]', "1.0E+28"),
+        ([("ROWTIME", "BIGINT"), ("S", "STRUCT<`AMT` DECIMAL(12, 2)>")],
+         '[1700000000123,{"AMT":1.234}]', "1.234"),
+        ([("ROWTIME", "BIGINT"), ("L", "ARRAY<DECIMAL(38, 10)>")],
+         '[1700000000123,[1,99999999999999999999999999999.9999999999]]',
+         "99999999999999999999999999999.9999999999"),
+        ([("ROWTIME", "BIGINT"), ("M", "MAP<STRING, DECIMAL(4, 2)>")],
+         '[1700000000123,{"k":0.001}]', "0.001"),
+        ([("ROWTIME", "BIGINT"), ("W", "DECIMAL(38, 10)")],
+         '[1700000000123,1.00000000001]', "1.00000000001"),
+        # 2**127 and more: Arrow's decimal128 text parse wraps around silently.
+        ([("ROWTIME", "BIGINT"), ("S", "STRUCT<`N` DECIMAL(38, 0)>")],
+         '[1700000000123,{"N":1.0E39}]', "1.0E+39"),
+        ([("ROWTIME", "BIGINT"), ("M", "MAP<STRING, DECIMAL(38, 0)>")],
+         f'[1700000000123,{{"k":{"9" * 39}}}]', "9" * 39),
+        ([("ROWTIME", "BIGINT"), ("W", "DECIMAL(38, 0)")], f'[1700000000123,{"9" * 39}]', "9" * 39),
+        ([("ROWTIME", "BIGINT"), ("W", "DECIMAL(76, 0)")], f'[1700000000123,{"6" * 77}]', "6" * 77),
+    ],
+)
+def test_a_decimal_that_cannot_be_kept_names_rowtime_column_and_value(
+    cols: list[tuple[str, str]], row: str, value: str
+) -> None:
+    """On every path (CSV, typed JSON, exact), at any depth: refused, never rounded."""
+    d = decoder(cols)
+    with pytest.raises(RejectedValueError) as info:
+        d.decode(lines(f"[1700000000000,{'null' if len(cols) else ''}]", row), first_row=1)
+    error = info.value.for_feed("wide")
+    assert (error.rowtime, error.column, error.row) == (1700000000123, cols[1][0], 2)
+    assert value in str(error) and "feed 'wide'" in str(error)
+    assert "ROWTIME 1700000000123" in str(error) and "never rounds" in str(error)

@@ -97,17 +97,22 @@ class Presence:
     def claim(self) -> list[DaemonInfo]:
         """Write and lock this daemon's entry; the other daemons running on the lake."""
         directory = self.path.parent
+        # Locked and written under a temp name, then renamed: the entry is never seen unlocked
+        # (another daemon would take it for a leftover) or half written.
+        tmp = directory / f".{self.path.name}.tmp"
+        fd: int | None = None
         try:
             directory.mkdir(parents=True, exist_ok=True)
             self._remove_stale(directory)
-            # Locked and written under a temp name, then renamed: the entry is never seen
-            # unlocked (another daemon would take it for a leftover) or half written.
-            tmp = directory / f".{self.path.name}.tmp"
             fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             os.write(fd, (json.dumps(asdict(self.info), indent=2) + "\n").encode())
             os.replace(tmp, self.path)
         except OSError as exc:
+            if fd is not None:  # a full disk must not leave our half-made entry behind
+                os.close(fd)
+                with contextlib.suppress(OSError):
+                    tmp.unlink()
             raise LakeStateError(f"cannot write {self.path} ({exc}); is the lake writable?") \
                 from exc
         self._fd = fd

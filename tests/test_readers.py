@@ -41,8 +41,8 @@ class Lake:
     def __init__(self, root: Path, truth: pa.Table, users: pa.Table) -> None:
         self.root, self.truth, self.users = root, truth, users
 
-    def run(self, code: str, **given: Any) -> dict[str, Any]:
-        namespace: dict[str, Any] = dict(given)
+    def run(self, code: str) -> dict[str, Any]:
+        namespace: dict[str, Any] = {}
         exec(compile(code.replace('"data_lake"', repr(str(self.root))), "README.md", "exec"), namespace)
         return namespace
 
@@ -114,7 +114,9 @@ def spark() -> Iterator[SparkSession]:
 @pytest.fixture(scope="module")
 def spark_read(lake: Lake, spark: SparkSession) -> dict[str, Any]:
     """What the README's Spark snippet leaves behind (run once: each run collects ``daily``)."""
-    return lake.run(snippet("spark"), spark=spark)
+    ns = lake.run(snippet("spark"))
+    assert ns["spark"] is spark  # its getOrCreate() found this module's session
+    return ns
 
 
 def test_readme_has_a_snippet_for_each_reader() -> None:

@@ -126,6 +126,17 @@ def _add_export(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     )
     cli_export.add_repair_arguments(repair)
     repair.set_defaults(handler=cli_export.run_repair)
+    backfill = sub.add_parser(
+        "backfill",
+        help="re-export one ROWTIME window of a stream exactly once (lost or damaged files)",
+        description="Re-export the rows with ROWTIME in (--from, --to] from ksqlDB: the listed "
+        "files holding rows of that window are rewritten without them, the window's rows come "
+        "again from ksqlDB, and one commit of _metadata.json swaps them in, so every row is in "
+        "the lake once. A missing listed file needs a window covering its whole run (the "
+        "error names it). Shows the plan and asks first (--yes skips, --dry-run only shows).",
+    )
+    cli_export.add_backfill_arguments(backfill)
+    backfill.set_defaults(handler=cli_export.run_backfill)
 
 
 def _add_run(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -1,4 +1,4 @@
-"""``lakeexportd export`` and ``lakeexportd repair``: one-shot runs from the command line.
+"""``lakeexportd export``, ``repair`` and ``backfill``: one-shot runs from the command line.
 
 Each feed's outcome is one line on stderr; on a terminal a progress line shows rows and rows/s
 while a feed exports. The exit code is the worst outcome: 78 (configuration) over 1 (a feed
@@ -253,3 +253,69 @@ def _rebuild(exporter: DataLakeExporter, feeds: list[Feed], *, dry_run: bool, ye
         elif not dry_run:
             worst = max(worst, EX_FAILED, key=_SEVERITY.__getitem__)
     return worst
+
+
+def add_backfill_arguments(parser: argparse.ArgumentParser) -> None:
+    add_config_argument(parser)
+    parser.add_argument("feed", metavar="FEED", help="the stream feed to backfill")
+    parser.add_argument("--from", dest="start", required=True, metavar="TIME",
+                        help="window start, exclusive: ISO time (UTC unless it has an offset) "
+                        "or epoch milliseconds")
+    parser.add_argument("--to", dest="end", required=True, metavar="TIME",
+                        help="window end, inclusive (at most the feed's watermark)")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="show which files would be replaced; change nothing")
+    parser.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+
+
+def parse_time_ms(text: str) -> int:
+    """``1736951400000`` or ``2025-01-15T14:30:00`` (UTC unless an offset is given) as epoch ms."""
+    if text.strip().lstrip("-").isdigit():
+        return int(text)
+    try:
+        moment = dt.datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise _UsageError(f"{text!r} is neither an ISO time (2025-01-15T14:30:00) nor epoch "
+                          "milliseconds") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=dt.UTC)
+    return (moment - dt.datetime(1970, 1, 1, tzinfo=dt.UTC)) // dt.timedelta(milliseconds=1)
+
+
+def run_backfill(args: argparse.Namespace) -> int:
+    from lakeexportd.metadata_model import Window
+
+    config = _load(args)
+    try:
+        (feed,) = _select(config, [args.feed], every=False, active_only=False)
+        window = Window(parse_time_ms(args.start), parse_time_ms(args.end))
+    except _UsageError as exc:
+        print(f"lakeexportd backfill: {exc}", file=sys.stderr)
+        return EX_USAGE
+
+    def confirm(lines: list[str]) -> bool:
+        print("\n".join(lines))
+        if args.dry_run:
+            print("(--dry-run: nothing changed)")
+            return False
+        if args.yes:
+            return True
+        if not sys.stdin.isatty():
+            print("not done: no terminal to ask on; run again with --yes")
+            return False
+        return input("Backfill this window? [y/N] ").strip().lower() in ("y", "yes")
+
+    exporter = _exporter(config)
+    try:
+        result = exporter.backfill(feed, window, dt.datetime.now(dt.UTC), confirm=confirm)
+    except LakeExportError as exc:
+        print(f"backfill {feed.name}: failed: {exc}", file=sys.stderr)
+        return exc.exit_code
+    finally:
+        exporter.client.close()
+    if result is None:
+        return EX_OK if args.dry_run else EX_FAILED
+    print(f"backfill {feed.name}: {result.window_rows} rows of the window from ksqlDB, "
+          f"{result.rows - result.window_rows} kept from {len(result.plan.replaced)} replaced "
+          f"file(s), in {result.files} new file(s); committed")
+    return EX_OK

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import structlog
 
+from lakeexportd import backfill as backfills
 from lakeexportd import cleanup, layout, rebuild
 from lakeexportd.config import Feed
 from lakeexportd.errors import FeedError, LakeStateError
@@ -36,6 +37,7 @@ from lakeexportd.export_run import ExportResult, Progress, Run, epoch_ms, new_ru
 from lakeexportd.ksqldb import KsqlDBClient
 from lakeexportd.locking import FeedLock
 from lakeexportd.metadata import MetadataStore
+from lakeexportd.metadata_model import StreamMetadata, Window
 
 __all__ = ["DataLakeExporter", "ExportResult", "Progress", "epoch_ms", "new_run_id"]
 
@@ -115,6 +117,31 @@ class DataLakeExporter:
                 f"{feed.source} is a {actual.upper()}; set `kind: {actual}` for it (under a new "
                 "feed name if this one already exported data as the wrong kind)"
             )
+
+    def backfill(
+        self, feed: Feed, window: Window, now: dt.datetime, *,
+        confirm: Callable[[list[str]], bool],
+    ) -> backfills.Result | None:
+        """Re-export ``window`` of a stream exactly once (see ``backfill``); ``confirm`` sees
+        the plan first (``None`` when it declined)."""
+        if feed.kind != "stream":
+            raise FeedError(f"feed {feed.name!r} is a table: its next run takes a whole new "
+                            "snapshot, so there is nothing to backfill")
+        feed_dir = self.feed_dir(feed)
+        dir_mode, _ = layout.modes(feed.security)
+        with FeedLock(feed_dir, feed=feed.name, wait=self.lock_wait, dir_mode=dir_mode):
+            doc = self.store.load(feed_dir)
+            if not isinstance(doc, StreamMetadata) or doc.watermark_ms is None:
+                raise FeedError(f"feed {feed.name!r} has not exported yet: nothing to backfill")
+            plan = backfills.plan(feed_dir, doc, window)
+            if not confirm(plan.describe(feed.name)):
+                return None
+            result = backfills.run(self.client, self.store, feed, feed_dir, doc, plan, now=now,
+                                   run_id="backfill-" + new_run_id(now))
+        log.info("export.backfilled", feed=feed.name, from_ms=window.from_ms,
+                 to_ms=window.to_ms, rows=result.rows, window_rows=result.window_rows,
+                 files=result.files, replaced=len(plan.replaced))
+        return result
 
     def rebuild(
         self, feed: Feed, *, confirm: Callable[[list[str]], bool]

@@ -49,7 +49,8 @@ def check_files(feed_dir: Path, doc: FeedMetadata, *, deep: bool = False) -> lis
             size = path.stat().st_size
         except FileNotFoundError:
             problems.append(Mismatch(doc.feed, rel, "listed but missing: its rows are not in "
-                                     "the lake; restore the file from a backup"))
+                                     "the lake; restore the file from a backup, or re-export "
+                                     f"them with `lakeexportd backfill {doc.feed}` (streams)"))
             continue
         if size != entry.size_bytes:
             problems.append(
@@ -78,7 +79,7 @@ def _damaged(path: Path) -> str | None:
             parquet.read_row_group(group)
     except Exception as exc:  # pyarrow raises OSError, ArrowInvalid and others for bad pages
         return (f"damaged data in row group {group} ({exc}); restore the file from a backup, "
-                "or re-export its rows")
+                "or re-export its rows with `lakeexportd backfill` over its run's window")
     return None
 
 

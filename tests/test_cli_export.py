@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import pty
 import socket
@@ -191,6 +192,27 @@ def test_validate_source_checks_each_feeds_kind_in_ksqldb(sandbox: Sandbox, tmp_
     assert "feed 'wrong' declares kind 'stream', but ksqlDB says USER_SUMMARY is a TABLE" in result.stderr
     assert "feed tx: TRANSACTION_FLATTENED is a STREAM, as declared" in result.stdout
     assert cli("validate", "-c", str(config(tmp_path, sandbox.url)), "--source").returncode == 0
+
+
+def test_backfill_restores_a_deleted_file_that_verify_points_at(sandbox: Sandbox, tmp_path: Path) -> None:
+    """verify names backfill for a lost file; backfill --dry-run changes nothing; backfill
+    --yes over the run's window brings the rows back and verify is clean again."""
+    path = config(tmp_path, sandbox.url)
+    assert cli("export", "-c", str(path), "tx").returncode == 0
+    lake = tmp_path / "lake/streams/tx"
+    mark = json.loads((lake / "_metadata.json").read_text())["watermark"]["rowtime_ms"]
+    next(lake.rglob("*.parquet")).unlink()
+    checked = cli("verify", "-c", str(path), "tx")
+    assert checked.returncode == 1 and "lakeexportd backfill tx" in checked.stdout
+    refused = cli("backfill", "-c", str(path), "tx", "--from", "2020-01-01T00:00:00", "--to", str(mark), "--yes")
+    assert refused.returncode == 1 and f"--from -1 --to {mark}" in refused.stderr
+    dry = cli("backfill", "-c", str(path), "tx", "--from", "-1", "--to", str(mark), "--dry-run")
+    assert dry.returncode == 0 and "drop missing" in dry.stdout and "nothing changed" in dry.stdout
+    done = cli("backfill", "-c", str(path), "tx", "--from", "-1", "--to", str(mark), "--yes")
+    assert done.returncode == 0 and "3000 rows of the window from ksqlDB" in done.stdout, done.stderr
+    assert cli("verify", "-c", str(path), "tx").returncode == 0
+    assert_consistent(tmp_path / "lake", "stream", "tx")
+    assert cli("backfill", "-c", str(path), "tx", "--from", "soon", "--to", "1").returncode == 2
 
 
 def test_every_command_has_help() -> None:

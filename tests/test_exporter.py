@@ -27,7 +27,7 @@ from lakeexportd.errors import (
 )
 from lakeexportd.locking import FeedLock
 from lakeexportd.metadata import MetadataStore
-from lakeexportd.metadata_model import StreamMetadata
+from lakeexportd.metadata_model import StreamMetadata, Window
 from lakeexportd.sandbox import Sandbox
 from lakeexportd.verify_source import check_stream
 
@@ -469,6 +469,71 @@ def test_unlisted_files_are_removed_by_the_next_run_and_by_repair(static: Sandbo
     assert not partition.joinpath("data_20991231_000000.parquet").exists()
     assert_consistent(tmp_path, "stream", "tx")
     assert_consistent(tmp_path, "table", "users")
+
+
+def _yes(lines: list[str]) -> bool:
+    return True
+
+
+def test_backfill_brings_back_a_lost_file_and_a_late_row_exactly_once(fresh: Sandbox, tmp_path: Path) -> None:
+    """A deleted file and a late row of one exported window: backfill of that window re-exports
+    it from ksqlDB, keeps rows outside it, and the lake holds every source row once."""
+    ex = exporter(fresh.url, tmp_path)
+    f = feed("tx", "TRANSACTION_FLATTENED", settle_delay=30.0)
+    t0 = wall_now()
+    wm0 = ex.export(f, t0).watermark_ms
+    assert wm0 is not None
+    fresh.generate(100, (wm0 + 1, wm0 + 50_000))
+    second = ex.export(f, t0 + dt.timedelta(seconds=60))
+    assert second.rows == 100
+    stamp = f"data_{t0 + dt.timedelta(seconds=60):%Y%m%d_%H%M%S}"
+    lost = next(p for p in (tmp_path / "streams/tx").rglob("*.parquet") if p.name.startswith(stamp))
+    lost.unlink()
+    fresh.generate(1, (wm0 + 10, wm0 + 20))  # late: after its window was exported
+    window = Window(wm0, second.watermark_ms)  # type: ignore[arg-type]
+    shown: list[str] = []
+    assert ex.backfill(f, window, t0 + dt.timedelta(seconds=90), confirm=lambda lines: bool(shown.extend(lines))) is None
+    assert any("drop missing" in line for line in shown)
+    result = ex.backfill(f, window, t0 + dt.timedelta(seconds=90), confirm=_yes)
+    assert result is not None and result.window_rows == 101
+    assert_exactly_once(read_listed(tmp_path, "stream", "tx"), fresh.arrow("TRANSACTION_FLATTENED"))
+    assert_consistent(tmp_path, "stream", "tx")
+    doc = metadata(tmp_path, "stream", "tx")
+    assert doc["watermark"]["rowtime_ms"] == second.watermark_ms
+    assert doc["exports"][-1]["window"] == {"from_ms": wm0, "to_ms": second.watermark_ms}
+    assert ex.export(f, t0 + dt.timedelta(seconds=120)).rows == 0  # nothing twice afterwards
+
+
+def test_backfill_of_part_of_a_files_rows_keeps_the_rest(static: Sandbox, tmp_path: Path) -> None:
+    """A window inside one run: files are rewritten without it, the window comes again, once."""
+    ex = exporter(static.url, tmp_path)
+    f = feed("tx", "TRANSACTION_FLATTENED")
+    ex.export(f, NOW)
+    rowtimes = sorted(static.arrow("TRANSACTION_FLATTENED").column("ROWTIME").to_pylist())
+    window = Window(rowtimes[1000], rowtimes[2000])
+    result = ex.backfill(f, window, NOW + dt.timedelta(minutes=1), confirm=_yes)
+    assert result is not None and result.window_rows == 1000 and 1000 <= result.rows < 3000
+    assert_exactly_once(read_listed(tmp_path, "stream", "tx"), static.arrow("TRANSACTION_FLATTENED"))
+    assert_consistent(tmp_path, "stream", "tx")
+
+
+def test_backfill_refuses_what_it_cannot_do_exactly_once(static: Sandbox, tmp_path: Path) -> None:
+    """A window past the watermark, or one that does not cover a missing file's run, is refused
+    with the window to use; nothing changes."""
+    ex = exporter(static.url, tmp_path)
+    f = feed("tx", "TRANSACTION_FLATTENED")
+    mark = ex.export(f, NOW).watermark_ms
+    assert mark is not None
+    with pytest.raises(FeedError, match="after the watermark"):
+        ex.backfill(f, Window(0, mark + 1), NOW, confirm=_yes)
+    victim = next((tmp_path / "streams/tx").rglob("*.parquet"))
+    victim.unlink()
+    before = _files_with_bytes(tmp_path / "streams/tx")
+    with pytest.raises(FeedError, match=f"--from -1 --to {mark}"):
+        ex.backfill(f, Window(0, mark), NOW, confirm=_yes)
+    assert _files_with_bytes(tmp_path / "streams/tx") == before
+    assert ex.backfill(f, Window(-1, mark), NOW + dt.timedelta(minutes=1), confirm=_yes) is not None
+    assert_exactly_once(read_listed(tmp_path, "stream", "tx"), static.arrow("TRANSACTION_FLATTENED"))
 
 
 def test_retention_days_drops_old_partitions_in_the_same_commit(static: Sandbox, tmp_path: Path) -> None:

@@ -11,7 +11,8 @@ terminal, JSON lines otherwise, e.g. under systemd's journal) and to one file un
 The month is the event's own (UTC), so the file changes at the first event of a new month;
 files of months older than ``keep_months`` are deleted then. stdlib ``logging`` carries the
 events, so library loggers (httpx, apscheduler) land in the same places, turned down to WARNING:
-httpx would otherwise log every request.
+httpx would otherwise log every request. APScheduler's warnings become ``scheduler.*`` events
+with the feed named (``scheduler.run_missed``, ``scheduler.run_skipped``).
 """
 
 from __future__ import annotations
@@ -159,9 +160,35 @@ def _shared_processors() -> list[Processor]:
     ]
 
 
+# APScheduler names a job in its messages as `job "orders (trigger: ..., next run at: ...)"`:
+# the job id is the feed's name.
+_APSCHEDULER_JOB: Final = re.compile(r'job "([^"\s]+) \(trigger')
+_APSCHEDULER_EVENTS: Final = (
+    ("was missed by", "scheduler.run_missed"),
+    ("maximum number of running instances", "scheduler.run_skipped"),
+    ("raised an exception", "scheduler.job_failed"),
+)
+
+
+def scheduler_events(logger: WrappedLogger, name: str, event_dict: EventDict) -> EventDict:
+    """APScheduler's own records as events: a stable name, the feed, its text as ``detail``."""
+    record = event_dict.get("_record")
+    if record is None or not record.name.startswith("apscheduler"):
+        return event_dict
+    text = str(event_dict.get("event", ""))
+    match = _APSCHEDULER_JOB.search(text)
+    if match:
+        event_dict.setdefault("feed", match[1])
+    event_dict["detail"] = text
+    event_dict["event"] = next((event for phrase, event in _APSCHEDULER_EVENTS if phrase in text),
+                               "scheduler.message")
+    return event_dict
+
+
 def _formatter(renderer: Processor) -> structlog.stdlib.ProcessorFormatter:
     return structlog.stdlib.ProcessorFormatter(
-        foreign_pre_chain=[*_shared_processors(), structlog.stdlib.ExtraAdder()],
+        foreign_pre_chain=[*_shared_processors(), structlog.stdlib.ExtraAdder(),
+                           scheduler_events],
         processors=[
             structlog.stdlib.ProcessorFormatter.remove_processors_meta,
             structlog.processors.format_exc_info,

@@ -4,11 +4,15 @@ import datetime as dt
 import io
 import json
 import logging
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import structlog
+from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.triggers.interval import IntervalTrigger
 
 from lakeexportd import logs
 from lakeexportd.config import LoggingSettings, Secret
@@ -119,8 +123,31 @@ def test_noisy_libraries_are_turned_down_to_warning(tmp_path: Path) -> None:
     logging.getLogger("apscheduler.scheduler").info("Added job")
     logging.getLogger("apscheduler.scheduler").warning("skipped: maximum number of instances")
     entries = lines(tmp_path / this_month("feed"))
-    assert [e["event"] for e in entries] == ["skipped: maximum number of instances"]
-    assert entries[0]["level"] == "warning"
+    assert [e["detail"] for e in entries] == ["skipped: maximum number of instances"]
+    assert entries[0]["level"] == "warning" and entries[0]["event"] == "scheduler.message"
+
+
+def test_apscheduler_warnings_name_the_feed(tmp_path: Path) -> None:
+    """A real APScheduler skip (a run still going at the next tick) is a scheduler.run_skipped
+    event with the job's feed name, in the feed log."""
+    logs.configure(LoggingSettings(dir=tmp_path), stderr=io.StringIO())
+    release = threading.Event()
+    scheduler = BackgroundScheduler(timezone=dt.UTC)
+    scheduler.add_job(release.wait, IntervalTrigger(seconds=0.2), args=[5], id="orders",
+                      name="orders", max_instances=1, next_run_time=dt.datetime.now(dt.UTC))
+    scheduler.start()
+    try:
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            path = tmp_path / this_month("feed")
+            if path.exists() and any(e["event"] == "scheduler.run_skipped" for e in lines(path)):
+                break
+            time.sleep(0.05)
+    finally:
+        release.set()
+        scheduler.shutdown(wait=True)
+    skipped = [e for e in lines(tmp_path / this_month("feed")) if e["event"] == "scheduler.run_skipped"]
+    assert skipped and skipped[0]["feed"] == "orders" and "maximum number" in str(skipped[0]["detail"])
 
 
 def test_level_setting_filters_debug(tmp_path: Path) -> None:

@@ -186,6 +186,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     use_lean_arrow_memory()  # bounded RSS for exports (see parquet_writer)
+    if args.command in ("export", "repair", "backfill"):
+        # Results go to stdout, log events to stderr (structlog's default, stdout, mixed them).
+        from lakeexportd import logs
+
+        logs.events_to_stderr()
     handler: Handler = args.handler
     try:
         return handler(args)

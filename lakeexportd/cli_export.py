@@ -182,7 +182,7 @@ def run_export(args: argparse.Namespace) -> int:
                 worst = max(worst, code, key=_SEVERITY.__getitem__)
                 continue
             progress.done()
-            print(describe(result), file=sys.stderr)
+            print(describe(result))
     finally:
         exporter.client.close()
     return worst
@@ -217,9 +217,9 @@ def run_repair(args: argparse.Namespace) -> int:
                 worst = max(worst, exc.exit_code, key=_SEVERITY.__getitem__)
                 continue
             verb = "would remove" if args.dry_run else "removed"
-            print(f"repair {feed.name}: {verb} {len(removed)} unlisted files", file=sys.stderr)
+            print(f"repair {feed.name}: {verb} {len(removed)} unlisted files")
             for path in removed:
-                print(f"  {path}", file=sys.stderr)
+                print(f"  {path}")
     finally:
         exporter.client.close()
     return worst

@@ -256,6 +256,12 @@ def configure(
     return files
 
 
+def events_to_stderr() -> None:
+    """One-shot commands: structlog's default rendering, on stderr (looked up at each event,
+    so a swapped ``sys.stderr`` is followed), leaving stdout to the command's results."""
+    structlog.configure(logger_factory=lambda *args: structlog.PrintLogger(sys.stderr))
+
+
 def unconfigure() -> None:
     """Undo ``configure`` (tests)."""
     root = logging.getLogger()

@@ -56,11 +56,12 @@ def free_port() -> int:
 
 
 def test_export_all_succeeds_and_reports_each_feed(sandbox: Sandbox, tmp_path: Path) -> None:
-    """--all exports every feed, prints one line each and exits 0."""
+    """--all exports every feed, prints one line each on stdout (log events on stderr), exit 0."""
     result = cli("export", "-c", str(config(tmp_path, sandbox.url)), "--all")
     assert result.returncode == 0, result.stderr
-    assert "export tx: 3,000 rows" in result.stderr and "watermark" in result.stderr
-    assert "export users:" in result.stderr and "version v1 current" in result.stderr
+    assert "export tx: 3,000 rows" in result.stdout and "watermark" in result.stdout
+    assert "export users:" in result.stdout and "version v1 current" in result.stdout
+    assert "metadata.committed" in result.stderr and "metadata.committed" not in result.stdout
     assert_consistent(tmp_path / "lake", "stream", "tx")
     assert "pw-xyz" not in result.stderr + result.stdout
 
@@ -106,7 +107,7 @@ def test_failed_feed_exits_1_and_others_still_run(sandbox: Sandbox, tmp_path: Pa
     result = cli("export", "-c", str(path), "ghost", "users")
     assert result.returncode == 1
     assert "export ghost: failed" in result.stderr and "40001" in result.stderr
-    assert "export users:" in result.stderr and "version v1" in result.stderr
+    assert "export users:" in result.stdout and "version v1" in result.stdout
 
 
 def test_locked_feed_is_skipped_with_exit_75(sandbox: Sandbox, tmp_path: Path) -> None:
@@ -147,10 +148,10 @@ def test_repair_lists_then_removes_unlisted_files(sandbox: Sandbox, tmp_path: Pa
     stray = partition / "data_20200101_000000.parquet"
     stray.write_bytes(b"PAR1")
     dry = cli("repair", "-c", str(path), "--dry-run", "tx")
-    assert dry.returncode == 0 and "would remove 1 unlisted files" in dry.stderr and str(stray) in dry.stderr
+    assert dry.returncode == 0 and "would remove 1 unlisted files" in dry.stdout and str(stray) in dry.stdout
     assert stray.exists()
     done = cli("repair", "-c", str(path))
-    assert done.returncode == 0 and "repair tx: removed 1" in done.stderr and "repair users: removed 0" in done.stderr
+    assert done.returncode == 0 and "repair tx: removed 1" in done.stdout and "repair users: removed 0" in done.stdout
     assert not stray.exists()
     assert_consistent(tmp_path / "lake", "stream", "tx")
 

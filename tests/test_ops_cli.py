@@ -138,13 +138,13 @@ def test_export_and_repair_follow_the_registry(config: Path, capsys: pytest.Capt
     run(capsys, "feeds", "sync", *c)
     run(capsys, "feeds", "add", "anon", "--source", "transaction_anonymized", "--kind", "stream", *c)
     run(capsys, "feeds", "disable", "users", *c)
-    code, _, err = run(capsys, "export", "--all", *c)
-    assert code == 0 and "export anon:" in err and "export tx:" in err and "users" not in err
+    code, out, _ = run(capsys, "export", "--all", *c)
+    assert code == 0 and "export anon:" in out and "export tx:" in out and "users" not in out
     code, _, err = run(capsys, "export", "users", *c)
     assert code == 2 and "users (disabled) is not active" in err and "feeds enable" in err
     assert run(capsys, "export", "anon", *c)[0] == 0
-    code, _, err = run(capsys, "repair", *c)
-    assert code == 0 and all(f"repair {n}: removed 0" in err for n in ("tx", "users", "anon"))
+    code, out, _ = run(capsys, "repair", *c)
+    assert code == 0 and all(f"repair {n}: removed 0" in out for n in ("tx", "users", "anon"))
 
 
 def test_feeds_update_offers_no_source_or_kind(config: Path, capsys: pytest.CaptureFixture[str]) -> None:

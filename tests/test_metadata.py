@@ -246,3 +246,20 @@ def test_table_shape_checks_on_load(tmp_path: Path) -> None:
     (tmp_path / "_metadata.json").write_text(json.dumps(raw))
     with pytest.raises(LakeStateError, match="current_version"):
         store.load(tmp_path)
+
+
+def test_docs_metadata_reference_matches_the_code() -> None:
+    """docs/metadata.md's example is a valid document, and it names every key the code writes."""
+    import re as _re
+
+    from lakeexportd.metadata import from_json
+    from lakeexportd.metadata_model import to_json
+
+    text = (Path(__file__).resolve().parents[1] / "docs/metadata.md").read_text()
+    example = json.loads(_re.search(r"```json\n(.*?)```", text, _re.S)[1])  # type: ignore[index]
+    doc = from_json(example)
+    written = to_json(doc)
+    assert written["total_records"] == 536  # totals are recomputed from the listed files
+    table = to_json(from_json({**example, "kind": "table", "current_version": None, "last_version": 0, "versions": []}))
+    for key in {*written, *table}:
+        assert f"`{key}" in text, key

@@ -264,9 +264,19 @@ def main(argv: list[str] | None = None) -> None:
         "results": [asdict(o) for o in outcomes],
         "table": text.splitlines(),
     }
+    doc["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     RESULTS.mkdir(exist_ok=True)
     for name in (f"{stamp:%Y%m%dT%H%M%SZ}.json", "latest.json"):
         (RESULTS / name).write_text(json.dumps(doc, indent=1) + "\n")
+    # The same figures for people: wire h1 = one HTTP/1.1 chunk per row, h2c = one HTTP/2
+    # DATA frame per row (ksqlDB's framing), large = 4 MiB chunks.
+    (RESULTS / "latest.md").write_text(
+        f"# make bench, {doc['created']}\n\n`{doc['command']}` on {os.cpu_count()} CPUs, "
+        f"{doc['total_seconds']} s in all, load average at the end "
+        f"{doc['load_average_at_end']}.\nWires: h1 = one HTTP/1.1 chunk per row and h2c = one "
+        "HTTP/2 DATA frame per row (as ksqlDB 0.29 sends them), large = 4 MiB chunks. "
+        "Best of the rounds; 'vs floor' is against the floor on the same wire.\n\n"
+        f"{text}\n")
 
 
 if __name__ == "__main__":

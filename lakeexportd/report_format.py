@@ -68,7 +68,8 @@ def markdown(summaries: Sequence[FeedSummary], stats: LakeStatistics, now: dt.da
 
 
 def chart(daily: dict[str, dict[str, int]], *, width: int = 900, height: int = 320) -> str:
-    """An SVG line chart: one polyline per stream over the union of their days."""
+    """An SVG line chart: one polyline per stream (or per set of streams with equal counts)
+    over the union of their days."""
     days = sorted({day for per_day in daily.values() for day in per_day})
     if not days:
         return '<svg xmlns="http://www.w3.org/2000/svg" width="400" height="40">' \
@@ -98,9 +99,15 @@ def chart(daily: dict[str, dict[str, int]], *, width: int = 900, height: int = 3
         if i % every == 0 or i == len(days) - 1:
             parts.append(f'<text x="{x(i):.1f}" y="{top + plot_h + 18}" '
                          f'text-anchor="middle">{day}</text>')
-    for n, (name, per_day) in enumerate(sorted(daily.items())):
+    # Streams with the same counts every day (feeds of one source) would hide each other:
+    # they share one line, named for all of them.
+    groups: dict[tuple[int, ...], list[str]] = {}
+    for name, per_day in sorted(daily.items()):
+        groups.setdefault(tuple(per_day.get(d, 0) for d in days), []).append(name)
+    for n, (counts, names) in enumerate(groups.items()):
+        name = ", ".join(names) + (" (same counts)" if len(names) > 1 else "")
         color = _COLORS[n % len(_COLORS)]
-        points = " ".join(f"{x(i):.1f},{y(per_day.get(d, 0)):.1f}" for i, d in enumerate(days))
+        points = " ".join(f"{x(i):.1f},{y(v):.1f}" for i, v in enumerate(counts))
         parts.append(f'<polyline fill="none" stroke="{color}" stroke-width="2" '
                      f'points="{points}"><title>{html_lib.escape(name)}</title></polyline>')
         ly = top + 14 + n * 18

@@ -346,3 +346,13 @@ def test_verify_source_reports_a_late_row_in_its_window(tmp_path: Path, capsys: 
         code, out, _ = run(capsys, "verify", "tx", "--source", "-c", str(config))
     assert code == 1
     assert "1 late rows: ksqlDB has 201, the lake 200" in out and f"ROWTIME <= {mark})" in out
+
+
+def test_report_chart_draws_streams_with_equal_counts_as_one_named_line() -> None:
+    """Feeds of one source have equal daily counts: one polyline names them all, none hidden."""
+    from lakeexportd.report_format import chart
+
+    svg = chart({"a": {"2026-12-01": 5, "2026-12-02": 7}, "b": {"2026-12-01": 5, "2026-12-02": 7},
+                 "c": {"2026-12-01": 1}})
+    assert svg.count("<polyline") == 2
+    assert "<title>a, b (same counts)</title>" in svg and "<title>c</title>" in svg

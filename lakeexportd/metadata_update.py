@@ -61,6 +61,11 @@ def with_schema(
     removed = tuple(n for n in old if n not in new)
     retyped = tuple(n for n in new if n in old and new[n] != old[n])
     if isinstance(doc, StreamMetadata):
+        # Same ksqlDB type, new Arrow type: lakeexportd changed how it stores the type (TIME
+        # went from time32[ms] to time64[us] so Spark can read it). Every reader combines old
+        # and new files of such a column, so it is recorded, not refused.
+        restored = tuple(n for n in retyped if new[n].ksql_type == old[n].ksql_type)
+        retyped = tuple(n for n in retyped if n not in restored)
         if retyped:
             changes = ", ".join(f"{n}: {old[n].ksql_type} -> {new[n].ksql_type}" for n in retyped)
             raise SchemaError(
@@ -68,8 +73,10 @@ def with_schema(
                 "files already in the lake keep the old type, so readers could not combine "
                 "them. Export the new schema into a new feed name"
             )
-        merged = tuple(doc.schema) + tuple(new[n] for n in added)
+        merged = tuple(new[c.name] if c.name in restored else c for c in doc.schema) + \
+            tuple(new[n] for n in added)
         removed = ()  # the union still lists them: older files hold those columns
+        retyped = restored
     else:
         merged = tuple(columns)
     if not doc.schema:

@@ -220,6 +220,18 @@ def test_stream_type_change_is_schema_error() -> None:
         md.with_schema(_stream_doc(), retyped, NOW)
 
 
+def test_a_new_storage_type_for_the_same_ksql_type_is_recorded_not_refused() -> None:
+    """TIME stored as time32[ms] by an older build, time64[us] now: same ksqlDB type, so the
+    stream goes on; the schema takes the new Arrow type and schema_history says so."""
+    doc = _stream_doc()
+    old_time = md.SchemaColumn("T", "TIME", "time32[ms]")
+    doc = dataclasses.replace(doc, schema=(*doc.schema, old_time))
+    now_cols = md.columns_of(_schema(("AMOUNT", "DECIMAL(10, 2)"), ("ROWTIME", "BIGINT"), ("T", "TIME")), feed="tx")
+    step = md.with_schema(doc, now_cols, NOW)
+    assert [c for c in step.schema if c.name == "T"] == [md.SchemaColumn("T", "TIME", "time64[us]")]
+    assert md.to_json(step)["schema_history"][-1] == {"changed": "2025-01-15T14:30:00Z", "retyped": ["T"]}
+
+
 def test_columns_need_ksql_type_metadata() -> None:
     """A schema without ksql_type field metadata (i.e. inferred) is a SchemaError."""
     with pytest.raises(SchemaError, match="ksql_type"):

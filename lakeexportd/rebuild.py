@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from lakeexportd import layout
-from lakeexportd.errors import LakeStateError
+from lakeexportd.errors import LakeStateError, SchemaError
 from lakeexportd.metadata_model import (
     FeedMetadata,
     FileEntry,
@@ -34,6 +34,7 @@ from lakeexportd.metadata_model import (
     Version,
     iso_utc,
 )
+from lakeexportd.metadata_update import columns_of
 
 _PARTITION = re.compile(r"year=(\d{4})/month=(\d{2})/day=(\d{2})")
 _STAMP = re.compile(r"(?:data|snapshot)_(\d{8}_\d{6})")
@@ -53,19 +54,18 @@ class _Schema:
     columns: dict[str, SchemaColumn] = field(default_factory=dict)
 
     def add(self, schema: pa.Schema, path: Path) -> None:
-        for f in schema:
-            ksql = (f.metadata or {}).get(b"ksql_type")
-            if ksql is None:
-                raise LakeStateError(
-                    f"{path}: column {f.name} carries no ksql_type in its Arrow metadata, so "
-                    "it was not written by lakeexportd; move the file out of the feed folder "
-                    "and rebuild again"
-                )
-            column = SchemaColumn(f.name, ksql.decode(), str(f.type))
-            known = self.columns.setdefault(f.name, column)
+        try:
+            columns = columns_of(schema, feed=path.name)
+        except SchemaError as exc:
+            raise LakeStateError(
+                f"{path} was not written by lakeexportd ({exc}); move it out of the feed "
+                "folder and rebuild again"
+            ) from exc
+        for column in columns:
+            known = self.columns.setdefault(column.name, column)
             if known.ksql_type != column.ksql_type:
                 raise LakeStateError(
-                    f"{path}: column {f.name} is {column.ksql_type} here but "
+                    f"{path}: column {column.name} is {column.ksql_type} here but "
                     f"{known.ksql_type} in earlier files; the folder mixes two schemas"
                 )
 

@@ -14,8 +14,7 @@ paths, each decoding whole blocks of complete lines, and one exact path that goe
   schemas, lines holding a backslash (a JSON escape such as ``\\n`` or ``\\u0001``, which CSV
   would misread), blocks the CSV reader rejects or whose shape does not check out (row count,
   brackets, or the number of ``"`` characters, which must equal two per non-null quoted value:
-  this catches a bare token in a string column or a quoted number in a numeric one), and
-  DECIMALs wider than 38 digits (which Arrow's CSV reader cannot produce).
+  this catches a bare token in a string column or a quoted number in a numeric one).
 - **exact** (``json.loads`` with ``Decimal`` numbers and a per-type converter from
   ``ksql_values``): a block the typed decoder refuses. It accepts every form the reference
   allows at any depth, and raises naming the row and column of anything else.
@@ -44,7 +43,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
 from lakeexportd.errors import KsqlDBProtocolError, RejectedValueError
-from lakeexportd.json_block import JsonBlockDecoder, Unsupported
+from lakeexportd.json_block import JsonBlockDecoder, Unsupported, finish
 from lakeexportd.ksql_types import KsqlType, arrow_schema
 from lakeexportd.ksql_values import RejectedValue, value_converter
 
@@ -114,10 +113,7 @@ class RowDecoder:
              if n == "ROWTIME" and t.base == "BIGINT"),
             None,
         )
-        # Arrow's CSV reader produces no decimal256: such schemas take the typed JSON path.
-        self._csv = self.flat and not any(
-            t.base == "DECIMAL" and not pa.types.is_decimal128(t.arrow) for t in types
-        )
+        self._csv = self.flat
         try:
             self._json: JsonBlockDecoder | None = JsonBlockDecoder(types)
         except Unsupported:
@@ -126,7 +122,10 @@ class RowDecoder:
         if self._csv:
             csv_types = {}
             for i, t in enumerate(types):
-                csv_types[self._csv_names[i]] = _CSV_TYPE.get(t.base) or t.arrow
+                csv_types[self._csv_names[i]] = _CSV_TYPE.get(t.base) or (
+                    # Arrow's CSV reader produces no decimal256: read the text, cast below.
+                    pa.string() if pa.types.is_decimal256(t.arrow) else t.arrow
+                )
             self._read_options = pacsv.ReadOptions(
                 column_names=["_open", *self._csv_names, "_close"], block_size=_CSV_BLOCK_BYTES
             )
@@ -254,6 +253,11 @@ class RowDecoder:
         return quotes
 
     def _finish_column(self, column: pa.ChunkedArray, t: KsqlType, i: int) -> pa.ChunkedArray:
+        if t.base == "DECIMAL" and pa.types.is_decimal256(t.arrow):
+            try:  # exact: refuses rounding and overflow (see json_block.finish)
+                return pa.chunked_array([finish(c, t.arrow) for c in column.chunks], t.arrow)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+                raise ValueError(str(exc)) from exc
         if t.base == "DECIMAL":
             # The CSV reader checks the scale (it refuses to round) but not the precision.
             try:

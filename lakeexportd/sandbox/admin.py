@@ -7,7 +7,7 @@ get faults, so a test can always steer the server.
 from __future__ import annotations
 
 from collections.abc import Callable
-from decimal import Decimal, InvalidOperation
+from decimal import Context, Decimal, InvalidOperation
 from typing import Any
 
 from lakeexportd.errors import SchemaError
@@ -41,7 +41,8 @@ def cast_between(old: KsqlType, new: KsqlType) -> Cast:
 
         def to_decimal(v: Any) -> Any:
             try:
-                return Decimal(str(v)).quantize(quantum)
+                # BigDecimal keeps any number of digits; the default context keeps 28.
+                return Decimal(str(v)).quantize(quantum, context=Context(prec=1000))
             except InvalidOperation:
                 return None
 

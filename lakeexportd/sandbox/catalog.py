@@ -1,8 +1,9 @@
-"""The sandbox's metastore: four streams and three CTAS tables fed by one base stream.
+"""The sandbox's metastore: five streams and three CTAS tables fed by one base stream.
 
 Every base transaction is appended to TRANSACTION_STREAM and, under the same lock, to the
 derived streams and the aggregate tables, so a query never sees one without the others and
-the tables always agree exactly with the stream rows.
+the tables always agree exactly with the stream rows. WIDE_DECIMALS gets one row per base
+transaction (same ROWTIME) with decimals at the edges of DECIMAL(38, 10) and DECIMAL(76, 20).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from lakeexportd.sandbox.generator import (
     Transaction,
     decode_payload,
     decode_tags,
+    wide_decimals,
 )
 from lakeexportd.sandbox.sources import Column, Source, StreamSource, TableSource
 
@@ -76,6 +78,11 @@ DEFINITIONS: tuple[tuple[str, str, tuple[str, ...], str, str], ...] = (
         "CASE WHEN USER_ID IN (...) THEN 'USER' ELSE 'MERCHANT' END AS BLACKLIST_REASON, "
         "TRANSACTION_TIME FROM TRANSACTION_FLATTENED WHERE USER_ID IN (...) "
         "OR MERCHANT_ID IN (...) EMIT CHANGES"),
+    ("WIDE_DECIMALS", "STREAM", (
+        "ID STRING KEY", "AMOUNT DECIMAL(38, 10)", "AMOUNTS ARRAY<DECIMAL(38, 10)>",
+        "BY_CURRENCY MAP<STRING, DECIMAL(38, 10)>",
+        "QUOTE STRUCT<`PRICE` DECIMAL(38, 10), `LABEL` STRING>", "HUGE DECIMAL(76, 20)",
+    ), "", ""),
     ("USER_SUMMARY", "TABLE", (
         "USER_ID STRING KEY", "TRANSACTION_COUNT BIGINT", "TOTAL_AMOUNT DECIMAL(18, 2)",
         "MAX_AMOUNT DECIMAL(10, 2)", "LAST_TRANSACTION_TIME TIMESTAMP",
@@ -202,6 +209,7 @@ class Catalog:
         flat_s = self.stream("TRANSACTION_FLATTENED")
         anon_s = self.stream("TRANSACTION_ANONYMIZED")
         black_s = self.stream("TRANSACTION_BLACKLISTED")
+        wide_s = self.stream("WIDE_DECIMALS")
         count = 0
         with self.lock:
             for t in transactions:
@@ -213,6 +221,8 @@ class Catalog:
                 anon_s.append(stored, t.rowtime, part)
                 if v["USER_ID"] in BLACKLISTED_USERS or v["MERCHANT_ID"] in BLACKLISTED_MERCHANTS:
                     black_s.append(stored, t.rowtime, part)
+                wide = wide_decimals(t.seq)
+                wide_s.append(wide, t.rowtime, self.partition_of(wide[0]))
                 self._aggregate(flatten(v), t.rowtime)
                 count += 1
         return count

@@ -5,6 +5,7 @@ Pure apart from its own ``random.Random``: event times are passed in, never read
 
 from __future__ import annotations
 
+import hashlib
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -156,3 +157,56 @@ def decode_payload(p: tuple[Any, ...]) -> dict[str, Any]:
         "SIGNATURE": p[6],
         "GEO": {"LAT": p[7], "LON": p[8]},
     }
+
+
+# WIDE_DECIMALS: DECIMAL(38, 10) and DECIMAL(76, 20) at their edges. Rows are derived from the
+# base transaction's sequence number alone (no draw from the random source, so the other
+# streams' rows stay the same for a seed).
+WIDE_EDGE = Decimal("9999999999999999999999999999.9999999999")  # DECIMAL(38, 10)'s largest
+WIDE_TINY = Decimal("0.0000000001")
+HUGE_EDGE = Decimal("9" * 56 + "." + "9" * 20)  # DECIMAL(76, 20)'s largest
+HUGE_TINY = Decimal("0.00000000000000000001")
+# STRUCT fields reach the wire through a double (wire reference section 4): these prices keep
+# every digit on that trip (at most 15 significant digits), in Java's plain and E forms.
+QUOTE_PRICES = (
+    Decimal("10000000"), Decimal("0.0000000001"), Decimal("-1234.5"), Decimal("0"),
+    Decimal("123456789012.25"), Decimal("0.001"), Decimal("-0.0001"), Decimal("99999999.99"),
+    Decimal("-1.0E+20"), Decimal("0.5"),
+)
+
+
+def _digits(seq: int, salt: str, count: int) -> str:
+    """``count`` decimal digits that look random, from ``seq`` alone."""
+    digest = hashlib.sha256(f"{salt}:{seq}".encode()).digest()
+    number = int.from_bytes(digest * (1 + count // 70), "big")
+    return str(number)[-count:].rjust(count, "0")
+
+
+def _wide(seq: int, salt: str, whole: int, frac: int, edge: Decimal, tiny: Decimal) -> Decimal:
+    """An edge (largest, smallest, zero, tiny of either sign) one row in two, else any value
+    of the type: ``whole`` digits before the point at most, ``frac`` after."""
+    kind = seq % 10
+    if kind < 5:
+        # copy_negate, not "-": unary minus rounds to the default context's 28 digits.
+        return (edge, edge.copy_negate(), Decimal(0).scaleb(-frac), tiny, tiny.copy_negate())[kind]
+    size = 1 + int(_digits(seq, salt + "n", 2)) % whole
+    sign = "-" if int(_digits(seq, salt + "s", 1)) % 2 else ""
+    return Decimal(f"{sign}{_digits(seq, salt, size)}.{_digits(seq, salt + 'f', frac)}")
+
+
+def wide_decimals(seq: int) -> tuple[Any, ...]:
+    """The stored WIDE_DECIMALS row for base transaction ``seq`` (columns in catalog order)."""
+    amount = _wide(seq, "a", 28, 10, WIDE_EDGE, WIDE_TINY)
+    other = _wide(seq + 3, "b", 28, 10, WIDE_EDGE, WIDE_TINY)
+    amounts: list[Decimal | None] = [amount, other, WIDE_TINY.copy_negate()]
+    del amounts[seq % 4:]
+    if seq % 7 == 0:
+        amounts.append(None)
+    by_currency: dict[str, Decimal | None] = {"EUR": other, "USD": WIDE_EDGE}
+    if seq % 5 == 0:
+        by_currency["JPY"] = None
+    price = QUOTE_PRICES[seq % len(QUOTE_PRICES)]
+    quote = None if seq % 11 == 0 else {"PRICE": None if seq % 13 == 0 else price,
+                                        "LABEL": f"quote {seq}"}
+    huge = _wide(seq, "h", 56, 20, HUGE_EDGE, HUGE_TINY)
+    return (f"wide_{seq:09d}", amount, amounts, by_currency, quote, huge)

@@ -26,7 +26,7 @@ def test_show_streams_shape(client: httpx.Client) -> None:
         '"valueFormat":"JSON","isWindowed":false},')
     names = [s["name"] for s in r.json()[0]["streams"]]
     assert names == ["TRANSACTION_STREAM", "TRANSACTION_FLATTENED", "TRANSACTION_ANONYMIZED",
-                     "TRANSACTION_BLACKLISTED"]
+                     "TRANSACTION_BLACKLISTED", "WIDE_DECIMALS"]
     assert r.text.endswith('],"warnings":[]}]')
 
 

@@ -288,13 +288,14 @@ def test_production_example_loads() -> None:
 
 
 def test_demo_config_loads_and_covers_the_sandbox_catalog() -> None:
-    """etc/demo.yaml points at the sandbox, writes ../data_lake and names its seven sources."""
+    """etc/demo.yaml points at the sandbox, writes ../data_lake and names its eight sources."""
     cfg = load_config(REPO / "etc" / "demo.yaml", environ={})
     assert cfg.ksqldb.url == "http://127.0.0.1:18088"
     assert cfg.lake.root == REPO.resolve() / "data_lake"
     assert {f.source: f.kind for f in cfg.feeds} == {
         "TRANSACTION_STREAM": "stream", "TRANSACTION_FLATTENED": "stream",
         "TRANSACTION_ANONYMIZED": "stream", "TRANSACTION_BLACKLISTED": "stream",
+        "WIDE_DECIMALS": "stream",
         "USER_SUMMARY": "table", "PAYMENT_TOTALS": "table", "PRODUCT_COUNTS": "table"}
     assert cfg.feed("transaction_anonymized").security == "anonymized"
     assert all(f.security == "aggregated" for f in cfg.feeds if f.kind == "table")
@@ -363,7 +364,7 @@ def test_validate_prints_a_summary(capsys: pytest.CaptureFixture[str]) -> None:
     """`validate` lists each feed with kind and schedule, and returns 0."""
     assert cli._validate(argparse.Namespace(config=str(REPO / "etc" / "demo.yaml"))) == 0
     out = capsys.readouterr().out
-    assert "OK, 7 feeds (7 enabled): 4 streams, 3 tables" in out
+    assert "OK, 8 feeds (8 enabled): 5 streams, 3 tables" in out
     assert re.search(r"user_summary\s+table\s+USER_SUMMARY\s+every 20s", out)
 
 

@@ -166,6 +166,9 @@ class CurlResponse:
         self._curl = curl
         self._multi = pycurl.CurlMulti()
         self._read_timeout = read_timeout
+        # The read timeout counts from the moment the request can go out: connecting (and the
+        # TLS handshake) is bounded by libcurl's connect timeout.
+        self._connected = False
         # The write callback is this buffer's C-level extend: no Python frame per chunk, and
         # no object kept per row (one chunk per row is ksqlDB's framing).
         self._body = bytearray()
@@ -224,14 +227,19 @@ class CurlResponse:
             if wait and not self._done and len(body) == before and lines == self._header_lines:
                 self._multi.select(WAKE_SECONDS)
                 self._perform()
+            if not self._connected and not self._done:
+                self._connected = self._curl.getinfo(pycurl.PRETRANSFER_TIME) > 0
+                if self._connected:
+                    self._last_data = time.monotonic()
         if len(body) != before or lines != self._header_lines:
             self._last_data = time.monotonic()
-        elif wait and not self._done and time.monotonic() - self._last_data > self._read_timeout:
-            raise TransportFailure(
-                "timeout",
-                f"ReadTimeout: no data from the server for {self._read_timeout:g} s",
-                _TIMEOUT,
-            )
+        elif wait and self._connected and not self._done:
+            if time.monotonic() - self._last_data > self._read_timeout:
+                raise TransportFailure(
+                    "timeout",
+                    f"ReadTimeout: no data from the server for {self._read_timeout:g} s",
+                    _TIMEOUT,
+                )
         return len(body) - before
 
     def _perform(self) -> None:

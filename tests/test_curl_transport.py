@@ -141,3 +141,15 @@ def test_auto_api_reads_info_then_query_stream_over_h2c(sandbox: Sandbox) -> Non
 def test_password_is_not_in_the_transport_repr() -> None:
     transport = CurlTransport("http://127.0.0.1:1", username="u", password="s3cret-pw")
     assert "s3cret-pw" not in repr(transport)
+
+
+def test_a_server_that_never_answers_times_out_on_the_read_timeout() -> None:
+    """Connected (the kernel accepts into the backlog) but silent: the read timeout ends it."""
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(4)
+        url = f"http://127.0.0.1:{server.getsockname()[1]}"
+        client = KsqlDBClient(CurlTransport(url, read_timeout=0.5, connect_timeout=5),
+                              api="query-stream", max_retries=0)
+        with pytest.raises(KsqlDBUnavailable, match="ReadTimeout: no data from the server"):
+            rows(client)

@@ -5,7 +5,6 @@ Pure apart from its own ``random.Random``: event times are passed in, never read
 
 from __future__ import annotations
 
-import hashlib
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -175,29 +174,48 @@ QUOTE_PRICES = (
 )
 
 
-def _digits(seq: int, salt: str, count: int) -> str:
-    """``count`` decimal digits that look random, from ``seq`` alone."""
-    digest = hashlib.sha256(f"{salt}:{seq}".encode()).digest()
-    number = int.from_bytes(digest * (1 + count // 70), "big")
-    return str(number)[-count:].rjust(count, "0")
+_MIX = 0x9E3779B97F4A7C15F39CC0605CEDC8341082276BF3A27251F86C6A11D0C18E95
 
 
-def _wide(seq: int, salt: str, whole: int, frac: int, edge: Decimal, tiny: Decimal) -> Decimal:
-    """An edge (largest, smallest, zero, tiny of either sign) one row in two, else any value
-    of the type: ``whole`` digits before the point at most, ``frac`` after."""
+def _digits(seq: int, salt: int, count: int) -> str:
+    """``count`` decimal digits that look random, from ``seq`` alone (cheap: the preload
+    makes one row per base transaction)."""
+    number = ((seq * _MIX + salt * 0x5851F42D4C957F2D) ** 3) >> 96
+    return str(number % 10**count).rjust(count, "0")
+
+
+def _pool(salt: int, whole: int, frac: int) -> tuple[Decimal, ...]:
+    """Values of every size up to ``whole`` digits before the point, ``frac`` after, either
+    sign: built once, so a row costs a lookup (the preload makes one per base transaction)."""
+    values = []
+    for i in range(_POOL):
+        shape = int(_digits(i, salt + 1, 3))
+        sign = "-" if shape & 1 else ""
+        size = 1 + shape % whole
+        values.append(Decimal(f"{sign}{_digits(i, salt, size)}.{_digits(i, salt + 2, frac)}"))
+    return tuple(values)
+
+
+_POOL = 997
+_WIDE_POOL = _pool(10, 28, 10)
+_HUGE_POOL = _pool(30, 56, 20)
+
+
+def _wide(seq: int, pool: tuple[Decimal, ...], edge: Decimal, tiny: Decimal) -> Decimal:
+    """An edge (largest, smallest, zero, tiny of either sign) one row in two, else a value
+    from ``pool``."""
     kind = seq % 10
     if kind < 5:
         # copy_negate, not "-": unary minus rounds to the default context's 28 digits.
-        return (edge, edge.copy_negate(), Decimal(0).scaleb(-frac), tiny, tiny.copy_negate())[kind]
-    size = 1 + int(_digits(seq, salt + "n", 2)) % whole
-    sign = "-" if int(_digits(seq, salt + "s", 1)) % 2 else ""
-    return Decimal(f"{sign}{_digits(seq, salt, size)}.{_digits(seq, salt + 'f', frac)}")
+        zero = Decimal(0).scaleb(tiny.as_tuple().exponent)  # type: ignore[arg-type]
+        return (edge, edge.copy_negate(), zero, tiny, tiny.copy_negate())[kind]
+    return pool[seq % _POOL]
 
 
 def wide_decimals(seq: int) -> tuple[Any, ...]:
     """The stored WIDE_DECIMALS row for base transaction ``seq`` (columns in catalog order)."""
-    amount = _wide(seq, "a", 28, 10, WIDE_EDGE, WIDE_TINY)
-    other = _wide(seq + 3, "b", 28, 10, WIDE_EDGE, WIDE_TINY)
+    amount = _wide(seq, _WIDE_POOL, WIDE_EDGE, WIDE_TINY)
+    other = _wide(seq + 3, _WIDE_POOL, WIDE_EDGE, WIDE_TINY)
     amounts: list[Decimal | None] = [amount, other, WIDE_TINY.copy_negate()]
     del amounts[seq % 4:]
     if seq % 7 == 0:
@@ -208,5 +226,5 @@ def wide_decimals(seq: int) -> tuple[Any, ...]:
     price = QUOTE_PRICES[seq % len(QUOTE_PRICES)]
     quote = None if seq % 11 == 0 else {"PRICE": None if seq % 13 == 0 else price,
                                         "LABEL": f"quote {seq}"}
-    huge = _wide(seq, "h", 56, 20, HUGE_EDGE, HUGE_TINY)
+    huge = _wide(seq, _HUGE_POOL, HUGE_EDGE, HUGE_TINY)
     return (f"wide_{seq:09d}", amount, amounts, by_currency, quote, huge)

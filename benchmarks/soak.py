@@ -28,7 +28,8 @@ import pyarrow.parquet as pq
 import yaml
 
 from lakeexportd import layout
-from lakeexportd.ksqldb import KsqlDBClient, build_http_client
+from lakeexportd.curl_stream import CurlTransport
+from lakeexportd.ksqldb import KsqlDBClient
 from lakeexportd.metadata import MetadataStore
 from lakeexportd.verify import listed_files, verify_feed
 
@@ -89,7 +90,7 @@ def wait_ready(url: str, proc: subprocess.Popen[bytes], what: str, timeout: floa
 
 def check_streams(root: Path, ksqldb: str, config: list[dict[str, Any]]) -> dict[str, Any]:
     """Every source row up to each feed's watermark once in the lake; metadata matches files."""
-    client = KsqlDBClient(build_http_client(ksqldb, read_timeout=600), api="query-stream")
+    client = KsqlDBClient(CurlTransport(ksqldb, read_timeout=600), api="query-stream")
     report: dict[str, Any] = {}
     try:
         for feed in config:

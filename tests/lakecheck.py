@@ -12,8 +12,9 @@ import pyarrow.parquet as pq
 
 from lakeexportd import layout
 from lakeexportd.config import Feed, Schedule
+from lakeexportd.curl_stream import CurlTransport
 from lakeexportd.exporter import DataLakeExporter
-from lakeexportd.ksqldb import KsqlDBClient, build_http_client
+from lakeexportd.ksqldb import KsqlDBClient
 from lakeexportd.metadata import MetadataStore
 from lakeexportd.verify import listed_files, verify_feed
 
@@ -31,7 +32,7 @@ def exporter(url: str, root: Path, **client_options: Any) -> DataLakeExporter:
     """An exporter on a fresh client; ``close_clients`` (autouse fixture) closes it."""
     options: dict[str, Any] = {"backoff_base": 0.01, "max_retries": 2}
     options.update(client_options)
-    client = KsqlDBClient(build_http_client(url), **options)
+    client = KsqlDBClient(CurlTransport(url), **options)
     _open_clients.append(client)
     return DataLakeExporter(client, root, lock_wait=2)
 

@@ -25,6 +25,8 @@ from pathlib import Path
 
 import httpx
 
+from lakeexportd.curl_stream import CurlTransport
+
 FEEDS = {"flat": "TRANSACTION_FLATTENED", "nested": "TRANSACTION_STREAM"}
 
 
@@ -78,10 +80,12 @@ def main() -> int:
                     raise SystemExit("sandbox did not start") from None
                 time.sleep(1)
         for name, source in FEEDS.items():  # warm the sandbox: it formats rows on first use
-            with httpx.stream(
-                "POST", f"{url}/query-stream", timeout=600, json={"sql": f"SELECT * FROM {source};"}
-            ) as r:
-                served = sum(len(chunk) for chunk in r.iter_raw())
+            # One chunk per row, as ksqlDB sends them: libcurl drains them at native speed.
+            response = CurlTransport(url, read_timeout=600).open(
+                "POST", "/query-stream", headers={"Content-Type": "application/json"},
+                body=json.dumps({"sql": f"SELECT * FROM {source};"}).encode())
+            served = sum(len(chunk) for chunk in response.iter_raw())
+            response.close()
             seconds, peak_mb, line = run_export(exe, config, name)
             results[name] = {
                 "rows": args.rows,

@@ -82,8 +82,12 @@ class Demo:
         for signum in (signal.SIGINT, signal.SIGTERM):
             signal.signal(signum, lambda *_: self.events.put("stop"))
         lakeexportd = [sys.executable, "-m", "lakeexportd"]
+        # Each start generates its rows anew on top of the same ./data_lake: ids of their own
+        # keep a second `make run` from showing duplicate TRANSACTION_IDs.
+        id_prefix = f"txn_{int(time.time()):x}_"
         sandbox = subprocess.Popen(
-            [*lakeexportd, "sandbox", "--port", str(self.port), *SANDBOX_ARGS],
+            [*lakeexportd, "sandbox", "--port", str(self.port), *SANDBOX_ARGS,
+             "--id-prefix", id_prefix],
             stdout=subprocess.PIPE, text=True, start_new_session=True,
         )
         daemon: subprocess.Popen[bytes] | None = None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import re
 import signal
 import socket
 import sys
@@ -32,6 +33,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rate", type=float, default=0.0,
                         help="live rows per second added to TRANSACTION_STREAM (0 = off)")
     parser.add_argument("--seed", type=int, default=1, help="random seed (same seed, same rows)")
+    parser.add_argument("--id-prefix", default="txn_", metavar="TEXT",
+                        help="prefix of TRANSACTION_ID values (default txn_); give each start "
+                        "its own so ids never repeat across restarts on one lake")
     parser.add_argument("--preload", type=int, default=0, metavar="N",
                         help="historical rows generated before start")
     parser.add_argument("--preload-days", type=float, default=7.0, metavar="DAYS",
@@ -113,10 +117,13 @@ def _settings(args: argparse.Namespace) -> Settings:
         if not (args.tls_cert and args.tls_key):
             raise ValueError("HTTPS needs both --tls-cert and --tls-key")
         tls = TLSFiles(args.tls_cert, args.tls_key, args.tls_client_ca)
+    if not re.fullmatch(r"[A-Za-z0-9_-]{0,32}", args.id_prefix):
+        raise ValueError("--id-prefix takes up to 32 letters, digits, _ or -")
     if args.rate < 0 or args.preload < 0 or args.partitions < 1:
         raise ValueError("--rate and --preload must be >= 0 and --partitions >= 1")
     return Settings(
-        host=args.host, port=args.port, seed=args.seed, rate=args.rate, preload=args.preload,
+        host=args.host, port=args.port, seed=args.seed, id_prefix=args.id_prefix,
+        rate=args.rate, preload=args.preload,
         preload_days=args.preload_days, partitions=args.partitions,
         max_disorder_ms=args.max_disorder_ms, credentials=credentials,
         faults=[Fault.parse(spec) for spec in args.fault], tls=tls,

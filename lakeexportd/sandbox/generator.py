@@ -42,9 +42,11 @@ class Transaction:
 class TransactionGenerator:
     """Builds transactions one after another from a seeded random source."""
 
-    def __init__(self, seed: int, *, disorder_ms: int = 5_000, late_fraction: float = 0.03):
+    def __init__(self, seed: int, *, disorder_ms: int = 5_000, late_fraction: float = 0.03,
+                 id_prefix: str = "txn_"):
         self._random = random.Random(seed)
         self._seq = 0
+        self.id_prefix = id_prefix  # the demo gives each start its own, so ids never repeat
         self.disorder_ms = disorder_ms
         self.late_fraction = late_fraction
 
@@ -97,7 +99,7 @@ class TransactionGenerator:
         if seq % 97 == 0:
             risk = 1.0e-4  # exercises the "1.0E-4" form of Java's Double.toString
         values: dict[str, Any] = {
-            "TRANSACTION_ID": f"txn_{seq:09d}",
+            "TRANSACTION_ID": f"{self.id_prefix}{seq:09d}",
             "USER_ID": USER_IDS[user],
             "MERCHANT_ID": merchant,
             "AMOUNT": amount,

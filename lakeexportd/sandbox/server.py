@@ -83,6 +83,7 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 8088
     seed: int = 1
+    id_prefix: str = "txn_"
     rate: float = 0.0
     preload: int = 0
     preload_days: float = 7.0
@@ -96,7 +97,8 @@ class Settings:
 
 def build(settings: Settings) -> SandboxApp:
     catalog = Catalog(partitions=settings.partitions)
-    generator = TransactionGenerator(settings.seed, disorder_ms=settings.max_disorder_ms)
+    generator = TransactionGenerator(settings.seed, disorder_ms=settings.max_disorder_ms,
+                                     id_prefix=settings.id_prefix)
     feeder = Feeder(catalog, generator, settings.clock)
     if settings.preload:
         feeder.preload(settings.preload, settings.preload_days)

@@ -72,3 +72,22 @@ def test_help_lists_flags() -> None:
     for flag in ("--port", "--rate", "--seed", "--preload", "--preload-days", "--user",
                  "--password-env", "--fault"):
         assert flag in text
+
+
+def test_id_prefix_gives_a_start_its_own_transaction_ids() -> None:
+    """--id-prefix names every TRANSACTION_ID (the demo gives each start its own); a bad
+    prefix is refused."""
+    port = free_port()
+    proc = start("--port", str(port), "--preload", "20", "--id-prefix", "run7_")
+    try:
+        assert proc.stdout is not None and "listening" in proc.stdout.readline()
+        body = httpx.post(f"http://127.0.0.1:{port}/query-stream",
+                          json={"sql": "SELECT TRANSACTION_ID FROM TRANSACTION_STREAM;"}).text
+        ids = [line.strip('["]') for line in body.splitlines()[1:]]
+        assert len(ids) == 20 and all(i.startswith("run7_") for i in ids)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=10)
+    bad = subprocess.run([sys.executable, "-m", "lakeexportd", "sandbox", "--id-prefix", "a b"],
+                         capture_output=True, text=True, timeout=30)
+    assert bad.returncode != 0 and "--id-prefix" in bad.stderr

@@ -29,11 +29,7 @@ alone is caught.
 
 from __future__ import annotations
 
-import gc
 import json
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from decimal import Decimal
 from typing import Any
 
@@ -64,35 +60,6 @@ _NL, _COMMA, _QUOTE, _OPEN, _CLOSE = (ord(c) for c in '\n,"[]')
 # Arrow parses a block in pieces of this size on its thread pool: a 4 MiB block gets both cores
 # when the Parquet writer thread leaves one free.
 _CSV_BLOCK_BYTES = 1 << 20
-
-_gc_lock = threading.Lock()
-_gc_pauses = 0
-_gc_was_enabled = False
-
-
-@contextmanager
-def _gc_paused() -> Iterator[None]:
-    """No cyclic garbage collection while a block's objects are built.
-
-    Decoding a block creates some 50 containers a row, all alive until the block is done, and
-    each 700 allocations start a collection that walks them all again: with collection on, the
-    typed JSON path ran 3x slower. Nothing decoded holds a cycle. Pauses from several threads
-    nest; the collector runs again (if it ran before) when the last one ends.
-    """
-    global _gc_pauses, _gc_was_enabled
-    with _gc_lock:
-        if _gc_pauses == 0:
-            _gc_was_enabled = gc.isenabled()
-            gc.disable()
-        _gc_pauses += 1
-    try:
-        yield
-    finally:
-        with _gc_lock:
-            _gc_pauses -= 1
-            if _gc_pauses == 0 and _gc_was_enabled:
-                gc.enable()
-
 
 class RowDecoder:
     """Decodes blocks of complete row lines for one query header."""
@@ -192,8 +159,7 @@ class RowDecoder:
     def _typed(self, block: bytes, rows: int) -> pa.Table | None:
         if self._json is None:
             return None
-        with _gc_paused():
-            arrays = self._json.decode(block)
+        arrays = self._json.decode(block)
         if arrays is None or (arrays and len(arrays[0]) != rows):
             return None
         self.json_rows += rows

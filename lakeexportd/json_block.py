@@ -30,8 +30,11 @@ then takes the per-row exact path, which names the row and column or accepts the
 from __future__ import annotations
 
 import datetime as dt
+import gc
 import itertools
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Annotated, Any, Literal, TypedDict
 
 import msgspec
@@ -229,6 +232,35 @@ def times_of_day(texts: pa.Array) -> pa.Array | None:
     return millis.cast(pa.int32()).cast(pa.time32("ms"))
 
 
+_gc_lock = threading.Lock()
+_gc_pauses = 0
+_gc_was_enabled = False
+
+
+@contextmanager
+def gc_paused() -> Iterator[None]:
+    """No cyclic garbage collection while a block's objects are built.
+
+    Decoding a block creates some 50 containers a row, all alive until the block is done, and
+    each 700 allocations start a collection that walks them all again: with collection on, the
+    typed JSON path ran 3x slower. Nothing decoded holds a cycle. Pauses from several threads
+    nest; the collector runs again (if it ran before) when the last one ends.
+    """
+    global _gc_pauses, _gc_was_enabled
+    with _gc_lock:
+        if _gc_pauses == 0:
+            _gc_was_enabled = gc.isenabled()
+            gc.disable()
+        _gc_pauses += 1
+    try:
+        yield
+    finally:
+        with _gc_lock:
+            _gc_pauses -= 1
+            if _gc_pauses == 0 and _gc_was_enabled:
+                gc.enable()
+
+
 class JsonBlockDecoder:
     """Decodes blocks of complete row lines for one list of column types."""
 
@@ -242,36 +274,54 @@ class JsonBlockDecoder:
         self._time_column = [t.base == "TIME" for t in types]
         self._times = [_walker(t, _time_text, False) for t in types]
         self._rare = [_walker(t, _rare_forms, False) for t in types]
+        # All columns in one pyarrow.array call (rows as a STRUCT of the columns: no transpose,
+        # one conversion; 1.3 us a row less than a call per column), unless a column needs
+        # Python first (TIME text inside a top-level ARRAY or MAP).
+        self._rows_type: pa.DataType | None = None
+        if all(times is None or top for times, top in zip(self._times, self._time_column)):
+            self._rows_type = pa.struct([
+                pa.field(f"c{i}", pa.string() if top else build)
+                for i, (build, top) in enumerate(zip(self._build, self._time_column))
+            ])
 
     def decode(self, block: bytes) -> list[pa.Array] | None:
         """Arrays, one per column, of the block's lines (each ``[...]\\n``); None if any line
         is not exactly what ksqlDB writes for these types (the caller goes row by row)."""
+        with gc_paused():
+            try:
+                return self._decode(block)
+            except (pa.ArrowException, TypeError, ValueError, OverflowError):
+                return None
+
+    def _decode(self, block: bytes) -> list[pa.Array] | None:
         try:
             rows = self._decoder.decode_lines(block)
         except (msgspec.ValidationError, msgspec.DecodeError):
             return None
         if not rows:
             return [pa.array([], type=a) for a in self._arrow]
+        if self._rows_type is not None:
+            try:
+                built = pa.array(rows, type=self._rows_type)
+            except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError):
+                pass  # a rarer form (quoted NaN, an integer DECIMAL): column by column
+            else:
+                return [self._finish(i, column) for i, column in enumerate(built.flatten())]
         arrays = []
         for i, values in enumerate(zip(*rows)):
-            try:
-                array = self._column(i, values)
-            except (pa.ArrowException, TypeError, ValueError, OverflowError):
-                return None
+            array = self._column(i, values)
             if array is None:
                 return None
             arrays.append(array)
         return arrays
 
     def _column(self, i: int, values: Sequence[Any]) -> pa.Array | None:
-        build = self._build[i]
-        times = self._times[i]
         if self._time_column[i]:
-            array = times_of_day(pa.array(values, type=pa.string()))
-            if array is not None:
-                return array.cast(self._arrow[i])
+            return self._finish(i, pa.array(values, type=pa.string()))
+        times = self._times[i]
         if times is not None:
             values = [times(v) for v in values]
+        build = self._build[i]
         try:
             array = pa.array(values, type=build)
         except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError):
@@ -279,4 +329,15 @@ class JsonBlockDecoder:
             if rare is None:
                 return None
             array = pa.array([rare(v) for v in values], type=build)
+        return finish(array, self._arrow[i])
+
+    def _finish(self, i: int, array: pa.Array) -> pa.Array:
+        """``finish``; a top-level TIME column arrives as its text."""
+        if self._time_column[i]:
+            times = times_of_day(array)
+            if times is None:  # millis, or not a time: one by one (raises on the latter)
+                fix = self._times[i]
+                assert fix is not None
+                times = pa.array([fix(v) for v in array.to_pylist()], type=pa.time32("ms"))
+            array = times
         return finish(array, self._arrow[i])

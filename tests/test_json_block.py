@@ -13,7 +13,7 @@ import pytest
 
 from lakeexportd.decode import RowDecoder
 from lakeexportd.errors import KsqlDBProtocolError
-from lakeexportd.json_block import times_of_day
+from lakeexportd.json_block import gc_paused, times_of_day
 from lakeexportd.ksql_types import KsqlType, parse_type
 from lakeexportd.sandbox.formatting import row_formatter
 
@@ -177,3 +177,23 @@ def test_struct_field_names_beyond_ascii_take_the_exact_path() -> None:
     d = RowDecoder(["S"], [parse_type("STRUCT<`É` DOUBLE, `A` INTEGER>")])
     assert d.decode(b'[{"\xc3\x89":1.5,"A":1}]\n').to_pylist() == [{"S": {"É": 1.5, "A": 1}}]
     assert d.exact_rows == 1
+
+
+def test_garbage_collection_pauses_nest_and_restore_the_previous_state() -> None:
+    """The collector is off while any block decodes, and back as it was after the last one."""
+    import gc
+
+    assert gc.isenabled()
+    with gc_paused():
+        assert not gc.isenabled()
+        with gc_paused():
+            assert not gc.isenabled()
+        assert not gc.isenabled()
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        with gc_paused():
+            pass
+        assert not gc.isenabled()  # an application that turned it off keeps it off
+    finally:
+        gc.enable()

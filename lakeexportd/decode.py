@@ -166,7 +166,7 @@ class RowDecoder:
         return pa.Table.from_arrays(arrays, schema=self.schema)
 
     def _decode_fast(self, block: bytes) -> pa.Table | None:
-        """Decode a block without backslashes natively; ``None`` if it needs the exact path."""
+        """Decode a block without backslashes with Arrow's CSV reader; ``None`` if it cannot."""
         raw = np.frombuffer(block, np.uint8)
         ends = np.flatnonzero(raw == _NL)
         if not len(ends) or ends[-1] != len(raw) - 1:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -184,15 +185,17 @@ def test_a_value_the_type_cannot_hold_fails_the_feed_naming_rowtime_column_and_v
             "type": "DECIMAL(12, 10)"}).raise_for_status()
         sql = "SELECT ROWTIME, ID, AMOUNT FROM WIDE_DECIMALS;"
         response = httpx.post(f"{sb.url}/query-stream", json={"sql": sql}, timeout=60)
-        first_bad = next(
-            json.loads(line, parse_float=Decimal) for line in response.text.splitlines()[1:]
-            if len(line.split(",")[2].strip("-]").replace(".", "")) > 12
-        )
+        rows = [json.loads(line, parse_float=Decimal) for line in response.text.splitlines()[1:]]
         result = cli("export", "-c", str(config(tmp_path, sb.url, "query-stream")), "wide")
+    too_wide = {
+        rowtime: value for rowtime, _, value in rows
+        if len(f"{abs(value):f}".replace(".", "").lstrip("0")) > 12
+    }
     assert result.returncode == 1, result.stderr
-    rowtime, _, value = first_bad
     message = result.stderr
-    assert "feed 'wide'" in message and f"ROWTIME {rowtime}" in message
-    assert "column AMOUNT (DECIMAL(12, 10))" in message and f"{value:f}" in message
+    match = re.search(r"the row with ROWTIME (\d+), ", message)
+    assert match and int(match[1]) in too_wide, message
+    assert "feed 'wide'" in message and "column AMOUNT (DECIMAL(12, 10))" in message
+    assert f"{too_wide[int(match[1])]:f} does not fit" in message
     assert "without rounding" in message
     assert not list((tmp_path / "lake/streams/wide").rglob("*.parquet"))

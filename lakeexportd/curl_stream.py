@@ -9,8 +9,9 @@ response header is complete and returns a ``CurlResponse`` (status, headers, HTT
 multi loop wakes every 0.2 s, so ``close()`` from another thread takes effect promptly.
 
 Failures are ``TransportFailure`` (``ksqldb``'s httpx adapter raises it too) with a ``kind``:
-``"tls"`` (certificate or handshake: a configuration error), ``"timeout"`` (connect or read)
-or ``"connect"`` (anything else on the way: refused, reset, cut short).
+``"tls"`` (certificate or handshake: a configuration error), ``"timeout"`` (connect or read),
+``"connect"`` (anything else on the way: refused, reset, cut short) or ``"aborted"`` (the
+caller's ``cancel`` event was set while it waited for the header: shutdown).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from typing import Literal
 
 import pycurl
 
-FailureKind = Literal["tls", "timeout", "connect"]
+FailureKind = Literal["tls", "timeout", "connect", "aborted"]
 # libcurl's receive buffer (default 16 KiB): one recv() takes up to this much of a fast
 # stream, and one perform() up to about ten of them. 1 MiB buffers made perform() return
 # ~10 MB at a time and cost ~70 MB of peak RSS in an export; 128 KiB kept it at httpx's level.
@@ -88,8 +89,10 @@ class CurlTransport:
         *,
         headers: Mapping[str, str],
         body: bytes | None = None,
+        cancel: threading.Event | None = None,
     ) -> CurlResponse:
-        """Send the request; return once the response header is complete."""
+        """Send the request; return once the response header is complete. A set ``cancel``
+        ends the wait within WAKE_SECONDS (connecting, or a server silent before its header)."""
         curl = pycurl.Curl()
         try:
             self._configure(curl, method, path, headers, body)
@@ -97,7 +100,7 @@ class CurlTransport:
             curl.close()
             raise
         response = CurlResponse(curl, self.read_timeout)
-        response._wait_for_header()
+        response._wait_for_header(cancel)
         return response
 
     def _configure(
@@ -199,9 +202,11 @@ class CurlResponse:
             name, _, value = text.partition(":")
             self.headers[name.strip().lower()] = value.strip()
 
-    def _wait_for_header(self) -> None:
+    def _wait_for_header(self, cancel: threading.Event | None = None) -> None:
         try:
             while not self._header_done:
+                if cancel is not None and cancel.is_set():
+                    raise TransportFailure("aborted", "stopped by shutdown before the answer")
                 if self._done:
                     self._raise_failure()
                     if not self._header_done:

@@ -86,7 +86,7 @@ class DataLakeExporter:
         if now.tzinfo is None:
             raise ValueError("now must be timezone-aware")
         feed_dir = self.feed_dir(feed)
-        self._check_kind(feed)
+        self._check_kind(feed, cancel)
         run = Run(
             client=self.client,
             root=self.root,
@@ -102,7 +102,7 @@ class DataLakeExporter:
         with FeedLock(feed_dir, feed=feed.name, wait=self.lock_wait, dir_mode=dir_mode):
             return run.execute()
 
-    def _check_kind(self, feed: Feed) -> None:
+    def _check_kind(self, feed: Feed, cancel: threading.Event | None = None) -> None:
         """The declared kind must be what ksqlDB says the source is (once per source).
 
         A table exported as a stream piles up every update as a new row; a stream exported as
@@ -110,7 +110,9 @@ class DataLakeExporter:
         """
         actual = self._kinds.get(feed.source)
         if actual is None:
-            actual = self._kinds[feed.source] = self.client.describe(feed.source).kind
+            actual = self._kinds[feed.source] = self.client.describe(
+                feed.source, cancel=cancel
+            ).kind
         if actual != feed.kind:
             raise FeedError(
                 f"feed {feed.name!r} declares kind {feed.kind!r}, but ksqlDB says "

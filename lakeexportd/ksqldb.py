@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeAlias
 
 import pyarrow as pa
+import structlog
 
 from lakeexportd.curl_stream import CurlTransport, TransportFailure
 from lakeexportd.errors import (
@@ -58,6 +59,7 @@ _READ_AHEAD_TABLES = 1
 _Item: TypeAlias = "pa.Table | BaseException | None"
 DELIMITED = "application/vnd.ksqlapi.delimited.v1"
 STREAMED_ROWS = "application/vnd.ksql.v1+json"
+log = structlog.get_logger(__name__)
 
 
 class RequestObserver(Protocol):
@@ -88,7 +90,8 @@ class Transport(Protocol):
     scheme: str
 
     def open(
-        self, method: str, path: str, *, headers: dict[str, str], body: bytes | None = None
+        self, method: str, path: str, *, headers: dict[str, str], body: bytes | None = None,
+        cancel: threading.Event | None = None,
     ) -> Response: ...
 
     def close(self) -> None: ...
@@ -239,7 +242,7 @@ class KsqlDBClient:
         cancel: threading.Event | None = None,
     ) -> Iterator[QueryResult]:
         """Run a query; ``batches()`` of the result yields record batches of ≤ batch_size rows."""
-        api = self._query_api()
+        api = self._query_api(cancel)
         if api == "query-stream":
             path, accept = "/query-stream", DELIMITED
             body: dict[str, Any] = {"sql": sql, "properties": properties or {}}
@@ -251,15 +254,18 @@ class KsqlDBClient:
             body = {"ksql": sql, "streamsProperties": properties or {}}
             decoder = StreamedRowStream(block_bytes=self.block_bytes, what=f"query {_short(sql)}")
         with self._send(
-            "POST", path, json_body=body, accept=accept, what=f"query {_short(sql)}"
+            "POST", path, json_body=body, accept=accept, what=f"query {_short(sql)}",
+            cancel=cancel,
         ) as response:
             result = QueryResult(response, decoder, batch_size, cancel)
             result.read_header()
             yield result
 
-    def _query_api(self) -> Literal["query-stream", "query"]:
+    def _query_api(
+        self, cancel: threading.Event | None = None
+    ) -> Literal["query-stream", "query"]:
         if self._resolved_api is None:
-            version = self.info().version
+            version = self.info(cancel=cancel).version
             self._resolved_api = "query-stream" if supports_query_stream(version) else "query"
         return self._resolved_api
 
@@ -284,11 +290,13 @@ class KsqlDBClient:
                     )
         return sources
 
-    def describe(self, source: str) -> SourceDescription:
+    def describe(
+        self, source: str, *, cancel: threading.Event | None = None
+    ) -> SourceDescription:
         """``DESCRIBE <source>;``: the columns with their ksqlDB types."""
         if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*|`[^`]+`", source):
             raise ValueError(f"{source!r} is not a ksqlDB source name")
-        entities = self.ksql(f"DESCRIBE {source};")
+        entities = self.ksql(f"DESCRIBE {source};", cancel=cancel)
         desc = entities[0].get("sourceDescription") if entities else None
         if not isinstance(desc, dict):
             raise KsqlDBProtocolError(f"DESCRIBE {source}: answer has no sourceDescription")
@@ -309,9 +317,9 @@ class KsqlDBClient:
             statement=desc.get("statement", ""),
         )
 
-    def info(self) -> ServerInfo:
+    def info(self, *, cancel: threading.Event | None = None) -> ServerInfo:
         """``GET /info``."""
-        with self._send("GET", "/info", what="GET /info") as response:
+        with self._send("GET", "/info", what="GET /info", cancel=cancel) as response:
             data = _json(response.read(), "GET /info")
         info = data.get("KsqlServerInfo", {}) if isinstance(data, dict) else {}
         return ServerInfo(
@@ -321,11 +329,14 @@ class KsqlDBClient:
             status=info.get("serverStatus"),
         )
 
-    def ksql(self, statements: str) -> list[dict[str, Any]]:
+    def ksql(
+        self, statements: str, *, cancel: threading.Event | None = None
+    ) -> list[dict[str, Any]]:
         """``POST /ksql`` with one or more statements; returns the entity list."""
         what = f"statement {_short(statements)}"
         with self._send(
-            "POST", "/ksql", json_body={"ksql": statements}, accept=STREAMED_ROWS, what=what
+            "POST", "/ksql", json_body={"ksql": statements}, accept=STREAMED_ROWS, what=what,
+            cancel=cancel,
         ) as response:
             data = _json(response.read(), what)
         if not isinstance(data, list):
@@ -349,8 +360,13 @@ class KsqlDBClient:
         what: str,
         json_body: dict[str, Any] | None = None,
         accept: str = "application/json",
+        cancel: threading.Event | None = None,
     ) -> Iterator[Response]:
-        """Open a streamed response with a 2xx status, retrying transient failures first."""
+        """Open a streamed response with a 2xx status, retrying transient failures first.
+
+        A set ``cancel`` (shutdown past stop_grace) means no new attempt: the wait for a
+        header, a backoff and the retry loop all end within 0.2 s with ``ExportAborted``.
+        """
         content = json.dumps(json_body).encode() if json_body is not None else None
         headers = {"Accept": accept}
         if content is not None:
@@ -360,8 +376,15 @@ class KsqlDBClient:
         while True:
             failure: str
             try:
-                response = self.transport.open(method, path, headers=headers, body=content)
+                response = self.transport.open(
+                    method, path, headers=headers, body=content, cancel=cancel
+                )
             except TransportFailure as exc:
+                if exc.kind == "aborted":
+                    raise ExportAborted(
+                        f"{what}: stopped by shutdown while waiting for ksqlDB's answer "
+                        f"(attempt {attempt + 1}); nothing was published"
+                    ) from exc
                 self._observer.request(path, "error")
                 if exc.kind == "tls":
                     raise KsqlDBTLSError(
@@ -401,8 +424,19 @@ class KsqlDBClient:
                 )
             attempt += 1
             self._observer.retry(path)
-            delay = min(self.backoff_max, self.backoff_base * 2 ** (attempt - 1))
-            self._sleep(random.uniform(0, delay))
+            delay = random.uniform(
+                0, min(self.backoff_max, self.backoff_base * 2 ** (attempt - 1))
+            )
+            log.warning("ksqldb.retry", endpoint=path, attempt=attempt,
+                        of=self.max_retries + 1, wait_s=round(delay, 3), cause=failure)
+            if cancel is not None:
+                if cancel.wait(delay):
+                    raise ExportAborted(
+                        f"{what}: stopped by shutdown before retry {attempt} ({failure}); "
+                        "nothing was published"
+                    )
+            else:
+                self._sleep(delay)
 
 
 class _HttpxTransport:
@@ -415,7 +449,8 @@ class _HttpxTransport:
         self.scheme = http.base_url.scheme
 
     def open(
-        self, method: str, path: str, *, headers: dict[str, str], body: bytes | None = None
+        self, method: str, path: str, *, headers: dict[str, str], body: bytes | None = None,
+        cancel: threading.Event | None = None,  # unit tests' answers come at once
     ) -> Response:
         import httpx
 

@@ -10,6 +10,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
+import structlog
 
 from lakeexportd.curl_stream import CurlTransport, TransportFailure
 from lakeexportd.errors import ExportAborted, KsqlDBStreamError, KsqlDBUnavailable
@@ -153,3 +154,42 @@ def test_a_server_that_never_answers_times_out_on_the_read_timeout() -> None:
                               api="query-stream", max_retries=0)
         with pytest.raises(KsqlDBUnavailable, match="ReadTimeout: no data from the server"):
             rows(client)
+
+
+def test_shutdown_ends_the_wait_for_a_header_that_never_comes(sandbox: Sandbox) -> None:
+    """ksqlDB silent before its header (latency fault): a set cancel aborts within the wake
+    interval, with no further attempt, instead of waiting out the read timeout and retries."""
+    recorder = Recorder()
+    client = KsqlDBClient(CurlTransport(sandbox.url, read_timeout=30), api="query-stream",
+                          max_retries=3, observer=recorder)
+    sandbox.inject("latency", seconds=20, path="/query-stream")
+    cancel = threading.Event()
+    threading.Timer(0.3, cancel.set).start()
+    started = time.monotonic()
+    with pytest.raises(ExportAborted, match="stopped by shutdown while waiting for ksqlDB's answer"):
+        rows(client, cancel=cancel)
+    assert time.monotonic() - started < 2 and recorder.retries == []
+
+
+def test_retries_are_logged_and_shutdown_ends_the_backoff() -> None:
+    """Each retry is a ksqldb.retry event (endpoint, attempt, wait, cause); a set cancel ends a
+    long backoff at once with no new attempt."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{probe.getsockname()[1]}"  # nothing listens: refused
+    cancel = threading.Event()
+
+    class ShutdownAtFirstRetry(Recorder):
+        def retry(self, endpoint: str) -> None:
+            super().retry(endpoint)
+            cancel.set()  # shutdown arrives as the first backoff begins
+
+    client = KsqlDBClient(CurlTransport(url), api="query-stream", max_retries=5,
+                          backoff_base=20, backoff_max=20, observer=ShutdownAtFirstRetry())
+    started = time.monotonic()
+    with structlog.testing.capture_logs() as logs, pytest.raises(ExportAborted, match="before retry 1"):
+        rows(client, cancel=cancel)
+    assert time.monotonic() - started < 3
+    (retry,) = [e for e in logs if e["event"] == "ksqldb.retry"]
+    assert retry["endpoint"] == "/query-stream" and retry["attempt"] == 1 and retry["of"] == 6
+    assert 0 <= retry["wait_s"] <= 20 and "ConnectError" in retry["cause"]

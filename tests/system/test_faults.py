@@ -213,3 +213,18 @@ def test_read_only_lake(setup: Setup, small_disk: Path) -> None:
     wait_failed(daemon, "failed", "Read-only file system")
     recover(setup, daemon, lambda: subprocess.run(["mount", "-o", "remount,rw", str(small_disk)], check=True))
     assert shutil.disk_usage(small_disk).used > 0
+
+
+def test_sigterm_while_ksqldb_is_silent_exits_within_stop_grace(setup: Setup) -> None:
+    """ksqlDB answers nothing for 60 s (read_timeout 30 s, 3 retries): SIGTERM still ends the
+    daemon within stop_grace plus a moment, with no new attempt after the abort."""
+    setup.write([STREAM], ksqldb={"read_timeout": "30s", "max_retries": 3}, stop_grace="1s")
+    setup.sandbox.inject("latency", seconds=60, path="/query-stream")
+    daemon = setup.start()
+    wait_for(lambda: daemon.get("/status").json()["feeds"]["txn"]["running"], 20, "a running export")
+    started = time.monotonic()
+    assert daemon.stop(timeout=30) == 0
+    assert time.monotonic() - started < 6  # 1 s of grace, then the abort, not 30 s per attempt
+    events = [e["event"] for e in daemon.events()]
+    assert "daemon.aborting_exports" in events and "ksqldb.retry" not in events
+    assert_nothing_partial(setup.lake)

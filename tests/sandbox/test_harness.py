@@ -83,7 +83,9 @@ def test_schema_change_type_and_drop(fresh: Callable[..., Sandbox]) -> None:
 def test_query_sees_consistent_snapshot(fresh: Callable[..., Sandbox]) -> None:
     """A stream pull returns the rows present at its start, not rows appended meanwhile."""
     sb = fresh(preload=3000)
-    sb.inject("trickle", chunk_bytes=65536, seconds=0.05, path="/query-stream")
+    # The sandbox sends one chunk per row, and trickle pauses between chunks: 1 ms a row keeps
+    # the answer going (about 3 s) while rows are appended, without a minute of waiting.
+    sb.inject("trickle", chunk_bytes=65536, seconds=0.001, path="/query-stream")
     with httpx.Client(base_url=sb.url, timeout=20) as c, c.stream(
         "POST", "/query-stream", json={"sql": "SELECT * FROM TRANSACTION_FLATTENED;"}
     ) as r:

@@ -83,3 +83,17 @@ def assert_exactly_once(lake: pa.Table, truth: pa.Table, key: str = "TRANSACTION
     for name in truth.column_names:
         assert lake.schema.field(name).type == truth.schema.field(name).type, name
         assert lake.column(name).to_pylist() == truth.column(name).to_pylist(), name
+
+
+class Recorder:
+    """Observer with real state: what the client saw, per endpoint."""
+
+    def __init__(self) -> None:
+        self.requests: list[tuple[str, str]] = []
+        self.retries: list[str] = []
+
+    def request(self, endpoint: str, code: str) -> None:
+        self.requests.append((endpoint, code))
+
+    def retry(self, endpoint: str) -> None:
+        self.retries.append(endpoint)

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 import structlog
+from lakecheck import Recorder
 
 from lakeexportd.curl_stream import CurlTransport, TransportFailure
 from lakeexportd.errors import ExportAborted, KsqlDBStreamError, KsqlDBUnavailable
@@ -19,18 +20,6 @@ from lakeexportd.sandbox import Sandbox
 
 QUERY = "SELECT * FROM TRANSACTION_FLATTENED LIMIT 4;"
 HEADERS = {"Accept": "application/vnd.ksqlapi.delimited.v1", "Content-Type": "application/json"}
-
-
-class Recorder:
-    def __init__(self) -> None:
-        self.requests: list[tuple[str, str]] = []
-        self.retries: list[str] = []
-
-    def request(self, endpoint: str, code: str) -> None:
-        self.requests.append((endpoint, code))
-
-    def retry(self, endpoint: str) -> None:
-        self.retries.append(endpoint)
 
 
 @pytest.fixture(scope="module")

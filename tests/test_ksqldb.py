@@ -9,6 +9,7 @@ from collections.abc import Callable
 
 import httpx
 import pytest
+from lakecheck import Recorder
 
 from lakeexportd.errors import (
     ExportAborted,
@@ -25,20 +26,6 @@ HEADER = (
 )
 ROWS = b'[1700000000000,"a",12.50]\n[1700000000001,"b",-0.01]\n[1700000000002,"c",null]\n'
 INFO = b'{"KsqlServerInfo":{"version":"0.29.0","kafkaClusterId":"j3tOi6E_RtO_TMH3gBmK7A","ksqlServiceId":"default_","serverStatus":"RUNNING"}}'
-
-
-class Recorder:
-    """Observer with real state: what the client saw, per endpoint."""
-
-    def __init__(self) -> None:
-        self.requests: list[tuple[str, str]] = []
-        self.retries: list[str] = []
-
-    def request(self, endpoint: str, code: str) -> None:
-        self.requests.append((endpoint, code))
-
-    def retry(self, endpoint: str) -> None:
-        self.retries.append(endpoint)
 
 
 Handler = Callable[[httpx.Request], httpx.Response]

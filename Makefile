@@ -31,7 +31,7 @@ lock:
 	rm -rf .lock-venv
 
 run: $(STAMP)
-	$(BIN)/python -m lakeexportd.demo
+	$(BIN)/python -m lakeexportd.cli.demo
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

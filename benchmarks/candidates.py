@@ -33,7 +33,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pycurl
 
-from lakeexportd.ksql_types import arrow_schema, parse_type
+from lakeexportd.ksqldb.types import arrow_schema, parse_type
 
 _MS_PER_DAY = 86_400_000
 _EPOCH = dt.date(1970, 1, 1)

@@ -111,7 +111,7 @@ def nested_body(rows: int, seed: int = 11) -> Path:
     path = CACHE / f"nested_{rows}_{seed}.jsonl"
     if path.exists():
         return path
-    from lakeexportd.curl_stream import CurlTransport
+    from lakeexportd.ksqldb.curl_stream import CurlTransport
     from lakeexportd.sandbox.harness import Sandbox
 
     CACHE.mkdir(parents=True, exist_ok=True)

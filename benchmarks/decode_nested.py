@@ -18,8 +18,8 @@ from collections.abc import Callable
 import pyarrow as pa
 
 from benchmarks.data import nested_body
-from lakeexportd.decode import RowDecoder
-from lakeexportd.ksql_types import parse_type
+from lakeexportd.ksqldb.decode import RowDecoder
+from lakeexportd.ksqldb.types import parse_type
 
 BLOCK_BYTES = 4 << 20
 

@@ -4,7 +4,7 @@
 
 ``rows`` frames the body as ksqlDB does (one HTTP/1.1 chunk per row), ``h2c`` as one HTTP/2
 DATA frame per row, ``large`` in 4 MiB chunks. ``curl`` is lakeexportd's transport
-(``lakeexportd.curl_stream``), ``httpx`` the client it replaced for the row stream.
+(``lakeexportd.ksqldb.curl_stream``), ``httpx`` the client it replaced for the row stream.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import time
 
 from benchmarks.data import flat_body
 from benchmarks.server import FRAMINGS, CannedServer
-from lakeexportd.curl_stream import CurlTransport
+from lakeexportd.ksqldb.curl_stream import CurlTransport
 
 HEADERS = {"Accept": "application/vnd.ksqlapi.delimited.v1", "Content-Type": "application/json"}
 QUERY = b'{"sql":"SELECT ROWTIME, * FROM BENCH;","properties":{}}'

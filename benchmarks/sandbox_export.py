@@ -25,7 +25,7 @@ from pathlib import Path
 
 import httpx
 
-from lakeexportd.curl_stream import CurlTransport
+from lakeexportd.ksqldb.curl_stream import CurlTransport
 
 FEEDS = {"flat": "TRANSACTION_FLATTENED", "nested": "TRANSACTION_STREAM"}
 

@@ -27,11 +27,11 @@ import psutil
 import pyarrow.parquet as pq
 import yaml
 
-from lakeexportd import layout
-from lakeexportd.curl_stream import CurlTransport
-from lakeexportd.ksqldb import KsqlDBClient
-from lakeexportd.metadata import MetadataStore
-from lakeexportd.verify import listed_files, verify_feed
+from lakeexportd.audit.verify import listed_files, verify_feed
+from lakeexportd.ksqldb.client import KsqlDBClient
+from lakeexportd.ksqldb.curl_stream import CurlTransport
+from lakeexportd.lake import layout
+from lakeexportd.lake.metadata import MetadataStore
 
 STREAMS = [
     "TRANSACTION_STREAM",

@@ -1,5 +1,5 @@
 from __future__ import annotations
 
-from lakeexportd.cli import main
+from lakeexportd.cli.commands import main
 
 raise SystemExit(main())

@@ -10,13 +10,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from lakeexportd import layout
-from lakeexportd.config import Feed, Schedule
-from lakeexportd.curl_stream import CurlTransport
-from lakeexportd.exporter import DataLakeExporter
-from lakeexportd.ksqldb import KsqlDBClient
-from lakeexportd.metadata import MetadataStore
-from lakeexportd.verify import listed_files, verify_feed
+from lakeexportd.audit.verify import listed_files, verify_feed
+from lakeexportd.config.model import Feed, Schedule
+from lakeexportd.export.exporter import DataLakeExporter
+from lakeexportd.ksqldb.client import KsqlDBClient
+from lakeexportd.ksqldb.curl_stream import CurlTransport
+from lakeexportd.lake import layout
+from lakeexportd.lake.metadata import MetadataStore
 
 NOW = dt.datetime(2030, 1, 1, tzinfo=dt.UTC)  # after every preloaded row
 

@@ -13,10 +13,10 @@ import structlog
 import yaml
 from scrape import value
 
-from lakeexportd.cli import main
-from lakeexportd.config import load_config
-from lakeexportd.daemon import Daemon
-from lakeexportd.exporter import ExportResult
+from lakeexportd.cli.commands import main
+from lakeexportd.config.model import load_config
+from lakeexportd.export.exporter import ExportResult
+from lakeexportd.service.daemon import Daemon
 
 BAD_CONFIGS = sorted((Path(__file__).parent / "data" / "bad_configs").glob("*.yaml"))
 

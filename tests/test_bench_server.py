@@ -10,7 +10,7 @@ import pytest
 from wire import h1_chunks, h2c_frames
 
 from benchmarks.server import CannedServer
-from lakeexportd.curl_stream import CurlTransport
+from lakeexportd.ksqldb.curl_stream import CurlTransport
 
 HEADERS = {"Accept": "application/vnd.ksqlapi.delimited.v1", "Content-Type": "application/json"}
 

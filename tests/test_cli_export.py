@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 from lakecheck import assert_consistent
 
-from lakeexportd.cli import build_parser
-from lakeexportd.locking import FeedLock
+from lakeexportd.cli.commands import build_parser
+from lakeexportd.lake.locking import FeedLock
 from lakeexportd.sandbox import Sandbox
 
 

@@ -10,7 +10,6 @@ import pyarrow as pa
 import pytest
 from lakecheck import wire_truth
 
-from lakeexportd.curl_stream import CurlTransport
 from lakeexportd.errors import (
     KsqlDBAuthError,
     KsqlDBProtocolError,
@@ -18,7 +17,8 @@ from lakeexportd.errors import (
     KsqlDBStreamError,
     KsqlDBUnavailable,
 )
-from lakeexportd.ksqldb import KsqlDBClient
+from lakeexportd.ksqldb.client import KsqlDBClient
+from lakeexportd.ksqldb.curl_stream import CurlTransport
 from lakeexportd.sandbox import Sandbox
 
 

@@ -1,4 +1,4 @@
-"""Tests for lakeexportd.config: defaults, overrides, durations, secrets, paths, and bad configs."""
+"""Tests for lakeexportd.config.model: defaults, overrides, durations, secrets, paths, and bad configs."""
 
 from __future__ import annotations
 
@@ -10,8 +10,10 @@ from typing import Any
 
 import pytest
 
-from lakeexportd import cli, config
-from lakeexportd.config import (
+from lakeexportd.cli import commands as cli
+from lakeexportd.config import model as config
+from lakeexportd.config.durations import format_duration, parse_duration
+from lakeexportd.config.model import (
     Config,
     Feed,
     Schedule,
@@ -20,7 +22,6 @@ from lakeexportd.config import (
     load_config,
     parse_config,
 )
-from lakeexportd.durations import format_duration, parse_duration
 from lakeexportd.errors import EX_CONFIG, ConfigError
 
 REPO = Path(__file__).resolve().parent.parent

@@ -22,8 +22,8 @@ import pyarrow.compute as pc
 import pytest
 from lakecheck import assert_consistent, assert_exactly_once, read_listed
 
-from lakeexportd import layout
 from lakeexportd.failpoints import FAILPOINTS
+from lakeexportd.lake import layout
 from lakeexportd.sandbox import Sandbox
 
 # name -> (feed, runs before the killed one, fault injected for the killed run)

@@ -13,9 +13,9 @@ import pytest
 import structlog
 from lakecheck import Recorder
 
-from lakeexportd.curl_stream import CurlTransport, TransportFailure
 from lakeexportd.errors import ExportAborted, KsqlDBStreamError, KsqlDBUnavailable
-from lakeexportd.ksqldb import KsqlDBClient
+from lakeexportd.ksqldb.client import KsqlDBClient
+from lakeexportd.ksqldb.curl_stream import CurlTransport, TransportFailure
 from lakeexportd.sandbox import Sandbox
 
 QUERY = "SELECT * FROM TRANSACTION_FLATTENED LIMIT 4;"

@@ -18,9 +18,7 @@ from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 from scrape import value
 
-from lakeexportd import layout
-from lakeexportd.config import Config, Feed, Schedule, load_config
-from lakeexportd.daemon import Daemon
+from lakeexportd.config.model import Config, Feed, Schedule, load_config
 from lakeexportd.errors import (
     ExportAborted,
     FeedLocked,
@@ -28,18 +26,20 @@ from lakeexportd.errors import (
     RejectedValueError,
     SchemaError,
 )
-from lakeexportd.exporter import ExportResult, epoch_ms
-from lakeexportd.feeds import FeedManager
-from lakeexportd.ksqldb import RequestObserver
-from lakeexportd.metadata import MetadataStore
-from lakeexportd.metadata_model import (
+from lakeexportd.export.exporter import ExportResult, epoch_ms
+from lakeexportd.feeds.manager import FeedManager
+from lakeexportd.ksqldb.client import RequestObserver
+from lakeexportd.lake import layout
+from lakeexportd.lake.metadata import MetadataStore
+from lakeexportd.lake.metadata_model import (
     ExportRecord,
     FileEntry,
     StreamMetadata,
     TableMetadata,
     Version,
 )
-from lakeexportd.sdnotify import Notifier
+from lakeexportd.service.daemon import Daemon
+from lakeexportd.service.sdnotify import Notifier
 
 NOW = dt.datetime(2025, 1, 15, 14, 30, tzinfo=dt.UTC)
 YEARLY = {"cron": "0 0 1 1 *"}  # never fires during a test: runs are started by hand
@@ -235,7 +235,7 @@ def test_a_feed_that_cannot_be_scheduled_fails_alone(
     make_daemon: Callable[..., Daemon], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """An unexpected error scheduling one feed fails that feed (logged), never the daemon."""
-    from lakeexportd import scheduling
+    from lakeexportd.service import scheduling
 
     real = scheduling.trigger_for
 
@@ -372,7 +372,7 @@ def test_a_feed_added_by_reload_runs_at_once_even_while_the_reload_is_finishing(
 ) -> None:
     """The added feed's first run, started while reload() is still busy, sees the new config
     (it used to be skipped as "disabled or archived in the registry")."""
-    from lakeexportd import runs
+    from lakeexportd.service import runs
 
     daemon = make_daemon([feed("orders")])
     decided = threading.Event()
@@ -661,7 +661,7 @@ def test_a_rejected_value_fails_the_feed_once_then_holds_it_until_it_changes(
     a changed definition (or the end of the hold) lets the feed run again."""
     import dataclasses
 
-    from lakeexportd import runs
+    from lakeexportd.service import runs
 
     clock = [1000.0]
     daemon = make_daemon([feed("orders"), feed("users")])

@@ -10,14 +10,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from lakeexportd.decode import RowDecoder
 from lakeexportd.errors import (
     FeedError,
     KsqlDBProtocolError,
     RejectedValueError,
     TransientError,
 )
-from lakeexportd.ksql_types import parse_type
+from lakeexportd.ksqldb.decode import RowDecoder
+from lakeexportd.ksqldb.types import parse_type
 
 FLAT = [
     ("ID", "STRING"),

@@ -13,7 +13,7 @@ import psutil
 import pytest
 import yaml
 
-from lakeexportd.demo import DEMO_CONFIG, port_problem
+from lakeexportd.cli.demo import DEMO_CONFIG, port_problem
 
 
 def free_port() -> int:
@@ -75,7 +75,7 @@ def test_demo_exports_and_ctrl_c_stops_both(tmp_path: Path) -> None:
                                                                 "user_summary")]
     config = tmp_path / "demo.yaml"
     config.write_text(yaml.safe_dump(data))
-    demo = subprocess.Popen([sys.executable, "-m", "lakeexportd.demo", "-c", str(config)],
+    demo = subprocess.Popen([sys.executable, "-m", "lakeexportd.cli.demo", "-c", str(config)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.monotonic() + 90

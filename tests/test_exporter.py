@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 from lakecheck import NOW, assert_consistent, assert_exactly_once, exporter, feed, read_listed
 
-from lakeexportd import layout
+from lakeexportd.audit.verify_source import check_stream
 from lakeexportd.errors import (
     FeedError,
     FeedLocked,
@@ -25,11 +25,11 @@ from lakeexportd.errors import (
     LakeStateError,
     SchemaError,
 )
-from lakeexportd.locking import FeedLock
-from lakeexportd.metadata import MetadataStore
-from lakeexportd.metadata_model import StreamMetadata, Window
+from lakeexportd.lake import layout
+from lakeexportd.lake.locking import FeedLock
+from lakeexportd.lake.metadata import MetadataStore
+from lakeexportd.lake.metadata_model import StreamMetadata, Window
 from lakeexportd.sandbox import Sandbox
-from lakeexportd.verify_source import check_stream
 
 DAY_MS = 86_400_000
 

@@ -10,11 +10,11 @@ from typing import Any
 
 import pytest
 
-from lakeexportd import layout
-from lakeexportd.config import Config, Feed, Schedule, parse_config
+from lakeexportd.config.model import Config, Feed, Schedule, parse_config
 from lakeexportd.errors import ConfigError, FeedError, LakeStateError
-from lakeexportd.feeds import FeedManager, FeedUsageError, UnknownFeed
-from lakeexportd.feeds_registry import KEEP_HISTORY, feed_from_options, feed_options
+from lakeexportd.feeds.manager import FeedManager, FeedUsageError, UnknownFeed
+from lakeexportd.feeds.registry import KEEP_HISTORY, feed_from_options, feed_options
+from lakeexportd.lake import layout
 
 NOW = dt.datetime(2025, 1, 15, 14, 30, tzinfo=dt.UTC)
 

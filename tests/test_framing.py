@@ -8,7 +8,7 @@ import pyarrow as pa
 import pytest
 
 from lakeexportd.errors import KsqlDBProtocolError, KsqlDBStreamError
-from lakeexportd.framing import DelimitedStream, StreamedRowStream, parse_schema_string
+from lakeexportd.ksqldb.framing import DelimitedStream, StreamedRowStream, parse_schema_string
 
 # Byte-exact from the wire-format reference, section 2.3.
 DELIMITED = (

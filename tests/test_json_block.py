@@ -11,10 +11,10 @@ from typing import Any
 import pyarrow as pa
 import pytest
 
-from lakeexportd.decode import RowDecoder
 from lakeexportd.errors import KsqlDBProtocolError
-from lakeexportd.json_block import gc_paused, times_of_day
-from lakeexportd.ksql_types import KsqlType, parse_type
+from lakeexportd.ksqldb.decode import RowDecoder
+from lakeexportd.ksqldb.json_block import gc_paused, times_of_day
+from lakeexportd.ksqldb.types import KsqlType, parse_type
 from lakeexportd.sandbox.formatting import row_formatter
 
 PRIMITIVES = ["BOOLEAN", "INTEGER", "BIGINT", "DOUBLE", "STRING", "BYTES", "TIMESTAMP", "DATE",

@@ -6,7 +6,7 @@ import pyarrow as pa
 import pytest
 
 from lakeexportd.errors import SchemaError
-from lakeexportd.ksql_types import parse_type
+from lakeexportd.ksqldb.types import parse_type
 
 TYPE_TABLE = [
     ("BOOLEAN", pa.bool_()),

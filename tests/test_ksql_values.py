@@ -8,8 +8,8 @@ from decimal import Decimal
 import pyarrow as pa
 import pytest
 
-from lakeexportd.ksql_types import parse_type
-from lakeexportd.ksql_values import (
+from lakeexportd.ksqldb.types import parse_type
+from lakeexportd.ksqldb.values import (
     RejectedValue,
     parse_date_days,
     parse_time_ms,

@@ -18,7 +18,7 @@ from lakeexportd.errors import (
     KsqlDBStreamError,
     KsqlDBUnavailable,
 )
-from lakeexportd.ksqldb import KsqlDBClient, build_http_client, supports_query_stream
+from lakeexportd.ksqldb.client import KsqlDBClient, build_http_client, supports_query_stream
 
 HEADER = (
     b'{"queryId":"transient_S_1","columnNames":["ROWTIME","ID","AMOUNT"],'

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from lakeexportd import layout
 from lakeexportd.errors import LakeStateError
+from lakeexportd.lake import layout
 
 RUN = dt.datetime(2025, 1, 15, 12, 0, 0, tzinfo=dt.UTC)
 

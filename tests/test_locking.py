@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 
 from lakeexportd.errors import FeedLocked
-from lakeexportd.locking import FeedLock
+from lakeexportd.lake.locking import FeedLock
 
 HOLDER = (
     "import sys, time, pathlib\n"
-    "from lakeexportd.locking import FeedLock\n"
+    "from lakeexportd.lake.locking import FeedLock\n"
     "with FeedLock(pathlib.Path(sys.argv[1]), feed='tx', wait=5):\n"
     "    print('locked', flush=True)\n"
     "    time.sleep(float(sys.argv[2]))\n"

@@ -14,9 +14,9 @@ import structlog
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
-from lakeexportd import logs
-from lakeexportd.config import LoggingSettings, Secret
-from lakeexportd.logs import MonthlyFileHandler
+from lakeexportd.config.model import LoggingSettings, Secret
+from lakeexportd.service import logs
+from lakeexportd.service.logs import MonthlyFileHandler
 
 
 @pytest.fixture(autouse=True)

@@ -11,9 +11,9 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from lakeexportd import metadata as md
 from lakeexportd.errors import LakeStateError, SchemaError
-from lakeexportd.ksql_types import arrow_schema, parse_type
+from lakeexportd.ksqldb.types import arrow_schema, parse_type
+from lakeexportd.lake import metadata as md
 
 NOW = dt.datetime(2025, 1, 15, 14, 30, tzinfo=dt.UTC)
 
@@ -140,7 +140,7 @@ def test_crash_before_replace_keeps_old_document(tmp_path: Path, point: str) -> 
     store.commit(tmp_path, _stream_doc())
     before = (tmp_path / "_metadata.json").read_bytes()
     code = (
-        "import sys, pathlib; from lakeexportd import metadata as md\n"
+        "import sys, pathlib; from lakeexportd.lake import metadata as md\n"
         "s = md.MetadataStore(); p = pathlib.Path(sys.argv[1]); d = s.load(p)\n"
         "s.commit(p, md.with_export(d, md.ExportRecord('r2', 'a', 'b', 0, 'failed')))\n"
     )
@@ -264,8 +264,8 @@ def test_docs_metadata_reference_matches_the_code() -> None:
     """docs/metadata.md's example is a valid document, and it names every key the code writes."""
     import re as _re
 
-    from lakeexportd.metadata import from_json
-    from lakeexportd.metadata_model import to_json
+    from lakeexportd.lake.metadata import from_json
+    from lakeexportd.lake.metadata_model import to_json
 
     text = (Path(__file__).resolve().parents[1] / "docs/metadata.md").read_text()
     example = json.loads(_re.search(r"```json\n(.*?)```", text, _re.S)[1])  # type: ignore[index]

@@ -7,8 +7,8 @@ import pytest
 from prometheus_client import CollectorRegistry
 from scrape import names, samples, value
 
-from lakeexportd.metrics import RESULTS, Metrics
-from lakeexportd.metrics_http import MetricsServer, MetricsServerError
+from lakeexportd.service.metrics import RESULTS, Metrics
+from lakeexportd.service.metrics_http import MetricsServer, MetricsServerError
 
 FIXED_NAMES = (
     "lakeexportd_export_runs_total", "lakeexportd_rows_written_total",

@@ -13,7 +13,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from lakeexportd import cli, layout
+from lakeexportd.cli import commands as cli
+from lakeexportd.lake import layout
 from lakeexportd.sandbox import Sandbox
 
 FEEDS = """
@@ -350,7 +351,7 @@ def test_verify_source_reports_a_late_row_in_its_window(tmp_path: Path, capsys: 
 
 def test_report_chart_draws_streams_with_equal_counts_as_one_named_line() -> None:
     """Feeds of one source have equal daily counts: one polyline names them all, none hidden."""
-    from lakeexportd.report_format import chart
+    from lakeexportd.audit.report_format import chart
 
     svg = chart({"a": {"2026-12-01": 5, "2026-12-02": 7}, "b": {"2026-12-01": 5, "2026-12-02": 7},
                  "c": {"2026-12-01": 1}})

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from lakeexportd.sdnotify import Notifier
+from lakeexportd.service.sdnotify import Notifier
 
 
 class Listener:

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from lakeexportd.config import KsqlDBSettings, Secret, TLSSettings
-from lakeexportd.curl_stream import CurlTransport
+from lakeexportd.config.model import KsqlDBSettings, Secret, TLSSettings
 from lakeexportd.errors import KsqlDBTLSError, KsqlDBUnavailable
-from lakeexportd.ksqldb import KsqlDBClient, client_from_settings
+from lakeexportd.ksqldb.client import KsqlDBClient, client_from_settings
+from lakeexportd.ksqldb.curl_stream import CurlTransport
 from lakeexportd.sandbox import Sandbox
 from lakeexportd.sandbox.server import TLSFiles
 

@@ -24,8 +24,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from lakeexportd.curl_stream import CurlTransport
-from lakeexportd.ksqldb import KsqlDBClient
+from lakeexportd.ksqldb.client import KsqlDBClient
+from lakeexportd.ksqldb.curl_stream import CurlTransport
 from lakeexportd.sandbox import Sandbox
 
 EDGE = "9999999999999999999999999999.9999999999"  # DECIMAL(38, 10)

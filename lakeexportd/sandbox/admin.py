@@ -11,7 +11,7 @@ from decimal import Context, Decimal, InvalidOperation
 from typing import Any
 
 from lakeexportd.errors import SchemaError
-from lakeexportd.ksql_types import KsqlType, parse_type
+from lakeexportd.ksqldb.types import KsqlType, parse_type
 from lakeexportd.sandbox.catalog import Catalog
 from lakeexportd.sandbox.faults import Fault, FaultSet, FaultSpecError
 from lakeexportd.sandbox.feeder import Feeder

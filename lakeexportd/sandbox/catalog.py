@@ -17,7 +17,7 @@ from dataclasses import replace
 from decimal import Decimal
 from typing import Any
 
-from lakeexportd.ksql_types import parse_type
+from lakeexportd.ksqldb.types import parse_type
 from lakeexportd.sandbox.generator import (
     BLACKLISTED_MERCHANTS,
     BLACKLISTED_USERS,

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from lakeexportd.ksql_types import KsqlType
+from lakeexportd.ksqldb.types import KsqlType
 from lakeexportd.sandbox.sources import Source, StreamSource, TableSource
 
 KEY_FORMAT = "KAFKA"

@@ -1,6 +1,6 @@
 """Values to JSON text exactly as ksqlDB's Jackson mapper writes them (wire reference section 4).
 
-Python forms of values, shared with the catalog and ``lakeexportd.ksql_types``: BOOLEAN ``bool``,
+Python forms of values, shared with the catalog and ``lakeexportd.ksqldb.types``: BOOLEAN ``bool``,
 INTEGER/BIGINT ``int``, DOUBLE ``float``, DECIMAL ``Decimal``, STRING ``str``, BYTES ``bytes``,
 TIMESTAMP epoch millis ``int``, DATE epoch days ``int``, TIME millis of the day ``int``, ARRAY
 ``list``, MAP ``dict``, STRUCT ``dict`` keyed by field name, NULL ``None``.
@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from decimal import Context, Decimal
 from typing import Any
 
-from lakeexportd.ksql_types import KsqlType
+from lakeexportd.ksqldb.types import KsqlType
 
 Formatter = Callable[[Any], str]
 

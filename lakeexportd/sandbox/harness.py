@@ -19,7 +19,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from lakeexportd.ksql_types import KsqlType
+from lakeexportd.ksqldb.types import KsqlType
 from lakeexportd.sandbox.faults import Fault
 from lakeexportd.sandbox.server import Settings, TLSFiles, bind, build, serve
 from lakeexportd.sandbox.sources import StreamSource, TableSource

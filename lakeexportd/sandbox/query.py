@@ -12,7 +12,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from lakeexportd.ksql_types import KsqlType
+from lakeexportd.ksqldb.types import KsqlType
 from lakeexportd.sandbox import syntax
 from lakeexportd.sandbox.errors import PULL_SUFFIX
 from lakeexportd.sandbox.sources import Source, StreamSource

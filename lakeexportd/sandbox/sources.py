@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from lakeexportd.ksql_types import KsqlType
+from lakeexportd.ksqldb.types import KsqlType
 from lakeexportd.sandbox.formatting import row_formatter
 
 Cast = Callable[[Any], Any]

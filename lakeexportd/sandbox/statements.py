@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from lakeexportd.errors import SchemaError
-from lakeexportd.ksql_types import KsqlType, parse_type
+from lakeexportd.ksqldb.types import KsqlType, parse_type
 from lakeexportd.sandbox import describe, errors, sql, syntax
 from lakeexportd.sandbox.catalog import Catalog
 from lakeexportd.sandbox.errors import KsqlError

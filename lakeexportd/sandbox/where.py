@@ -10,8 +10,8 @@ import datetime as dt
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from lakeexportd.ksql_types import KsqlType
-from lakeexportd.ksql_values import parse_date_days, parse_time_ms
+from lakeexportd.ksqldb.types import KsqlType
+from lakeexportd.ksqldb.values import parse_date_days, parse_time_ms
 from lakeexportd.sandbox import syntax
 from lakeexportd.sandbox.errors import KsqlError, bad_statement
 from lakeexportd.sandbox.sources import Source

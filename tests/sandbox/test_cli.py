@@ -11,7 +11,7 @@ import sys
 import httpx
 import pytest
 
-from lakeexportd.cli import build_parser
+from lakeexportd.cli.commands import build_parser
 
 
 def free_port() -> int:

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from lakeexportd.ksql_types import parse_type
+from lakeexportd.ksqldb.types import parse_type
 from lakeexportd.sandbox.formatting import java_double, row_formatter, value_formatter
 
 

@@ -1,0 +1,1 @@
+"""Reports, statistics and verify: reads the lake, may ask ksqlDB to recount."""

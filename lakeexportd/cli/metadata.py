@@ -1,0 +1,138 @@
+"""``lakeexportd metadata ACTION``: what the lake holds, read from each feed's ``_metadata.json``.
+
+``list`` (one line per feed), ``show FEED``, ``stats`` (lake-wide), ``partitions FEED`` (day
+partitions or table versions), ``report [--format table|markdown|json|html] [-o FILE]`` and
+``export-csv FILE [--partitions]``. Read-only: a broken ``_metadata.json`` is reported with the
+fix and left as it is. Exit codes: 0 ok; 1 a feed's metadata is unreadable; 2 unknown feed or
+bad name; 78 invalid configuration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import sys
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from lakeexportd.audit.report import FORMATS, MetadataAnalyzer, MetadataReader
+from lakeexportd.audit.report_format import HEADERS, NUMERIC, stats_lines, summary_row
+from lakeexportd.audit.text_table import human_age, human_bytes, render
+from lakeexportd.cli.export import add_config_argument, plain
+from lakeexportd.config.model import default_config_path, load_config
+from lakeexportd.errors import EX_FAILED, EX_OK
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    meta = sub.add_parser("metadata", help="show what the lake holds: feeds, partitions, reports",
+                          description=plain(__doc__),
+                          formatter_class=argparse.RawDescriptionHelpFormatter)
+    actions = meta.add_subparsers(dest="action", metavar="ACTION", required=True)
+
+    def action(name: str, text: str, *, json_flag: bool = True) -> argparse.ArgumentParser:
+        parser = actions.add_parser(name, help=text, description=text)
+        add_config_argument(parser)
+        if json_flag:
+            parser.add_argument("--json", action="store_true", help="print JSON for scripts")
+        parser.set_defaults(handler=run)
+        return parser
+
+    action("list", "one line per feed: records, size, last export, freshness, lag")
+    action("show", "one feed's summary and recent exports").add_argument("feed", metavar="FEED")
+    action("stats", "lake-wide statistics")
+    action("partitions", "a stream's day partitions or a table's versions").add_argument(
+        "feed", metavar="FEED")
+    report = action("report", "a report of every feed", json_flag=False)
+    report.add_argument("--format", choices=FORMATS, default="table")
+    report.add_argument("-o", "--output", type=Path, help="write to FILE instead of stdout")
+    csv = action("export-csv", "write one CSV row per feed (or per partition)", json_flag=False)
+    csv.add_argument("file", type=Path, metavar="FILE")
+    csv.add_argument("--partitions", action="store_true",
+                     help="one row per day partition / table version instead of per feed")
+
+
+def _dump(data: Any) -> None:
+    print(json.dumps(data, indent=2))
+
+
+def run(args: argparse.Namespace) -> int:
+    config = load_config(args.config or default_config_path())
+    reader = MetadataReader(config.lake.root, now=dt.datetime.now(dt.UTC))
+    analyzer = MetadataAnalyzer(reader)
+    if args.action == "report":
+        text = analyzer.generate_report(args.format)
+        if args.output:
+            args.output.write_text(text, encoding="utf-8")
+            print(f"wrote {args.format} report to {args.output}", file=sys.stderr)
+        else:
+            print(text, end="" if text.endswith("\n") else "\n")
+        return _status(reader)
+    if args.action == "export-csv":
+        count = analyzer.export_to_csv(args.file, partitions=args.partitions)
+        print(f"wrote {count} rows to {args.file}", file=sys.stderr)
+        return _status(reader)
+    if args.action == "partitions":
+        infos = reader.get_partition_info(args.feed)
+        if args.json:
+            _dump([asdict(i) for i in infos])
+        else:
+            print(render(("PARTITION", "RECORDS", "SIZE", "FILES", "FIRST EVENT", "LAST EVENT",
+                          "CREATED", "CURRENT"),
+                         [(i.partition, f"{i.records:,}", human_bytes(i.size_bytes), i.files,
+                           i.min_event, i.max_event, i.created,
+                           None if i.current is None else ("yes" if i.current else ""))
+                          for i in infos], right=("RECORDS", "SIZE", "FILES")))
+        return EX_OK
+    if args.action == "show":
+        return _show(reader, args.feed, args.json)
+    summaries = reader.list_all_metadata()
+    if args.action == "stats":
+        stats = reader.get_statistics(summaries)
+        if args.json:
+            _dump(asdict(stats))
+        else:
+            print("\n".join(stats_lines(stats)))
+    elif args.json:
+        _dump([asdict(s) for s in summaries])
+    else:
+        print(render(HEADERS, [summary_row(s) for s in summaries], right=NUMERIC))
+    for s in summaries:
+        if s.error:
+            print(f"lakeexportd metadata: {s.feed}: {s.error}", file=sys.stderr)
+    return EX_FAILED if any(s.error for s in summaries) else EX_OK
+
+
+def _status(reader: MetadataReader) -> int:
+    broken = [s for s in reader.list_all_metadata() if s.error]
+    for s in broken:
+        print(f"lakeexportd metadata: {s.feed}: {s.error}", file=sys.stderr)
+    return EX_FAILED if broken else EX_OK
+
+
+def _show(reader: MetadataReader, feed: str, as_json: bool) -> int:
+    doc = reader.read_metadata(feed)  # raises on a broken file: exit 1 with the fix
+    summary = reader.summary(feed)
+    exports = list(doc.exports[-10:]) if doc else []
+    if as_json:
+        _dump({**asdict(summary), "recent_exports": [asdict(e) for e in exports],
+               "schema": [asdict(c) for c in doc.schema] if doc else []})
+        return EX_OK
+    for key, value in asdict(summary).items():
+        if key in ("freshness_s", "lag_s"):
+            value = f"{human_age(value)} ({value} s)" if value is not None else None
+        elif key == "size_bytes":
+            value = f"{human_bytes(value)} ({value:,} bytes)"
+        if value is not None:
+            print(f"{key + ':':<17}{value}")
+    if doc is not None:
+        print(f"{'columns:':<17}{', '.join(c.name for c in doc.schema)}")
+    if exports:
+        print("recent exports:")
+        print(render(("RUN", "STARTED", "STATUS", "RECORDS", "WINDOW/VERSION"),
+                     [(e.run_id, e.started, e.status, f"{e.records:,}",
+                       f"v{e.version}" if e.version else
+                       (f"({e.window.from_ms or 'start'}, {e.window.to_ms}]" if e.window else None))
+                      for e in exports], right=("RECORDS",)))
+    return EX_OK

@@ -1,0 +1,108 @@
+"""``lakeexportd status [FEED] [--json]``: what runs on this lake, at a glance.
+
+Per feed: state (registry), last run and its result and lag (``_metadata.json``), next run and
+whether it runs now (asked of each running daemon's ``/status``). On top: the daemons running
+on the lake (``<lake>/.daemons/``), with a warning when there is more than one. Read-only.
+Exit 0; 2 for an unknown feed; 78 for a bad config.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import sys
+import urllib.error
+import urllib.request
+from dataclasses import asdict
+from typing import Any
+
+from lakeexportd.audit.report import MetadataReader
+from lakeexportd.audit.text_table import human_age, render
+from lakeexportd.cli.export import add_config_argument, plain
+from lakeexportd.config.model import default_config_path, load_config
+from lakeexportd.errors import EX_OK, EX_USAGE
+from lakeexportd.feeds.manager import FeedManager
+from lakeexportd.lake.presence import DaemonInfo, live_daemons
+
+_ASK_TIMEOUT = 2.0
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = sub.add_parser("status", help="feeds and daemons of the lake at a glance",
+                            description=plain(__doc__),
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_config_argument(parser)
+    parser.add_argument("feed", nargs="?", metavar="FEED", help="one feed (default: all)")
+    parser.add_argument("--json", action="store_true", help="print JSON for scripts")
+    parser.set_defaults(handler=run)
+
+
+def _ask(daemon: DaemonInfo) -> dict[str, Any] | None:
+    """The daemon's ``/status``, or None if it does not answer (it may be starting or hung)."""
+    try:
+        with urllib.request.urlopen(f"http://{daemon.metrics}/status",
+                                    timeout=_ASK_TIMEOUT) as answer:
+            data = json.loads(answer.read())
+    except (OSError, ValueError, urllib.error.URLError):
+        return None
+    return data if isinstance(data, dict) and data.get("pid") == daemon.pid else None
+
+
+def run(args: argparse.Namespace) -> int:
+    config = load_config(args.config or default_config_path())
+    root = config.lake.root
+    now = dt.datetime.now(dt.UTC)
+    known = FeedManager(root, now=lambda: now).known_feeds(config)
+    if args.feed is not None and args.feed not in known:
+        print(f"lakeexportd status: unknown feed {args.feed!r} in {config.path} and the "
+              f"registry; feeds: {', '.join(sorted(known)) or '(none)'}", file=sys.stderr)
+        return EX_USAGE
+    daemons = live_daemons(root)
+    answers = {d.pid: _ask(d) for d in daemons}
+    reader = MetadataReader(root, now=now)
+    rows: list[dict[str, Any]] = []
+    for name in sorted(known) if args.feed is None else [args.feed]:
+        feed, state = known[name]
+        summary = reader.summary(name) if name in reader.feeds() else None
+        scheduled = [(d, a["feeds"][name]) for d in daemons
+                     if (a := answers[d.pid]) is not None and name in a.get("feeds", {})]
+        rows.append({
+            "feed": name, "kind": feed.kind, "state": state,
+            "last_run": summary.last_export if summary else None,
+            "result": summary.last_status if summary else None,
+            "lag_s": summary.lag_s if summary else None,
+            "next_run": min((s["next_run"] for _, s in scheduled if s["next_run"]), default=None),
+            "running": any(s["running"] for _, s in scheduled),
+            "daemons": [d.pid for d, _ in scheduled],
+            "error": summary.error if summary else None,
+        })
+    if args.json:
+        print(json.dumps({"lake": str(root), "daemons": [asdict(d) | {"answers": answers[d.pid]
+                                                                       is not None}
+                                                          for d in daemons],
+                          "feeds": rows}, indent=2))
+        return EX_OK
+    _print_daemons(root, daemons, answers)
+    print(render(
+        ["FEED", "STATE", "KIND", "LAST RUN", "RESULT", "LAG", "NEXT RUN", "RUNNING"],
+        [[r["feed"], r["state"], r["kind"], r["last_run"], r["result"], human_age(r["lag_s"]),
+          r["next_run"][:19] + "Z" if r["next_run"] else None, "yes" if r["running"] else "no"]
+         for r in rows],
+    ))
+    for r in rows:
+        if r["error"]:
+            print(f"{r['feed']}: {r['error']}")
+    return EX_OK
+
+
+def _print_daemons(root: Any, daemons: list[DaemonInfo],
+                   answers: dict[int, dict[str, Any] | None]) -> None:
+    if not daemons:
+        print(f"no daemon runs on this lake ({root}): no next runs to show")
+    for d in daemons:
+        note = "" if answers[d.pid] is not None else " (does not answer on /status)"
+        print(f"daemon: {d.describe()}{note}")
+    if len(daemons) > 1:
+        print(f"warning: {len(daemons)} daemons run on this lake; each feed still runs once at "
+              "a time (per-feed locks), but their metrics are split between them")

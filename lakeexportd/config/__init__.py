@@ -1,0 +1,1 @@
+"""Typed, closed configuration models, loading and validation."""

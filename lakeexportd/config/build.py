@@ -1,0 +1,309 @@
+"""Builders that turn checked YAML (``config_reader.Node``) into the models of ``config.py``.
+
+Called only through ``config.parse_config``; split out so each module holds one idea.
+"""
+
+from __future__ import annotations
+
+import re
+import zoneinfo
+from collections.abc import Mapping
+from dataclasses import fields, replace
+from pathlib import Path
+from typing import cast
+from urllib.parse import urlsplit
+
+from apscheduler.triggers.cron import CronTrigger
+
+from lakeexportd.config.model import (
+    BUILTIN,
+    FEED_NAME,
+    KSQL_IDENTIFIER,
+    Api,
+    Config,
+    Feed,
+    FeedDefaults,
+    Kind,
+    KsqlDBSettings,
+    LakeSettings,
+    LoggingSettings,
+    LogLevel,
+    MetricsSettings,
+    Schedule,
+    SchedulerSettings,
+    Secret,
+    Security,
+    Start,
+    TLSSettings,
+)
+from lakeexportd.config.reader import Node, show
+
+TOP_KEYS = ("ksqldb", "lake", "scheduler", "defaults", "metrics", "logging", "feeds")
+KSQLDB_KEYS = ("url", "username", "password_env", "password_file", "connect_timeout",
+               "read_timeout", "max_retries", "http2", "api", "tls")
+DEFAULT_KEYS = tuple(f.name for f in fields(FeedDefaults))
+STREAM_ONLY = ("settle_delay", "start", "event_time", "timezone", "retention_days",
+               "max_open_partitions")
+TABLE_ONLY = ("retention_versions",)
+FEED_KEYS = ("name", "source", "kind", "enabled", "event_time", *DEFAULT_KEYS)
+
+# Bounds of `every`: below a second a feed spins (1ms burned 93% CPU and ~20 GB of logs a day);
+# above a year APScheduler's next-run arithmetic overflows and takes the daemon down.
+MIN_EVERY = 1.0
+MAX_EVERY = 366 * 86_400.0
+MAX_JITTER = 86_400.0
+
+# APScheduler 3 numbers weekdays from Monday=0 while cron uses Sunday=0: a numeric weekday
+# would silently run on the wrong day, so only names (mon-fri) are accepted there.
+_NUMERIC_WEEKDAY = re.compile(r"(?<!/)\d")
+
+
+def build_config(root: Node, path: Path, environ: Mapping[str, str]) -> Config:
+    root.check_keys(TOP_KEYS, where="at the top level")
+    base = path.absolute().parent
+    lake = _lake(root.section("lake", required=True), base)
+    defaults = _defaults(root.section("defaults"))
+    return Config(
+        path=path.absolute(),
+        ksqldb=_ksqldb(root.section("ksqldb", required=True), base, environ),
+        lake=lake,
+        scheduler=_scheduler(root.section("scheduler")),
+        defaults=defaults,
+        metrics=_metrics(root.section("metrics")),
+        logging=_logging(root.section("logging"), base, lake),
+        feeds=_feeds(root, defaults),
+    )
+
+
+def _ksqldb(node: Node, base: Path, environ: Mapping[str, str]) -> KsqlDBSettings:
+    if node.has("password"):
+        raise node.fail("password", "a password written in the YAML is refused",
+                        "put it in an environment variable named by `password_env`, "
+                        "or in a file named by `password_file`")
+    node.check_keys(KSQLDB_KEYS, where="in ksqldb")
+    url = node.require_string("url", "the ksqlDB server URL, e.g. http://localhost:8088")
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise node.fail("url", f"{show(url)} is not an http(s) URL",
+                        "write e.g. http://localhost:8088 or https://ksqldb.example.com")
+    username = node.opt_string("username")
+    password = _password(node, environ, base)
+    if password is not None and username is None:
+        raise node.fail("username", "a password is configured but no username",
+                        "add `username:` (ksqlDB basic auth needs both) or remove the password")
+    if username is not None and password is None:
+        raise node.fail("username", f"username {username!r} has no password",
+                        "add `password_env:` or `password_file:`")
+    return KsqlDBSettings(
+        url=url.rstrip("/"),
+        username=username,
+        password=password,
+        connect_timeout=node.duration("connect_timeout", 10.0, positive=True),
+        read_timeout=node.duration("read_timeout", 300.0, positive=True),
+        max_retries=node.integer("max_retries", 5, minimum=0),
+        http2=node.boolean("http2", False),
+        api=cast(Api, node.choice("api", ("auto", "query-stream", "query"), "auto")),
+        tls=_tls(node.section("tls"), base),
+    )
+
+
+def _password(node: Node, environ: Mapping[str, str], base: Path) -> Secret | None:
+    env_name = node.opt_string("password_env")
+    file = node.path_value("password_file", base)
+    if env_name is not None and file is not None:
+        raise node.fail("password_file", "both password_env and password_file are set",
+                        "keep only one of them")
+    if env_name is not None:
+        value = environ.get(env_name)
+        if not value:
+            raise node.fail("password_env", f"environment variable {env_name!r} is unset or empty",
+                            f"export {env_name} in the daemon's environment "
+                            "(systemd: EnvironmentFile=) or use password_file")
+        return Secret(value)
+    if file is not None:
+        try:
+            value = file.read_text(encoding="utf-8").rstrip("\r\n")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise node.fail("password_file", f"cannot read {str(file)!r}: {exc.__class__.__name__}",
+                            "check the path and that the daemon's user may read it") from exc
+        if not value:
+            raise node.fail("password_file", f"{str(file)!r} is empty",
+                            "write the password into the file")
+        return Secret(value)
+    return None
+
+
+def _tls(node: Node, base: Path) -> TLSSettings:
+    node.check_keys(("verify", "ca_file", "cert_file", "key_file"), where="in ksqldb.tls")
+    files: dict[str, Path | None] = {}
+    for key in ("ca_file", "cert_file", "key_file"):
+        files[key] = node.path_value(key, base)
+        found = files[key]
+        if found is not None and not found.is_file():
+            raise node.fail(key, f"file {str(found)!r} does not exist",
+                            "give the path of a PEM file (relative to the config file's folder)")
+    if files["key_file"] is not None and files["cert_file"] is None:
+        raise node.fail("key_file", "key_file without cert_file", "add `cert_file:` too")
+    return TLSSettings(verify=node.boolean("verify", True), **files)
+
+
+def _lake(node: Node, base: Path) -> LakeSettings:
+    node.check_keys(("root",), where="in lake")
+    root = node.path_value("root", base)
+    if root is None:
+        raise node.fail("root", "missing required key", "add `root:` with the lake's folder")
+    return LakeSettings(root=root)
+
+
+def _scheduler(node: Node) -> SchedulerSettings:
+    node.check_keys(("workers", "jitter", "stop_grace", "lock_wait"), where="in scheduler")
+    return SchedulerSettings(
+        workers=node.integer("workers", 4, minimum=1),
+        jitter=_jitter(node),
+        stop_grace=node.duration("stop_grace", 30.0, positive=False),
+        lock_wait=node.duration("lock_wait", 10.0, positive=False),
+    )
+
+
+def _metrics(node: Node) -> MetricsSettings:
+    node.check_keys(("listen",), where="in metrics")
+    listen = node.string("listen", "127.0.0.1:9464")
+    match = re.fullmatch(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.\-]+):(\d{1,5})", listen)
+    port = int(match.group(2)) if match else 0
+    if match is None or not 1 <= port <= 65535:
+        raise node.fail("listen", f"{show(listen)} is not host:port",
+                        "write e.g. 127.0.0.1:9464, 0.0.0.0:9464 or [::1]:9464")
+    return MetricsSettings(listen=listen, host=match.group(1).strip("[]"), port=port)
+
+
+def _logging(node: Node, base: Path, lake: LakeSettings) -> LoggingSettings:
+    node.check_keys(("level", "keep_months", "dir"), where="in logging")
+    level = node.choice("level", ("debug", "info", "warning", "error"), "info")
+    return LoggingSettings(
+        dir=node.path_value("dir", base) or lake.root / "logs",
+        level=cast(LogLevel, level),
+        keep_months=node.integer("keep_months", 12, minimum=1),
+    )
+
+
+def _jitter(node: Node) -> float:
+    jitter = node.duration("jitter", 0.0, positive=False)
+    if jitter > MAX_JITTER:
+        raise node.fail("jitter", f"jitter of {show(node.data['jitter'])} is out of range",
+                        "give at most 1d (runs start up to this much late)")
+    return jitter
+
+
+def _schedule(node: Node) -> Schedule:
+    node.check_keys(("every", "cron"), where="in a schedule")
+    if node.has("every") == node.has("cron"):
+        problem = "both `every` and `cron` are set" if node.has("every") else \
+            "neither `every` nor `cron` is set"
+        raise node.fail(None, problem, "give exactly one, e.g. {every: 5m} or {cron: '0 * * * *'}")
+    if node.has("every"):
+        every = node.duration("every", 0.0, positive=True)
+        if not MIN_EVERY <= every <= MAX_EVERY:
+            raise node.fail(
+                "every", f"`every` of {show(node.data['every'])} is out of range",
+                "give 1s to 366d: shorter burns CPU and logs without exporting more, and "
+                "for rarer runs a cron says when (e.g. '0 3 1 * *' for monthly)",
+            )
+        return Schedule(every=every)
+    expr = node.require_string("cron", "a 5-field cron expression")
+    try:
+        CronTrigger.from_crontab(expr, timezone="UTC")
+    except ValueError as exc:
+        raise node.fail("cron", f"bad cron expression {show(expr)}: {exc}",
+                        "write 5 fields: minute hour day month weekday, e.g. '0 * * * *'") from None
+    weekday = expr.split()[4]
+    if _NUMERIC_WEEKDAY.search(weekday):
+        raise node.fail("cron", f"numeric weekday {weekday!r} in {show(expr)}",
+                        "write weekday names (sun, mon-fri): the scheduler counts Monday as 0")
+    return Schedule(cron=expr)
+
+
+def _settings(node: Node, base: FeedDefaults) -> FeedDefaults:
+    """Read the defaultable keys present in ``node`` over ``base`` (used by defaults and feeds)."""
+    timezone = node.string("timezone", base.timezone)
+    try:
+        zoneinfo.ZoneInfo(timezone)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise node.fail("timezone", f"unknown time zone {show(timezone)}",
+                        "use an IANA name such as UTC or Europe/Paris") from None
+    retention_days = node.opt_integer("retention_days", minimum=1)
+    return FeedDefaults(
+        schedule=_schedule(node.section("schedule")) if node.has("schedule") else base.schedule,
+        batch_size=node.integer("batch_size", base.batch_size, minimum=1),
+        retention_versions=node.integer("retention_versions", base.retention_versions, minimum=1),
+        settle_delay=node.duration("settle_delay", base.settle_delay, positive=False),
+        start=cast(Start, node.choice("start", ("earliest", "now"), base.start)),
+        security=cast(Security, node.choice("security", ("raw", "anonymized", "aggregated"),
+                                            base.security)),
+        max_rows_per_file=node.integer("max_rows_per_file", base.max_rows_per_file, minimum=1),
+        max_open_partitions=node.integer("max_open_partitions", base.max_open_partitions,
+                                         minimum=1),
+        timezone=timezone,
+        retention_days=retention_days if node.has("retention_days") else base.retention_days,
+    )
+
+
+def _defaults(node: Node) -> FeedDefaults:
+    node.check_keys(DEFAULT_KEYS, where="in defaults")
+    return _settings(node, BUILTIN)
+
+
+def _feeds(root: Node, defaults: FeedDefaults) -> tuple[Feed, ...]:
+    feeds: list[Feed] = []
+    seen: dict[str, int] = {}
+    for index, item in root.nodes("feeds"):
+        feed = _feed(Node(item, f"$.feeds[{index}]", root.file), defaults)
+        if feed.name in seen:
+            raise root.fail(f"feeds[{index}].name",
+                            f"duplicate feed name {feed.name!r} (also $.feeds[{seen[feed.name]}])",
+                            "give every feed a unique name")
+        seen[feed.name] = index
+        feeds.append(feed)
+    return tuple(feeds)
+
+
+def _feed(node: Node, defaults: FeedDefaults) -> Feed:
+    raw_name = node.data.get("name")
+    lower = f"use {raw_name.lower()!r} or " if isinstance(raw_name, str) \
+        and FEED_NAME.fullmatch(raw_name.lower()) else "use "
+    name = node.matching("name", FEED_NAME, "a safe feed name",
+                         f"{lower}1-63 characters: a lowercase letter first, then lowercase "
+                         "letters, digits or _ (the name becomes a folder in the lake)")
+    node.label = f" (feed {name!r})"
+    node.check_keys(FEED_KEYS, where="in a feed")
+    source = node.matching("source", KSQL_IDENTIFIER, "a ksqlDB stream or table name",
+                           "write the unquoted name as SHOW STREAMS/SHOW TABLES lists it, "
+                           "e.g. TRANSACTION_STREAM")
+    kind = cast(Kind, node.choice("kind", ("stream", "table"), "") if node.has("kind") else "")
+    if not kind:
+        raise node.fail("kind", "missing required key", "add `kind: stream` or `kind: table`")
+    wrong = TABLE_ONLY if kind == "stream" else STREAM_ONLY
+    for key in wrong:
+        if node.has(key):
+            raise node.fail(key, f"`{key}` does not apply to a {kind}",
+                            f"remove it (it is for {'tables' if kind == 'stream' else 'streams'})")
+    event_time = None
+    if node.data.get("event_time") is not None:
+        event_time = node.matching("event_time", KSQL_IDENTIFIER, "a column name",
+                                   "name a TIMESTAMP or BIGINT column, or remove the key "
+                                   "to use ROWTIME").upper()
+    resolved = _settings(node, defaults)
+    if kind == "table":
+        # Stream-only settings keep their built-in values so stream defaults never alter tables.
+        resolved = replace(resolved, settle_delay=BUILTIN.settle_delay, start=BUILTIN.start,
+                           timezone=BUILTIN.timezone, retention_days=BUILTIN.retention_days,
+                           max_open_partitions=BUILTIN.max_open_partitions)
+    else:
+        resolved = replace(resolved, retention_versions=BUILTIN.retention_versions)
+    return Feed(
+        name=name,
+        source=source.upper(),
+        kind=kind,
+        event_time=event_time,
+        enabled=node.boolean("enabled", True),
+        **{f.name: getattr(resolved, f.name) for f in fields(FeedDefaults)},
+    )

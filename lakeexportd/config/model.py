@@ -1,0 +1,227 @@
+"""The configuration: frozen, typed, closed models, validated fully at load (DESIGN.md section 7).
+
+``load_config(path)`` reads the YAML file; ``parse_config(data, path=..., environ=...)`` builds
+the same ``Config`` from already-parsed data (tests use it). Every problem is a ``ConfigError``
+naming the file, the key path (``$.feeds[0].schedule.every``), the bad value and the fix.
+
+Models are frozen so a running export keeps its ``Feed`` while a reload swaps in a new
+``Config``; ``Feed`` is hashable and comparable, so a reload diffs old and new feeds with ``==``.
+Each ``Feed`` is fully resolved: the ``defaults`` section merged with the feed's own keys. Keys
+that do not apply to a feed's kind hold their built-in default there, so editing a stream-only
+default never makes a table feed look changed.
+
+Feed names must match ``^[a-z][a-z0-9_]{0,62}$``: they become folder and file names in the
+lake, so no dots, slashes or upper case (``Orders`` and ``orders`` would share a folder on
+case-insensitive filesystems). Sources are unquoted ksqlDB identifiers, stored upper-cased as
+ksqlDB itself stores them.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import zoneinfo
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Final, Literal
+
+from lakeexportd.config.durations import format_duration
+from lakeexportd.config.reader import read_yaml, root_node
+
+DEFAULT_CONFIG_PATH: Final = Path("/etc/lakeexportd/lakeexportd.yaml")
+CONFIG_ENV: Final = "LAKEEXPORTD_CONFIG"
+
+FEED_NAME: Final = re.compile(r"[a-z][a-z0-9_]{0,62}")
+KSQL_IDENTIFIER: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+Kind = Literal["stream", "table"]
+Start = Literal["earliest", "now"]
+Security = Literal["raw", "anonymized", "aggregated"]
+Api = Literal["auto", "query-stream", "query"]
+LogLevel = Literal["debug", "info", "warning", "error"]
+
+
+class Secret:
+    """A password that never shows in repr, str, logs or tracebacks; ``reveal()`` gives it."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "***"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+@dataclass(frozen=True, slots=True)
+class Schedule:
+    """When a feed runs: every N seconds, or on a 5-field cron expression in UTC."""
+
+    every: float | None = None
+    cron: str | None = None
+
+    def __str__(self) -> str:
+        return f"every {format_duration(self.every)}" if self.every is not None \
+            else f"cron '{self.cron}' UTC"
+
+
+@dataclass(frozen=True, slots=True)
+class TLSSettings:
+    verify: bool = True
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class KsqlDBSettings:
+    url: str
+    username: str | None = None
+    password: Secret | None = None
+    connect_timeout: float = 10.0
+    read_timeout: float = 300.0
+    max_retries: int = 5
+    http2: bool = False
+    api: Api = "auto"
+    tls: TLSSettings = field(default_factory=TLSSettings)
+
+
+@dataclass(frozen=True, slots=True)
+class LakeSettings:
+    root: Path
+
+
+@dataclass(frozen=True, slots=True)
+class SchedulerSettings:
+    workers: int = 4
+    jitter: float = 0.0
+    stop_grace: float = 30.0
+    lock_wait: float = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsSettings:
+    listen: str = "127.0.0.1:9464"
+    host: str = "127.0.0.1"
+    port: int = 9464
+
+
+@dataclass(frozen=True, slots=True)
+class LoggingSettings:
+    dir: Path
+    level: LogLevel = "info"
+    keep_months: int = 12
+
+
+@dataclass(frozen=True, slots=True)
+class FeedDefaults:
+    """The ``defaults`` section: what every feed gets unless it says otherwise."""
+
+    schedule: Schedule = Schedule(every=300.0)
+    batch_size: int = 10_000
+    retention_versions: int = 7
+    settle_delay: float = 30.0
+    start: Start = "earliest"
+    security: Security = "raw"
+    max_rows_per_file: int = 1_000_000
+    max_open_partitions: int = 32  # an open-file cap; memory is bounded by the sink budget
+    timezone: str = "UTC"
+    retention_days: int | None = None
+
+
+BUILTIN: Final = FeedDefaults()
+
+
+@dataclass(frozen=True, slots=True)
+class Feed:
+    """One resolved feed: every field has its final value (defaults merged with overrides)."""
+
+    name: str
+    source: str
+    kind: Kind
+    schedule: Schedule
+    batch_size: int = BUILTIN.batch_size
+    retention_versions: int = BUILTIN.retention_versions
+    settle_delay: float = BUILTIN.settle_delay
+    start: Start = BUILTIN.start
+    security: Security = BUILTIN.security
+    max_rows_per_file: int = BUILTIN.max_rows_per_file
+    max_open_partitions: int = BUILTIN.max_open_partitions
+    event_time: str | None = None
+    timezone: str = BUILTIN.timezone
+    retention_days: int | None = BUILTIN.retention_days
+    enabled: bool = True
+
+    @property
+    def tzinfo(self) -> zoneinfo.ZoneInfo:
+        return zoneinfo.ZoneInfo(self.timezone)
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    path: Path
+    ksqldb: KsqlDBSettings
+    lake: LakeSettings
+    scheduler: SchedulerSettings
+    defaults: FeedDefaults
+    metrics: MetricsSettings
+    logging: LoggingSettings
+    feeds: tuple[Feed, ...]
+
+    def feed(self, name: str) -> Feed:
+        for feed in self.feeds:
+            if feed.name == name:
+                return feed
+        raise KeyError(name)
+
+
+def default_config_path(environ: Mapping[str, str] = os.environ) -> Path:
+    """The file ``-c`` means when not given: ``$LAKEEXPORTD_CONFIG``, then the system path."""
+    return Path(environ.get(CONFIG_ENV) or DEFAULT_CONFIG_PATH)
+
+
+def load_config(path: str | os.PathLike[str], *, environ: Mapping[str, str] = os.environ) -> Config:
+    """Read, validate and resolve the configuration file at ``path``."""
+    return parse_config(read_yaml(Path(path)), path=path, environ=environ)
+
+
+def parse_config(
+    data: object, *, path: str | os.PathLike[str], environ: Mapping[str, str] = os.environ
+) -> Config:
+    """Validate and resolve parsed YAML ``data`` as if read from ``path``."""
+    from lakeexportd.config import build as config_build  # the builders need the models above
+
+    return config_build.build_config(root_node(data, str(path)), Path(path), environ)
+
+
+def summarize(config: Config) -> list[str]:
+    """Lines for ``lakeexportd validate``: where things go, then one line per feed."""
+    feeds = config.feeds
+    streams = sum(feed.kind == "stream" for feed in feeds)
+    enabled = sum(feed.enabled for feed in feeds)
+    auth = f"user {config.ksqldb.username}" if config.ksqldb.username else "no auth"
+    lines = [
+        f"{config.path}: OK, {len(feeds)} feeds ({enabled} enabled): "
+        f"{streams} streams, {len(feeds) - streams} tables",
+        f"ksqldb {config.ksqldb.url} ({auth}); lake {config.lake.root}; "
+        f"metrics {config.metrics.listen}",
+    ]
+    width = max((len(feed.name) for feed in feeds), default=0)
+    source_width = max((len(feed.source) for feed in feeds), default=0)
+    for feed in feeds:
+        state = "" if feed.enabled else "  (disabled)"
+        lines.append(f"  {feed.name:<{width}}  {feed.kind:<6}  {feed.source:<{source_width}}  "
+                     f"{str(feed.schedule):<22}  {feed.security}{state}")
+    return lines

@@ -1,0 +1,1 @@
+"""One export run: DataLakeExporter and its steps (fetch -> write -> commit -> prune), backfill."""

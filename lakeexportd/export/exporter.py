@@ -1,0 +1,197 @@
+"""DataLakeExporter: one export run of one feed (fetch, write, commit, prune).
+
+No scheduling, config loading or metrics serving here: the daemon and the CLI call
+``export(feed, now)`` and turn its ``ExportResult`` (or its exception) into logs and metrics.
+
+A run, under the feed's lock:
+
+1. load ``_metadata.json`` (unreadable: fail, never overwrite) and remove files it does not list;
+2. streams ask for ``ROWTIME > watermark AND ROWTIME <= now - settle_delay``; tables scan;
+3. check the answer's columns against the recorded schema before writing anything;
+4. the sink writes hidden temp files and gives them their final names when the answer is
+   complete;
+5. one atomic commit lists the new files and moves the watermark (or makes the version
+   current), then dropped versions and expired partitions are deleted.
+
+A failure anywhere leaves the last commit as the truth: files no commit lists are orphans the
+next run (or ``lakeexportd repair``) removes, and their rows are exported again. A feed's first
+run commits an empty document before it writes data, so data in a folder without a document is
+never taken for such a leftover: the feed stops, and ``repair --rebuild`` (``rebuild`` here)
+reconstructs the document from the files.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import structlog
+
+from lakeexportd.config.model import Feed
+from lakeexportd.errors import FeedError, LakeStateError
+from lakeexportd.export import backfill as backfills
+from lakeexportd.export.run import ExportResult, Progress, Run, epoch_ms, new_run_id
+from lakeexportd.ksqldb.client import KsqlDBClient
+from lakeexportd.lake import cleanup, layout, rebuild
+from lakeexportd.lake.locking import FeedLock
+from lakeexportd.lake.metadata import MetadataStore
+from lakeexportd.lake.metadata_model import StreamMetadata, Window
+
+__all__ = ["DataLakeExporter", "ExportResult", "Progress", "epoch_ms", "new_run_id"]
+
+log = structlog.get_logger(__name__)
+
+
+class DataLakeExporter:
+    """Exports feeds from one ksqlDB server into one lake root."""
+
+    def __init__(
+        self,
+        client: KsqlDBClient,
+        lake_root: Path,
+        *,
+        lock_wait: float = 10.0,
+        store: MetadataStore | None = None,
+    ) -> None:
+        self.client = client
+        self.root = lake_root
+        self.lock_wait = lock_wait
+        self.store = store or MetadataStore()
+        self._kinds: dict[str, str] = {}  # source -> what DESCRIBE says it is
+
+    def feed_dir(self, feed: Feed) -> Path:
+        """The feed's folder; refused if it (or its staging folder) resolves outside the lake,
+        e.g. through a symlink: a feed never writes outside its own folder of the lake."""
+        path = layout.feed_dir(self.root, feed.kind, feed.name)
+        layout.ensure_inside(self.root, path)
+        if feed.kind == "table":
+            layout.ensure_inside(self.root, layout.staging_dir(self.root, feed.name))
+        return path
+
+    def export(
+        self,
+        feed: Feed,
+        now: dt.datetime,
+        *,
+        cancel: threading.Event | None = None,
+        progress: Progress | None = None,
+        run_id: str | None = None,
+    ) -> ExportResult:
+        """Run one export of ``feed`` as of ``now`` (timezone-aware); raise on failure.
+
+        ``run_id`` names the run in ``_metadata.json`` (the caller's log lines carry the same).
+        """
+        if now.tzinfo is None:
+            raise ValueError("now must be timezone-aware")
+        feed_dir = self.feed_dir(feed)
+        self._check_kind(feed, cancel)
+        run = Run(
+            client=self.client,
+            root=self.root,
+            store=self.store,
+            feed=feed,
+            feed_dir=feed_dir,
+            now=now,
+            cancel=cancel or threading.Event(),
+            progress=progress,
+            run_id=run_id,
+        )
+        dir_mode, _ = layout.modes(feed.security)
+        with FeedLock(feed_dir, feed=feed.name, wait=self.lock_wait, dir_mode=dir_mode):
+            return run.execute()
+
+    def _check_kind(self, feed: Feed, cancel: threading.Event | None = None) -> None:
+        """The declared kind must be what ksqlDB says the source is (once per source).
+
+        A table exported as a stream piles up every update as a new row; a stream exported as
+        a table is re-snapshotted whole on every run.
+        """
+        actual = self._kinds.get(feed.source)
+        if actual is None:
+            actual = self._kinds[feed.source] = self.client.describe(
+                feed.source, cancel=cancel
+            ).kind
+        if actual != feed.kind:
+            raise FeedError(
+                f"feed {feed.name!r} declares kind {feed.kind!r}, but ksqlDB says "
+                f"{feed.source} is a {actual.upper()}; set `kind: {actual}` for it (under a new "
+                "feed name if this one already exported data as the wrong kind)"
+            )
+
+    def backfill(
+        self, feed: Feed, window: Window, now: dt.datetime, *,
+        confirm: Callable[[list[str]], bool],
+    ) -> backfills.Result | None:
+        """Re-export ``window`` of a stream exactly once (see ``backfill``); ``confirm`` sees
+        the plan first (``None`` when it declined)."""
+        if feed.kind != "stream":
+            raise FeedError(f"feed {feed.name!r} is a table: its next run takes a whole new "
+                            "snapshot, so there is nothing to backfill")
+        feed_dir = self.feed_dir(feed)
+        dir_mode, _ = layout.modes(feed.security)
+        with FeedLock(feed_dir, feed=feed.name, wait=self.lock_wait, dir_mode=dir_mode):
+            doc = self.store.load(feed_dir)
+            if not isinstance(doc, StreamMetadata) or doc.watermark_ms is None:
+                raise FeedError(f"feed {feed.name!r} has not exported yet: nothing to backfill")
+            plan = backfills.plan(feed_dir, doc, window)
+            if not confirm(plan.describe(feed.name)):
+                return None
+            result = backfills.run(self.client, self.store, feed, feed_dir, doc, plan, now=now,
+                                   run_id="backfill-" + new_run_id(now))
+        log.info("export.backfilled", feed=feed.name, from_ms=window.from_ms,
+                 to_ms=window.to_ms, rows=result.rows, window_rows=result.window_rows,
+                 files=result.files, replaced=len(plan.replaced))
+        return result
+
+    def rebuild(
+        self, feed: Feed, *, confirm: Callable[[list[str]], bool]
+    ) -> rebuild.Rebuilt | None:
+        """Rebuild a missing ``_metadata.json`` from the feed's files, under the feed lock.
+
+        ``confirm`` sees what would be written and says whether to write it; the document is
+        committed only then (``None`` when it declined). A readable document is never replaced.
+        """
+        feed_dir = self.feed_dir(feed)
+        path = layout.metadata_path(feed_dir)
+        if not feed_dir.is_dir():
+            raise LakeStateError(
+                f"feed {feed.name!r}: {feed_dir} does not exist; nothing to rebuild"
+            )
+        dir_mode, file_mode = layout.modes(feed.security)
+        with FeedLock(feed_dir, feed=feed.name, wait=self.lock_wait, dir_mode=dir_mode):
+            if path.exists():
+                raise LakeStateError(
+                    f"feed {feed.name!r}: {path} exists; --rebuild only writes a missing "
+                    f"document. If it is damaged, move it aside (mv {path} {path}.broken) first"
+                )
+            if feed.kind == "stream":
+                rebuilt = rebuild.rebuild_stream(
+                    feed_dir, feed=feed.name, source=feed.source,
+                    event_time=feed.event_time or "ROWTIME",
+                )
+            else:
+                rebuilt = rebuild.rebuild_table(feed_dir, feed=feed.name, source=feed.source)
+            if not confirm(rebuild.describe(rebuilt)):
+                return None
+            if self.store.load(feed_dir) is not None:
+                raise LakeStateError(f"feed {feed.name!r}: {path} appeared meanwhile; not replaced")
+            self.store.commit(feed_dir, rebuilt.doc, file_mode=file_mode)
+        log.warning("metadata.rebuilt", feed=feed.name, files=rebuilt.files,
+                    records=rebuilt.doc.total_records)
+        return rebuilt
+
+    def repair(self, feed: Feed, *, dry_run: bool = False) -> list[Path]:
+        """Remove (or only list) every file of ``feed`` its ``_metadata.json`` does not list."""
+        feed_dir = self.feed_dir(feed)
+        dir_mode, _ = layout.modes(feed.security)
+        with FeedLock(feed_dir, feed=feed.name, wait=self.lock_wait, dir_mode=dir_mode):
+            doc = self.store.load(feed_dir)
+            staging = layout.staging_dir(self.root, feed.name) if feed.kind == "table" else None
+            removed = cleanup.remove_orphans(
+                feed_dir, doc, kind=feed.kind, staging_dir=staging, dry_run=dry_run
+            )
+        if removed and not dry_run:
+            log.info("metadata.repaired", feed=feed.name, removed=[str(p) for p in removed])
+        return removed

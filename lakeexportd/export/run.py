@@ -1,0 +1,350 @@
+"""One export run of one feed, step by step (``DataLakeExporter.export`` runs it under the lock).
+
+The steps and why they are safe are described in ``exporter``'s docstring; ``Run`` holds the
+state of one run, ``ExportResult`` is what a successful run reports.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import secrets
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import pyarrow as pa
+import structlog
+
+from lakeexportd.config.model import Feed
+from lakeexportd.errors import ExportAborted, LakeExportError, RejectedValueError, SchemaError
+from lakeexportd.failpoints import failpoint
+from lakeexportd.ksqldb.client import KsqlDBClient
+from lakeexportd.lake import cleanup, layout
+from lakeexportd.lake import metadata_update as update
+from lakeexportd.lake.metadata import MetadataStore
+from lakeexportd.lake.metadata_model import (
+    ExportRecord,
+    FeedMetadata,
+    Partition,
+    SchemaColumn,
+    StreamMetadata,
+    TableMetadata,
+    Window,
+    WrittenFile,
+    iso_utc,
+)
+from lakeexportd.lake.sinks import AppendSink, SnapshotSink
+
+Progress = Callable[[int], None]
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    """What one successful run did."""
+
+    feed: str
+    kind: Literal["stream", "table"]
+    run_id: str
+    rows: int
+    files: int
+    bytes: int
+    started: dt.datetime
+    duration_s: float
+    watermark_ms: int | None = None  # streams: upper bound of the committed window
+    window_from_ms: int | None = None
+    version: int | None = None  # tables: the new current version
+    versions_kept: int | None = None
+    scan_started_ms: int | None = None  # tables: when the snapshot's scan began
+    orphans_removed: int = 0
+
+
+def epoch_ms(moment: dt.datetime) -> int:
+    return (moment - dt.datetime(1970, 1, 1, tzinfo=dt.UTC)) // dt.timedelta(milliseconds=1)
+
+
+def new_run_id(now: dt.datetime) -> str:
+    return f"{now.astimezone(dt.UTC):%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}"
+
+
+class Run:
+    """The state of one run; ``execute`` is called with the feed's lock held."""
+
+    def __init__(
+        self,
+        *,
+        client: KsqlDBClient,
+        root: Path,
+        store: MetadataStore,
+        feed: Feed,
+        feed_dir: Path,
+        now: dt.datetime,
+        cancel: threading.Event,
+        progress: Progress | None,
+        run_id: str | None,
+    ) -> None:
+        self.client = client
+        self.root = root
+        self.store = store
+        self.feed = feed
+        self.now = now.astimezone(dt.UTC)
+        self.run_id = run_id or new_run_id(self.now)
+        self.cancel = cancel
+        self.progress = progress
+        self.feed_dir = feed_dir
+        self.staging = layout.staging_dir(root, feed.name) if feed.kind == "table" else None
+        self.file_mode = layout.modes(feed.security)[1]
+        self.started = time.monotonic()
+        self.rows = 0
+        self.columns: tuple[SchemaColumn, ...] = ()  # set from the answer's header
+
+    def execute(self) -> ExportResult:
+        doc = self.store.load(self.feed_dir)
+        removed = cleanup.remove_orphans(
+            self.feed_dir, doc, kind=self.feed.kind, staging_dir=self.staging
+        )
+        if removed:
+            log.warning(
+                "metadata.orphans_removed",
+                feed=self.feed.name,
+                removed=[str(p) for p in removed],
+                hint="files of an interrupted run; their rows are exported again",
+            )
+        failpoint("export.after_cleanup")
+        if doc is None:
+            doc = update.new_document(self.feed.kind, feed=self.feed.name, source=self.feed.source)
+            # The first run commits an empty document before it writes any data: from then on a
+            # data file without a document is never a leftover (cleanup.MetadataMissingError).
+            self._commit(doc)
+        try:
+            if isinstance(doc, StreamMetadata):
+                result = self._stream(doc)
+            else:
+                assert isinstance(doc, TableMetadata)
+                result = self._table(doc)
+        except BaseException as exc:
+            # Whatever a failed run left (temps a sink could not remove, files renamed before a
+            # failed commit) goes now, under the lock, rather than at the next run.
+            self._remove_unlisted()
+            self._record_failure(doc, exc)
+            raise
+        return dataclasses.replace(result, orphans_removed=len(removed))
+
+    # -- streams ---------------------------------------------------------------------------
+
+    def _stream(self, doc: StreamMetadata) -> ExportResult:
+        feed = self.feed
+        upper = epoch_ms(self.now) - round(feed.settle_delay * 1000)
+        lower = doc.watermark_ms
+        written: list[WrittenFile] = []
+        window = Window(lower, upper)
+        if lower is None and feed.start == "now":
+            # First run of a feed that starts now: commit the watermark, export nothing. Its
+            # window is empty, not "everything up to now": the history was skipped on purpose,
+            # and verify --source must not count it as late rows.
+            window = Window(upper, upper)
+        elif lower is not None and upper <= lower:
+            upper = lower  # the clock has not passed the watermark yet: an empty run
+        else:
+            written = self._write_stream(doc, lower, upper)
+        record = self._record("success", written, window=window)
+        columns = self.columns or doc.schema  # no query ran: the schema stays as it was
+        new = update.after_stream_run(
+            doc, record=record, written=written, columns=columns, watermark_ms=upper, now=self.now
+        )
+        dropped: tuple[Partition, ...] = ()
+        if feed.retention_days is not None:
+            cutoff = layout.retention_cutoff(self.now, feed.retention_days, feed.timezone)
+            new, dropped = update.without_partitions_before(new, cutoff)
+        self._commit(new)
+        failpoint("export.after_commit")
+        if dropped:
+            cleanup.delete_partitions(self.feed_dir, dropped)
+        failpoint("export.after_prune")
+        return self._result(written, watermark_ms=upper, window_from_ms=lower)
+
+    def _write_stream(
+        self, doc: StreamMetadata, lower: int | None, upper: int
+    ) -> list[WrittenFile]:
+        feed = self.feed
+        where = (
+            f"ROWTIME <= {upper}" if lower is None else f"ROWTIME > {lower} AND ROWTIME <= {upper}"
+        )
+        sql = f"SELECT ROWTIME, * FROM {feed.source} WHERE {where};"
+        with self.client.query(sql, batch_size=feed.batch_size, cancel=self.cancel) as result:
+            self.columns = self._checked_columns(doc, result.schema)
+            with AppendSink(
+                self.feed_dir,
+                result.schema,
+                run_start=self.now,
+                event_time=feed.event_time or "ROWTIME",
+                timezone=feed.timezone,
+                security=feed.security,
+                max_open_partitions=feed.max_open_partitions,
+                max_rows_per_file=feed.max_rows_per_file,
+            ) as sink:
+                for batch in self._batches(result.batches()):
+                    sink.write(batch)
+                return sink.finish()
+
+    # -- tables ----------------------------------------------------------------------------
+
+    def _table(self, doc: TableMetadata) -> ExportResult:
+        feed = self.feed
+        version = update.next_version(doc)
+        scan_started = epoch_ms(self.now)
+        with self.client.query(
+            f"SELECT * FROM {feed.source};", batch_size=feed.batch_size, cancel=self.cancel
+        ) as result:
+            self.columns = self._checked_columns(doc, result.schema)
+            with SnapshotSink(
+                self.root,
+                feed.name,
+                result.schema,
+                version=version,
+                run_start=self.now,
+                security=feed.security,
+                max_rows_per_file=feed.max_rows_per_file,
+            ) as sink:
+                for batch in self._batches(result.batches()):
+                    sink.write(batch)
+                written = sink.publish()
+        record = self._record("success", written, version=version)
+        new, dropped = update.after_table_run(
+            doc,
+            record=record,
+            version=version,
+            files=written,
+            columns=self.columns,
+            retention_versions=feed.retention_versions,
+            now=self.now,
+        )
+        self._commit(new)
+        failpoint("export.after_commit")
+        if dropped:
+            cleanup.delete_versions(self.feed_dir, dropped)
+        failpoint("export.after_prune")
+        return self._result(
+            written, version=version, versions_kept=len(new.versions), scan_started_ms=scan_started
+        )
+
+    # -- shared steps ----------------------------------------------------------------------
+
+    def _result(self, written: list[WrittenFile], **details: int | None) -> ExportResult:
+        return ExportResult(
+            feed=self.feed.name,
+            kind=self.feed.kind,
+            run_id=self.run_id,
+            rows=sum(w.records for w in written),
+            files=len(written),
+            bytes=sum(w.size_bytes for w in written),
+            started=self.now,
+            duration_s=time.monotonic() - self.started,
+            **details,  # type: ignore[arg-type]
+        )
+
+    def _batches(self, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        failpoint("export.after_header")
+        try:
+            for batch in batches:
+                if self.cancel.is_set():
+                    raise ExportAborted(
+                        f"feed {self.feed.name!r}: export stopped by shutdown after "
+                        f"{self.rows} rows; nothing was published and the next run exports them"
+                    )
+                self.rows += batch.num_rows
+                yield batch
+                if self.rows == batch.num_rows:
+                    failpoint("export.after_first_batch")
+                if self.progress is not None:
+                    self.progress(self.rows)
+        except RejectedValueError as exc:  # the decoder knows the row, not the feed
+            raise exc.for_feed(self.feed.name) from exc
+
+    def _checked_columns(self, doc: FeedMetadata, schema: pa.Schema) -> tuple[SchemaColumn, ...]:
+        """The answer's columns; a removed or retyped column fails before anything is written."""
+        columns = update.columns_of(schema, feed=self.feed.name)
+        new = {c.name: c for c in columns}
+        problems = []
+        for old in doc.schema:
+            now = new.get(old.name)
+            if now is None:
+                problems.append(f"column {old.name} ({old.ksql_type}) was removed")
+            elif now.ksql_type != old.ksql_type:
+                problems.append(
+                    f"column {old.name} changed type from {old.ksql_type} to {now.ksql_type}"
+                )
+        if problems:
+            raise SchemaError(
+                f"feed {self.feed.name!r}: the schema of {self.feed.source} changed "
+                f"incompatibly: {'; '.join(problems)}. Nothing was written. Files in the lake "
+                "keep the old schema, so readers could not combine them: export the new schema "
+                "under a new feed name (added columns alone are accepted)"
+            )
+        return columns
+
+    def _record(
+        self,
+        status: str,
+        written: list[WrittenFile],
+        *,
+        window: Window | None = None,
+        version: int | None = None,
+        error: str | None = None,
+    ) -> ExportRecord:
+        finished = self.now + dt.timedelta(seconds=time.monotonic() - self.started)
+        return ExportRecord(
+            run_id=self.run_id,
+            started=iso_utc(self.now),
+            finished=iso_utc(finished),
+            records=sum(w.records for w in written),
+            status=status,
+            window=window,
+            error=error,
+            files=len(written),
+            size_bytes=sum(w.size_bytes for w in written),
+            version=version,
+        )
+
+    def _commit(self, doc: FeedMetadata) -> None:
+        failpoint("export.before_commit")
+        # A failed commit leaves renamed files unlisted: execute() removes them right away.
+        self.store.commit(self.feed_dir, doc, file_mode=self.file_mode)
+        log.info(
+            "metadata.committed",
+            feed=self.feed.name,
+            run_id=self.run_id,
+            total_records=doc.total_records,
+            total_size_bytes=doc.total_size_bytes,
+        )
+
+    def _remove_unlisted(self) -> None:
+        """Remove what the metadata on disk does not list (it is the truth, whatever failed)."""
+        try:
+            cleanup.remove_orphans(
+                self.feed_dir,
+                self.store.load(self.feed_dir),
+                kind=self.feed.kind,
+                staging_dir=self.staging,
+            )
+        except LakeExportError:
+            pass  # the next run's cleanup tries again
+
+    def _record_failure(self, doc: FeedMetadata, exc: BaseException) -> None:
+        """Add the failed run to the history; the files and watermark stay as committed."""
+        if not isinstance(exc, Exception):
+            return
+        record = self._record("failed", [], error=f"{type(exc).__name__}: {exc}"[:2000])
+        try:
+            # A fresh load: the commit guard wants one, and a commit that failed after its
+            # rename must not be undone by writing the older document back.
+            current = self.store.load(self.feed_dir) or doc
+            self.store.commit(
+                self.feed_dir, update.with_export(current, record), file_mode=self.file_mode
+            )
+        except (LakeExportError, OSError):
+            pass  # disk full or read-only: the run failed either way, and says so

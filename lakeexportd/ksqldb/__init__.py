@@ -1,0 +1,1 @@
+"""The only code that speaks to ksqlDB: transport, framing, decode, types, values."""

@@ -1,0 +1,1 @@
+"""The lake: layout, sinks, metadata and its commit, cleanup, locks, rebuild, presence."""

@@ -1,0 +1,253 @@
+"""The typed ``_metadata.json`` document (DESIGN.md section 5) and its JSON codec.
+
+Totals are properties computed from the listed files, so they can never drift from the list;
+the codec writes them and ignores whatever totals a file on disk claims.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from lakeexportd.lake import layout
+
+FORMAT_VERSION = 1
+KEEP_EXPORTS = 100
+_MIB = 1_048_576
+
+
+def iso_utc(moment: dt.datetime) -> str:
+    """``2025-01-15T14:30:00Z`` (whole seconds, UTC)."""
+    if moment.tzinfo is None:
+        raise ValueError("timestamps must be timezone-aware")
+    return moment.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def size_mb(size_bytes: int) -> float:
+    return round(size_bytes / _MIB, 1)
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    """One data file as listed in the metadata."""
+
+    name: str
+    records: int
+    size_bytes: int
+    min_event_ms: int | None = None
+    max_event_ms: int | None = None
+
+
+@dataclass(frozen=True)
+class WrittenFile:
+    """A data file a sink made durable under its final name (``partition`` is relative)."""
+
+    partition: str
+    name: str
+    records: int
+    size_bytes: int
+    min_event_ms: int | None = None
+    max_event_ms: int | None = None
+
+    @property
+    def entry(self) -> FileEntry:
+        return FileEntry(
+            self.name, self.records, self.size_bytes, self.min_event_ms, self.max_event_ms
+        )
+
+
+@dataclass(frozen=True)
+class Partition:
+    path: str
+    files: tuple[FileEntry, ...]
+
+    @property
+    def records(self) -> int:
+        return sum(f.records for f in self.files)
+
+    @property
+    def size_bytes(self) -> int:
+        return sum(f.size_bytes for f in self.files)
+
+
+@dataclass(frozen=True)
+class Version:
+    version: int
+    created: str
+    files: tuple[FileEntry, ...]
+
+    @property
+    def path(self) -> str:
+        return layout.version_dir_name(self.version)
+
+    @property
+    def records(self) -> int:
+        return sum(f.records for f in self.files)
+
+    @property
+    def size_bytes(self) -> int:
+        return sum(f.size_bytes for f in self.files)
+
+
+@dataclass(frozen=True)
+class SchemaColumn:
+    name: str
+    ksql_type: str
+    arrow_type: str
+
+
+@dataclass(frozen=True)
+class SchemaChange:
+    changed: str
+    added: tuple[str, ...] = ()
+    removed: tuple[str, ...] = ()
+    retyped: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Window:
+    from_ms: int | None
+    to_ms: int
+
+
+@dataclass(frozen=True)
+class ExportRecord:
+    """One run in the bounded ``exports`` history, failed runs included."""
+
+    run_id: str
+    started: str
+    finished: str
+    records: int
+    status: str  # "success" | "failed"
+    window: Window | None = None
+    error: str | None = None
+    files: int | None = None
+    size_bytes: int | None = None
+    version: int | None = None
+
+
+@dataclass(frozen=True)
+class _Common:
+    feed: str
+    source: str
+    last_export: str | None = None
+    last_status: str | None = None
+    schema: tuple[SchemaColumn, ...] = ()
+    schema_history: tuple[SchemaChange, ...] = ()
+    exports: tuple[ExportRecord, ...] = ()
+    # Keys other modules add later survive a load/commit round trip untouched.
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class StreamMetadata(_Common):
+    kind: ClassVar[layout.Kind] = "stream"
+    mode: ClassVar[str] = "append"
+    partitions: tuple[Partition, ...] = ()
+    watermark_ms: int | None = None
+
+    @property
+    def total_records(self) -> int:
+        return sum(p.records for p in self.partitions)
+
+    @property
+    def total_size_bytes(self) -> int:
+        return sum(p.size_bytes for p in self.partitions)
+
+
+@dataclass(frozen=True)
+class TableMetadata(_Common):
+    kind: ClassVar[layout.Kind] = "table"
+    mode: ClassVar[str] = "overwrite"
+    versions: tuple[Version, ...] = ()
+    current_version: int | None = None
+    last_version: int = 0
+
+    @property
+    def current(self) -> Version | None:
+        return next((v for v in self.versions if v.version == self.current_version), None)
+
+    @property
+    def total_records(self) -> int:
+        current = self.current
+        return current.records if current else 0
+
+    @property
+    def total_size_bytes(self) -> int:
+        current = self.current
+        return current.size_bytes if current else 0
+
+
+FeedMetadata = StreamMetadata | TableMetadata
+
+
+# -- encoding --------------------------------------------------------------------------------
+
+
+def _file_json(f: FileEntry) -> dict[str, Any]:
+    out: dict[str, Any] = {"name": f.name, "records": f.records, "size_bytes": f.size_bytes}
+    if f.min_event_ms is not None:
+        out["min_event_ms"] = f.min_event_ms
+    if f.max_event_ms is not None:
+        out["max_event_ms"] = f.max_event_ms
+    return out
+
+
+def _export_json(e: ExportRecord) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "run_id": e.run_id, "started": e.started, "finished": e.finished,
+        "records": e.records, "status": e.status,
+    }
+    if e.window is not None:
+        out["window"] = {"from_ms": e.window.from_ms, "to_ms": e.window.to_ms}
+    for key in ("files", "size_bytes", "version", "error"):
+        if getattr(e, key) is not None:
+            out[key] = getattr(e, key)
+    return out
+
+
+def _change_json(c: SchemaChange) -> dict[str, Any]:
+    out: dict[str, Any] = {"changed": c.changed}
+    for key in ("added", "removed", "retyped"):
+        if getattr(c, key):
+            out[key] = list(getattr(c, key))
+    return out
+
+
+def to_json(doc: FeedMetadata) -> dict[str, Any]:
+    """The document as written to disk, totals recomputed."""
+    out: dict[str, Any] = {
+        "format_version": FORMAT_VERSION,
+        "source": doc.source, "feed": doc.feed, "kind": doc.kind, "mode": doc.mode,
+        "last_export": doc.last_export, "last_status": doc.last_status,
+        "total_records": doc.total_records,
+        "total_size_bytes": doc.total_size_bytes,
+        "total_size_mb": size_mb(doc.total_size_bytes),
+        "schema": [
+            {"name": c.name, "ksql_type": c.ksql_type, "arrow_type": c.arrow_type}
+            for c in doc.schema
+        ],
+        "schema_history": [_change_json(c) for c in doc.schema_history],
+    }
+    if isinstance(doc, StreamMetadata):
+        out["watermark"] = {"rowtime_ms": doc.watermark_ms}
+        out["partitions"] = [
+            {"path": p.path, "records": p.records, "size_bytes": p.size_bytes,
+             "files": [_file_json(f) for f in p.files]}
+            for p in doc.partitions
+        ]
+    else:
+        out["current_version"] = doc.current_version
+        out["last_version"] = doc.last_version
+        out["versions"] = [
+            {"version": v.version, "path": v.path, "created": v.created,
+             "records": v.records, "size_bytes": v.size_bytes,
+             "files": [_file_json(f) for f in v.files]}
+            for v in doc.versions
+        ]
+    out["exports"] = [_export_json(e) for e in doc.exports]
+    for key, value in doc.extra.items():
+        out.setdefault(key, value)
+    return out

@@ -1,0 +1,1 @@
+"""The daemon: scheduler, signals, reload, metrics, logs, sdnotify."""

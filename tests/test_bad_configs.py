@@ -14,7 +14,7 @@ import yaml
 from scrape import value
 
 from lakeexportd.cli.commands import main
-from lakeexportd.config.model import load_config
+from lakeexportd.config.load import load_config
 from lakeexportd.export.exporter import ExportResult
 from lakeexportd.service.daemon import Daemon
 

@@ -13,15 +13,8 @@ import pytest
 from lakeexportd.cli import commands as cli
 from lakeexportd.config import model as config
 from lakeexportd.config.durations import format_duration, parse_duration
-from lakeexportd.config.model import (
-    Config,
-    Feed,
-    Schedule,
-    Secret,
-    default_config_path,
-    load_config,
-    parse_config,
-)
+from lakeexportd.config.load import default_config_path, load_config, parse_config
+from lakeexportd.config.model import Config, Feed, Schedule, Secret
 from lakeexportd.errors import EX_CONFIG, ConfigError
 
 REPO = Path(__file__).resolve().parent.parent

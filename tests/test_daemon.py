@@ -18,7 +18,8 @@ from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 from scrape import value
 
-from lakeexportd.config.model import Config, Feed, Schedule, load_config
+from lakeexportd.config.load import load_config
+from lakeexportd.config.model import Config, Feed, Schedule
 from lakeexportd.errors import (
     ExportAborted,
     FeedLocked,

@@ -10,7 +10,8 @@ from typing import Any
 
 import pytest
 
-from lakeexportd.config.model import Config, Feed, Schedule, parse_config
+from lakeexportd.config.load import parse_config
+from lakeexportd.config.model import Config, Feed, Schedule
 from lakeexportd.errors import ConfigError, FeedError, LakeStateError
 from lakeexportd.feeds.manager import FeedManager, FeedUsageError, UnknownFeed
 from lakeexportd.feeds.registry import KEEP_HISTORY, feed_from_options, feed_options

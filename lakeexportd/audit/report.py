@@ -16,10 +16,12 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import json
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any, Literal
 
+from lakeexportd.audit import report_format  # renderers live apart: one idea per module
+from lakeexportd.audit.summaries import FeedSummary, LakeStatistics, PartitionInfo
 from lakeexportd.errors import LakeStateError
 from lakeexportd.feeds.registry import RegistryFiles, UnknownFeed, check_name
 from lakeexportd.lake import layout
@@ -28,61 +30,6 @@ from lakeexportd.lake.metadata_model import FeedMetadata, StreamMetadata, TableM
 
 Format = Literal["table", "markdown", "json", "html"]
 FORMATS: tuple[Format, ...] = ("table", "markdown", "json", "html")
-
-
-@dataclass(frozen=True)
-class FeedSummary:
-    """One feed at a glance; ``error`` is set (and the numbers are 0) if its metadata is bad."""
-
-    feed: str
-    kind: str
-    source: str
-    state: str
-    records: int = 0
-    size_bytes: int = 0
-    files: int = 0
-    partitions: int | None = None  # streams
-    versions: int | None = None  # tables
-    current_version: int | None = None
-    last_export: str | None = None
-    last_status: str | None = None
-    newest_data: str | None = None
-    freshness_s: float | None = None
-    lag_s: float | None = None
-    watermark: str | None = None
-    error: str | None = None
-
-
-@dataclass(frozen=True)
-class PartitionInfo:
-    """A stream's day partition or a table's version."""
-
-    feed: str
-    kind: str
-    partition: str
-    records: int
-    size_bytes: int
-    files: int
-    min_event: str | None = None
-    max_event: str | None = None
-    created: str | None = None
-    current: bool | None = None
-
-
-@dataclass(frozen=True)
-class LakeStatistics:
-    feeds: int
-    streams: int
-    tables: int
-    records: int
-    size_bytes: int
-    files: int
-    partitions: int
-    versions: int
-    failed_last_run: list[str]
-    unreadable: list[str]
-    stalest_feed: str | None
-    stalest_freshness_s: float | None
 
 
 def iso_ms(ms: int | None) -> str | None:
@@ -250,8 +197,6 @@ class MetadataAnalyzer:
         self.reader = reader
 
     def generate_report(self, format: Format = "table") -> str:
-        from lakeexportd.audit import report_format  # renderers live apart: one idea per module
-
         summaries = self.reader.list_all_metadata()
         stats = self.reader.get_statistics(summaries)
         if format == "json":

@@ -10,7 +10,7 @@ import datetime as dt
 import html as html_lib
 from collections.abc import Sequence
 
-from lakeexportd.audit.report import FeedSummary, LakeStatistics
+from lakeexportd.audit.summaries import FeedSummary, LakeStatistics
 from lakeexportd.audit.text_table import human_age, human_bytes, render
 
 HEADERS = ("FEED", "KIND", "STATE", "SOURCE", "RECORDS", "SIZE", "FILES", "PARTS/VERS",

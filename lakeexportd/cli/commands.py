@@ -58,11 +58,12 @@ def _add_validate(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 def _validate(args: argparse.Namespace) -> int:
     import datetime as dt
 
-    from lakeexportd.config import model as config
+    from lakeexportd.config import load as config
+    from lakeexportd.config.model import summarize
     from lakeexportd.service import scheduling
 
     loaded = config.load_config(args.config or config.default_config_path())
-    print("\n".join(config.summarize(loaded)))
+    print("\n".join(summarize(loaded)))
     now = dt.datetime.now(dt.UTC)
     for feed in loaded.feeds:
         if scheduling.never_fires(feed, now):
@@ -157,7 +158,7 @@ def _add_run(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from lakeexportd.config import model as config
+    from lakeexportd.config import load as config
     from lakeexportd.service import daemon, logs
 
     loaded = config.load_config(args.config or config.default_config_path())

@@ -21,7 +21,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from lakeexportd.config.model import Config, load_config
+from lakeexportd.config.load import load_config
+from lakeexportd.config.model import Config
 from lakeexportd.errors import EX_FAILED, LakeExportError
 
 REPO = Path(__file__).resolve().parents[2]

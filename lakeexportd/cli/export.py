@@ -14,7 +14,8 @@ import time
 from pathlib import Path
 from typing import TextIO
 
-from lakeexportd.config.model import Config, Feed, default_config_path, load_config
+from lakeexportd.config.load import default_config_path, load_config
+from lakeexportd.config.model import Config, Feed
 from lakeexportd.errors import (
     EX_CONFIG,
     EX_FAILED,

@@ -27,7 +27,8 @@ from typing import Any
 
 from lakeexportd.audit.text_table import render
 from lakeexportd.cli.export import add_config_argument, plain
-from lakeexportd.config.model import Config, Feed, default_config_path, load_config
+from lakeexportd.config.load import default_config_path, load_config
+from lakeexportd.config.model import Config, Feed
 from lakeexportd.errors import EX_OK, EX_USAGE, ConfigError
 from lakeexportd.feeds.manager import FeedEntry, FeedManager, FeedUsageError, SyncReport
 from lakeexportd.feeds.registry import feed_from_options, feed_options, to_json

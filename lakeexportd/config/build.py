@@ -1,6 +1,6 @@
 """Builders that turn checked YAML (``config_reader.Node``) into the models of ``config.py``.
 
-Called only through ``config.parse_config``; split out so each module holds one idea.
+Called only through ``config.load.parse_config``; split out so each module holds one idea.
 """
 
 from __future__ import annotations

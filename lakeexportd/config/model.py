@@ -18,16 +18,13 @@ ksqlDB itself stores them.
 
 from __future__ import annotations
 
-import os
 import re
 import zoneinfo
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final, Literal
 
 from lakeexportd.config.durations import format_duration
-from lakeexportd.config.reader import read_yaml, root_node
 
 DEFAULT_CONFIG_PATH: Final = Path("/etc/lakeexportd/lakeexportd.yaml")
 CONFIG_ENV: Final = "LAKEEXPORTD_CONFIG"
@@ -185,25 +182,6 @@ class Config:
             if feed.name == name:
                 return feed
         raise KeyError(name)
-
-
-def default_config_path(environ: Mapping[str, str] = os.environ) -> Path:
-    """The file ``-c`` means when not given: ``$LAKEEXPORTD_CONFIG``, then the system path."""
-    return Path(environ.get(CONFIG_ENV) or DEFAULT_CONFIG_PATH)
-
-
-def load_config(path: str | os.PathLike[str], *, environ: Mapping[str, str] = os.environ) -> Config:
-    """Read, validate and resolve the configuration file at ``path``."""
-    return parse_config(read_yaml(Path(path)), path=path, environ=environ)
-
-
-def parse_config(
-    data: object, *, path: str | os.PathLike[str], environ: Mapping[str, str] = os.environ
-) -> Config:
-    """Validate and resolve parsed YAML ``data`` as if read from ``path``."""
-    from lakeexportd.config import build as config_build  # the builders need the models above
-
-    return config_build.build_config(root_node(data, str(path)), Path(path), environ)
 
 
 def summarize(config: Config) -> list[str]:

@@ -36,7 +36,8 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from prometheus_client import CollectorRegistry
 
 from lakeexportd import __version__
-from lakeexportd.config.model import Config, Feed, load_config
+from lakeexportd.config.load import load_config
+from lakeexportd.config.model import Config, Feed
 from lakeexportd.errors import ConfigError, LakeExportError
 from lakeexportd.feeds.manager import FeedManager
 from lakeexportd.lake.presence import DaemonInfo, Presence

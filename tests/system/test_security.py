@@ -14,7 +14,7 @@ import pytest
 import yaml
 from daemonproc import DaemonProcess, Setup, wait_for
 
-from lakeexportd.config.model import parse_config
+from lakeexportd.config.load import parse_config
 from lakeexportd.errors import ConfigError
 from lakeexportd.sandbox import Sandbox
 

@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from lakeexportd import __version__
+from lakeexportd.cli.options import add_config_argument
 from lakeexportd.errors import EX_FAILED, EX_OK, LakeExportError
 from lakeexportd.lake.parquet_writer import use_lean_arrow_memory
 
@@ -42,11 +43,7 @@ def _add_validate(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         "feed's source exists and is the declared kind (exit 1 if not, 75 if ksqlDB is "
         "unreachable).",
     )
-    parser.add_argument(
-        "-c", "--config", metavar="FILE", default=None,
-        help="configuration file (default: $LAKEEXPORTD_CONFIG, then "
-        "/etc/lakeexportd/lakeexportd.yaml)",
-    )
+    add_config_argument(parser)
     parser.add_argument(
         "--source", action="store_true",
         help="also check each feed's source in ksqlDB (exists, and is a STREAM or TABLE as "
@@ -149,11 +146,7 @@ def _add_run(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "/metrics, /healthz and /readyz on metrics.listen, and reload the configuration on "
         "SIGHUP. An invalid configuration at start exits 78.",
     )
-    parser.add_argument(
-        "-c", "--config", metavar="FILE", default=None,
-        help="configuration file (default: $LAKEEXPORTD_CONFIG, then "
-        "/etc/lakeexportd/lakeexportd.yaml)",
-    )
+    add_config_argument(parser)
     parser.set_defaults(handler=_run)
 
 

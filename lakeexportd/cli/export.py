@@ -11,9 +11,9 @@ import argparse
 import datetime as dt
 import sys
 import time
-from pathlib import Path
 from typing import TextIO
 
+from lakeexportd.cli.options import add_config_argument
 from lakeexportd.config.load import default_config_path, load_config
 from lakeexportd.config.model import Config, Feed
 from lakeexportd.errors import (
@@ -31,16 +31,6 @@ from lakeexportd.ksqldb.client import client_from_settings
 _SEVERITY = {EX_OK: 0, EX_TEMPFAIL: 1, EX_FAILED: 2, EX_CONFIG: 3}
 
 
-def add_config_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "-c",
-        "--config",
-        type=Path,
-        default=None,
-        help="config file (default: $LAKEEXPORTD_CONFIG, then /etc/lakeexportd/lakeexportd.yaml)",
-    )
-
-
 def add_export_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_argument(parser)
     parser.add_argument("feeds", nargs="*", metavar="FEED", help="feeds to export now")
@@ -48,11 +38,6 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
         "--all", action="store_true",
         help="export every active feed (the YAML's and `feeds add` ones; not disabled or archived)",
     )
-
-
-def plain(doc: str | None) -> str:
-    """A module docstring as ``--help`` text: reST's double backquotes become single ones."""
-    return (doc or "").replace("``", "`")
 
 
 def add_repair_arguments(parser: argparse.ArgumentParser) -> None:

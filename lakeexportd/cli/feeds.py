@@ -26,7 +26,7 @@ from dataclasses import fields, replace
 from typing import Any
 
 from lakeexportd.audit.text_table import render
-from lakeexportd.cli.export import add_config_argument, plain
+from lakeexportd.cli.options import add_config_argument, plain
 from lakeexportd.config.load import default_config_path, load_config
 from lakeexportd.config.model import Config, Feed
 from lakeexportd.errors import EX_OK, EX_USAGE, ConfigError

@@ -20,7 +20,7 @@ from typing import Any
 from lakeexportd.audit.report import FORMATS, MetadataAnalyzer, MetadataReader
 from lakeexportd.audit.report_format import HEADERS, NUMERIC, stats_lines, summary_row
 from lakeexportd.audit.text_table import human_age, human_bytes, render
-from lakeexportd.cli.export import add_config_argument, plain
+from lakeexportd.cli.options import add_config_argument, plain
 from lakeexportd.config.load import default_config_path, load_config
 from lakeexportd.errors import EX_FAILED, EX_OK
 

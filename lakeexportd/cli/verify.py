@@ -24,7 +24,7 @@ import pyarrow as pa
 
 from lakeexportd.audit import verify, verify_source
 from lakeexportd.audit.report import MetadataReader
-from lakeexportd.cli.export import add_config_argument, plain
+from lakeexportd.cli.options import add_config_argument, plain
 from lakeexportd.config.load import default_config_path, load_config
 from lakeexportd.config.model import Config, Feed
 from lakeexportd.errors import EX_CONFIG, EX_FAILED, EX_OK, EX_TEMPFAIL, LakeExportError

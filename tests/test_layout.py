@@ -154,3 +154,12 @@ def test_ensure_inside_rejects_escapes(tmp_path: Path) -> None:
     (base / "link").symlink_to(tmp_path)
     with pytest.raises(LakeStateError, match="outside"):
         layout.ensure_inside(base, base / "link" / "x")
+
+
+def test_run_start_of_reads_the_stamp_of_data_and_snapshot_names() -> None:
+    """A file name gives back its run's start (UTC); other names give None."""
+    start = dt.datetime(2025, 1, 15, 14, 30, 5, tzinfo=dt.UTC)
+    assert layout.run_start_of(layout.data_file_name(start, collision=3, part=2)) == start
+    assert layout.run_start_of(layout.snapshot_file_name(start)) == start
+    assert layout.run_start_of("_metadata.json") is None
+    assert layout.run_start_of(layout.temp_name(layout.data_file_name(start))) is None

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,17 +87,14 @@ def _rowtime_range(path: Path) -> tuple[int, int] | None:
     return (min(lows), max(highs)) if lows else (0, -1)
 
 
-_STAMP = re.compile(r"data_(\d{8}_\d{6})")
-
-
 def _run_window(doc: StreamMetadata, name: str) -> Window | None:
-    """The exported window of the run that wrote ``name`` (its start stamp is in the name)."""
-    m = _STAMP.match(name)
-    for record in doc.exports if m else ():
-        started = dt.datetime.strptime(record.started, "%Y-%m-%dT%H:%M:%SZ")
-        if record.window is not None and f"{started:%Y%m%d_%H%M%S}" == m[1]:  # type: ignore[index]
-            return record.window
-    return None
+    """The exported window of the run that wrote ``name`` (its start is in the name)."""
+    start = layout.run_start_of(name)
+    if start is None:
+        return None
+    started = iso_utc(start)
+    return next((r.window for r in doc.exports if r.window is not None and r.started == started),
+                None)
 
 
 def plan(feed_dir: Path, doc: StreamMetadata, window: Window) -> Plan:

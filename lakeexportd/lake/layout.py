@@ -147,6 +147,13 @@ def snapshot_file_name(run_start: dt.datetime, *, part: int | None = None) -> st
     return f"snapshot_{run_stamp(run_start)}{_suffixes(0, part)}.parquet"
 
 
+def run_start_of(name: str) -> dt.datetime | None:
+    """The run start (UTC, whole seconds) a data or snapshot file's name carries; ``None``
+    for any other name."""
+    m = _DATA_NAME.fullmatch(name) or _SNAPSHOT_NAME.fullmatch(name)
+    return dt.datetime.strptime(m[1], "%Y%m%d_%H%M%S").replace(tzinfo=dt.UTC) if m else None
+
+
 def is_data_file_name(name: str) -> bool:
     return _DATA_NAME.fullmatch(name) is not None
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,9 +34,6 @@ from lakeexportd.lake.metadata_model import (
     iso_utc,
 )
 from lakeexportd.lake.metadata_update import columns_of
-
-_PARTITION = re.compile(r"year=(\d{4})/month=(\d{2})/day=(\d{2})")
-_STAMP = re.compile(r"(?:data|snapshot)_(\d{8}_\d{6})")
 
 
 @dataclass
@@ -109,10 +105,8 @@ def _ms(moment: dt.datetime) -> int:
 
 
 def _created(name: str) -> str | None:
-    m = _STAMP.match(name)
-    if m is None:
-        return None
-    return iso_utc(dt.datetime.strptime(m[1], "%Y%m%d_%H%M%S").replace(tzinfo=dt.UTC))
+    start = layout.run_start_of(name)
+    return None if start is None else iso_utc(start)
 
 
 def _walk_partitions(feed_dir: Path) -> list[tuple[str, list[str], list[str]]]:
@@ -120,7 +114,11 @@ def _walk_partitions(feed_dir: Path) -> list[tuple[str, list[str], list[str]]]:
     out = []
     for day in sorted(feed_dir.glob("year=*/month=*/day=*")):
         rel = day.relative_to(feed_dir).as_posix()
-        if not _PARTITION.fullmatch(rel) or not day.is_dir():
+        try:
+            layout.partition_day(rel)  # what _metadata.json accepts as a partition path
+        except ValueError:
+            continue
+        if not day.is_dir():
             continue
         names = sorted(os.listdir(day))
         out.append(

@@ -27,6 +27,7 @@ from lakeexportd.errors import (
 from lakeexportd.export.exporter import DataLakeExporter, ExportResult
 from lakeexportd.feeds.manager import FeedManager
 from lakeexportd.ksqldb.client import client_from_settings
+from lakeexportd.ksqldb.values import parse_timestamp_ms
 
 _SEVERITY = {EX_OK: 0, EX_TEMPFAIL: 1, EX_FAILED: 2, EX_CONFIG: 3}
 
@@ -216,16 +217,8 @@ def _rebuild(exporter: DataLakeExporter, feeds: list[Feed], *, dry_run: bool, ye
     worst = EX_OK
 
     def confirm(lines: list[str]) -> bool:
-        print("\n".join(lines))
-        if dry_run:
-            print("(--dry-run: nothing written)")
-            return False
-        if yes:
-            return True
-        if not sys.stdin.isatty():
-            print("not written: no terminal to ask on; run again with --yes to write it")
-            return False
-        return input("Write this _metadata.json? [y/N] ").strip().lower() in ("y", "yes")
+        return _ask(lines, "Write this _metadata.json?", dry_run=dry_run, yes=yes,
+                    untouched="nothing written", refused="not written")
 
     for feed in feeds:
         try:
@@ -259,13 +252,26 @@ def parse_time_ms(text: str) -> int:
     if text.strip().lstrip("-").isdigit():
         return int(text)
     try:
-        moment = dt.datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+        return parse_timestamp_ms(text.strip())
     except ValueError:
         raise _UsageError(f"{text!r} is neither an ISO time (2025-01-15T14:30:00) nor epoch "
                           "milliseconds") from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=dt.UTC)
-    return (moment - dt.datetime(1970, 1, 1, tzinfo=dt.UTC)) // dt.timedelta(milliseconds=1)
+
+
+def _ask(lines: list[str], question: str, *, dry_run: bool, yes: bool, untouched: str,
+         refused: str) -> bool:
+    """Show what a command would write, then say whether to: never with --dry-run, always
+    with --yes, else the answer on a terminal (no terminal: no)."""
+    print("\n".join(lines))
+    if dry_run:
+        print(f"(--dry-run: {untouched})")
+        return False
+    if yes:
+        return True
+    if not sys.stdin.isatty():
+        print(f"{refused}: no terminal to ask on; run again with --yes")
+        return False
+    return input(f"{question} [y/N] ").strip().lower() in ("y", "yes")
 
 
 def run_backfill(args: argparse.Namespace) -> int:
@@ -280,16 +286,8 @@ def run_backfill(args: argparse.Namespace) -> int:
         return EX_USAGE
 
     def confirm(lines: list[str]) -> bool:
-        print("\n".join(lines))
-        if args.dry_run:
-            print("(--dry-run: nothing changed)")
-            return False
-        if args.yes:
-            return True
-        if not sys.stdin.isatty():
-            print("not done: no terminal to ask on; run again with --yes")
-            return False
-        return input("Backfill this window? [y/N] ").strip().lower() in ("y", "yes")
+        return _ask(lines, "Backfill this window?", dry_run=args.dry_run, yes=args.yes,
+                    untouched="nothing changed", refused="not done")
 
     exporter = _exporter(config)
     try:

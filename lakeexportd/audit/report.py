@@ -27,6 +27,7 @@ from lakeexportd.feeds.registry import RegistryFiles, UnknownFeed, check_name
 from lakeexportd.lake import layout
 from lakeexportd.lake.metadata import MetadataStore
 from lakeexportd.lake.metadata_model import FeedMetadata, StreamMetadata, TableMetadata
+from lakeexportd.lake.storage import open_storage
 
 Format = Literal["table", "markdown", "json", "html"]
 FORMATS: tuple[Format, ...] = ("table", "markdown", "json", "html")
@@ -55,8 +56,8 @@ class MetadataReader:
                  store: MetadataStore | None = None) -> None:
         self.root = lake_root
         self.now = now
-        self.store = store or MetadataStore()
-        self.registry = RegistryFiles(lake_root)
+        self.store = store or MetadataStore(open_storage(lake_root))
+        self.registry = RegistryFiles(lake_root, self.store.storage)
 
     def feeds(self) -> dict[str, layout.Kind]:
         """Every feed on disk or in the registry, by name, with its kind."""
@@ -69,11 +70,9 @@ class MetadataReader:
             if entry is not None:
                 found[name] = entry.feed.kind
         for kind, folder in (("stream", "streams"), ("table", "tables")):
-            base = self.root / folder
-            if base.is_dir():
-                for path in base.iterdir():
-                    if path.is_dir() and not path.name.startswith("."):
-                        found.setdefault(path.name, kind)  # type: ignore[arg-type]
+            for item in self.store.storage.list_dir(self.root / folder):
+                if item.is_dir and not item.name.startswith("."):
+                    found.setdefault(item.name, kind)  # type: ignore[arg-type]
         return dict(sorted(found.items()))
 
     def _kind(self, feed: str) -> layout.Kind:

@@ -8,7 +8,6 @@ which finds damaged pages the footer cannot show. Read-only: it reports, it neve
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import pyarrow.parquet as pq
 from lakeexportd.lake import layout
 from lakeexportd.lake.metadata import MetadataStore
 from lakeexportd.lake.metadata_model import FeedMetadata, FileEntry, StreamMetadata, TableMetadata
+from lakeexportd.lake.storage import LOCAL, Storage
 
 
 @dataclass(frozen=True)
@@ -38,7 +38,9 @@ def listed_files(doc: FeedMetadata) -> list[tuple[str, FileEntry]]:
     return [(v.path, f) for v in doc.versions for f in v.files]
 
 
-def check_files(feed_dir: Path, doc: FeedMetadata, *, deep: bool = False) -> list[Mismatch]:
+def check_files(
+    feed_dir: Path, doc: FeedMetadata, *, deep: bool = False, storage: Storage = LOCAL
+) -> list[Mismatch]:
     """Listed files that are missing, or whose size or footer row count differ (``deep``: or
     whose pages fail their checksum or do not decode)."""
     problems = []
@@ -46,7 +48,7 @@ def check_files(feed_dir: Path, doc: FeedMetadata, *, deep: bool = False) -> lis
         path = feed_dir / directory / entry.name
         rel = f"{directory}/{entry.name}"
         try:
-            size = path.stat().st_size
+            size = storage.size(path)
         except FileNotFoundError:
             problems.append(Mismatch(doc.feed, rel, "listed but missing: its rows are not in "
                                      "the lake; restore the file from a backup, or re-export "
@@ -57,7 +59,8 @@ def check_files(feed_dir: Path, doc: FeedMetadata, *, deep: bool = False) -> lis
                 Mismatch(doc.feed, rel, f"size {size} bytes, metadata says {entry.size_bytes}")
             )
         try:
-            rows = pq.ParquetFile(path).metadata.num_rows
+            with storage.open_read(path) as source:
+                rows = pq.ParquetFile(source).metadata.num_rows
         except Exception as exc:  # pyarrow raises several types for damaged files
             problems.append(Mismatch(doc.feed, rel, f"unreadable Parquet footer ({exc})"))
             continue
@@ -65,59 +68,73 @@ def check_files(feed_dir: Path, doc: FeedMetadata, *, deep: bool = False) -> lis
             problems.append(
                 Mismatch(doc.feed, rel, f"{rows} rows in the footer, metadata says {entry.records}")
             )
-        elif deep and (damage := _damaged(path)) is not None:
+        elif deep and (damage := _damaged(storage, path)) is not None:
             problems.append(Mismatch(doc.feed, rel, damage))
     return problems
 
 
-def _damaged(path: Path) -> str | None:
+def _damaged(storage: Storage, path: Path) -> str | None:
     """Why a file's data pages cannot be read back, or ``None`` when every row group decodes."""
     group = 0
     try:
-        parquet = pq.ParquetFile(path, page_checksum_verification=True)
-        for group in range(parquet.num_row_groups):
-            parquet.read_row_group(group)
+        with storage.open_read(path) as source:
+            parquet = pq.ParquetFile(source, page_checksum_verification=True)
+            for group in range(parquet.num_row_groups):
+                parquet.read_row_group(group)
     except Exception as exc:  # pyarrow raises OSError, ArrowInvalid and others for bad pages
         return (f"damaged data in row group {group} ({exc}); restore the file from a backup, "
                 "or re-export its rows with `lakeexportd backfill` over its run's window")
     return None
 
 
-def unlisted(feed_dir: Path, doc: FeedMetadata | None) -> list[Path]:
+def unlisted(
+    feed_dir: Path, doc: FeedMetadata | None, *, storage: Storage = LOCAL
+) -> list[Path]:
     """Data files, temps and version directories under ``feed_dir`` that ``doc`` does not list."""
     listed = {f"{d}/{e.name}" for d, e in listed_files(doc)} if doc else set()
     versions = {v.path for v in doc.versions} if isinstance(doc, TableMetadata) else set()
     found = []
-    for dirpath, dirnames, filenames in os.walk(feed_dir):
-        rel_dir = Path(dirpath).relative_to(feed_dir).as_posix()
-        if rel_dir == "." or rel_dir == "":
-            for name in dirnames:
-                if layout.version_number(name) is not None and name not in versions:
-                    found.append(Path(dirpath) / name)
-            dirnames[:] = [d for d in dirnames if layout.version_number(d) is None or d in versions]
-        for name in filenames:
-            rel = f"{rel_dir}/{name}" if rel_dir not in (".", "") else name
-            if name in (layout.METADATA_NAME, layout.LOCK_NAME):
-                continue
-            if layout.is_temp_name(name) or (name.endswith(".parquet") and rel not in listed):
-                found.append(Path(dirpath) / name)
+    for entry in storage.list_dir(feed_dir):
+        if entry.is_dir and layout.version_number(entry.name) is not None \
+                and entry.name not in versions:
+            found.append(feed_dir / entry.name)  # a whole unlisted version: its files not listed
+        elif entry.is_dir:
+            found += _unlisted_files(storage, feed_dir, feed_dir / entry.name, listed)
+        elif entry.name not in (layout.METADATA_NAME, layout.LOCK_NAME) and (
+            layout.is_temp_name(entry.name)
+            or (entry.name.endswith(".parquet") and entry.name not in listed)
+        ):
+            found.append(feed_dir / entry.name)
     return sorted(found)
 
 
+def _unlisted_files(
+    storage: Storage, feed_dir: Path, directory: Path, listed: set[str]
+) -> list[Path]:
+    found = []
+    for entry in storage.walk_files(directory):
+        path = Path(entry.path)
+        rel = path.relative_to(feed_dir).as_posix()
+        if layout.is_temp_name(entry.name) or (entry.name.endswith(".parquet")
+                                               and rel not in listed):
+            found.append(path)
+    return found
+
+
 def verify_feed(
-    root: Path, kind: layout.Kind, feed: str, *, deep: bool = False
+    root: Path, kind: layout.Kind, feed: str, *, deep: bool = False, storage: Storage = LOCAL
 ) -> list[Mismatch]:
     """Every disagreement between a feed's files and its metadata (empty when consistent)."""
     feed_dir = layout.feed_dir(root, kind, feed)
-    doc = MetadataStore().load(feed_dir)
+    doc = MetadataStore(storage).load(feed_dir)
     problems: list[Mismatch] = []
     if doc is not None:
-        problems += check_files(feed_dir, doc, deep=deep)
+        problems += check_files(feed_dir, doc, deep=deep, storage=storage)
         if isinstance(doc, TableMetadata) and doc.versions and doc.current is None:
             problems.append(
                 Mismatch(feed, "_metadata.json", f"current_version {doc.current_version} unlisted")
             )
-    leftovers = unlisted(feed_dir, doc) if feed_dir.exists() else []
+    leftovers = unlisted(feed_dir, doc, storage=storage)
     if doc is None and any(not layout.is_temp_name(p.name) for p in leftovers):
         return [Mismatch(feed, layout.METADATA_NAME,
                          f"missing while {len(leftovers)} data files exist; nothing will delete "
@@ -129,6 +146,6 @@ def verify_feed(
                      f"{feed}` removes it, and its rows are exported again)")
         )
     staging = layout.staging_dir(root, feed)
-    if kind == "table" and staging.exists() and any(staging.iterdir()):
+    if kind == "table" and storage.list_dir(staging):
         problems.append(Mismatch(feed, str(staging), "staging leftovers of an interrupted run"))
     return problems

@@ -24,6 +24,7 @@ from lakeexportd.config.load import default_config_path, load_config
 from lakeexportd.errors import EX_OK, EX_USAGE
 from lakeexportd.feeds.manager import FeedManager
 from lakeexportd.lake.presence import DaemonInfo, live_daemons
+from lakeexportd.lake.storage import open_storage
 
 _ASK_TIMEOUT = 2.0
 
@@ -58,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"lakeexportd status: unknown feed {args.feed!r} in {config.path} and the "
               f"registry; feeds: {', '.join(sorted(known)) or '(none)'}", file=sys.stderr)
         return EX_USAGE
-    daemons = live_daemons(root)
+    daemons = live_daemons(root, open_storage(root))
     answers = {d.pid: _ask(d) for d in daemons}
     reader = MetadataReader(root, now=now)
     rows: list[dict[str, Any]] = []

@@ -33,6 +33,7 @@ from lakeexportd.ksqldb.client import KsqlDBClient, client_from_settings
 from lakeexportd.lake import layout
 from lakeexportd.lake.metadata import MetadataStore
 from lakeexportd.lake.metadata_model import StreamMetadata, TableMetadata
+from lakeexportd.lake.storage import open_storage
 
 _SEVERITY = {EX_OK: 0, EX_TEMPFAIL: 1, EX_FAILED: 2, EX_CONFIG: 3}
 
@@ -57,7 +58,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 def _targets(config: Config, name: str | None) -> list[tuple[str, layout.Kind, Feed | None, bool]]:
     """(name, kind, feed settings if known, archived) of each feed to check."""
-    registry = RegistryFiles(config.lake.root)
+    registry = RegistryFiles(config.lake.root, open_storage(config.lake.root))
     known: dict[str, tuple[layout.Kind, Feed | None, bool]] = {}
     for kind_name, kind in MetadataReader(config.lake.root, now=_now()).feeds().items():
         entry = registry.read(kind_name)
@@ -109,8 +110,9 @@ def _check(root: Any, name: str, kind: layout.Kind, feed: Feed | None,
 
     checked = None
     try:
-        problems = verify.verify_feed(root, kind, name, deep=args.deep)
-        doc = MetadataStore().load(layout.feed_dir(root, kind, name))
+        storage = open_storage(root)
+        problems = verify.verify_feed(root, kind, name, deep=args.deep, storage=storage)
+        doc = MetadataStore(storage).load(layout.feed_dir(root, kind, name))
         if client is not None and doc is not None and problems:
             # Counting rows of missing or damaged files would only add noise: fix those first.
             checked = verify_source.SourceCheck(

@@ -45,6 +45,7 @@ from lakeexportd.lake.metadata_model import (
     iso_utc,
 )
 from lakeexportd.lake.sinks import AppendSink
+from lakeexportd.lake.storage import Storage
 
 
 @dataclass(frozen=True)
@@ -73,8 +74,9 @@ class Result:
     files: int
 
 
-def _rowtime_range(path: Path) -> tuple[int, int] | None:
-    meta = pq.read_metadata(path)
+def _rowtime_range(storage: Storage, path: Path) -> tuple[int, int] | None:
+    with storage.open_read(path) as source:
+        meta = pq.read_metadata(source)
     names = [meta.schema.column(i).name for i in range(meta.num_columns)]
     index = names.index("ROWTIME")
     lows, highs = [], []
@@ -97,7 +99,7 @@ def _run_window(doc: StreamMetadata, name: str) -> Window | None:
                 None)
 
 
-def plan(feed_dir: Path, doc: StreamMetadata, window: Window) -> Plan:
+def plan(feed_dir: Path, doc: StreamMetadata, window: Window, *, storage: Storage) -> Plan:
     """The files a backfill of ``window`` replaces or drops; refuses what it cannot do once."""
     assert window.from_ms is not None
     if doc.watermark_ms is None or window.to_ms > doc.watermark_ms:
@@ -128,19 +130,22 @@ def plan(feed_dir: Path, doc: StreamMetadata, window: Window) -> Plan:
                     )
                 missing.append((partition.path, entry))
                 continue
-            span = _rowtime_range(path)
+            span = _rowtime_range(storage, path)
             if span is None or (span[0] <= window.to_ms and span[1] > window.from_ms):
                 replaced.append((partition.path, entry))
     return Plan(window, tuple(replaced), tuple(missing))
 
 
-def _kept_rows(feed_dir: Path, plan: Plan, schema: pa.Schema) -> Iterator[pa.RecordBatch]:
+def _kept_rows(
+    storage: Storage, feed_dir: Path, plan: Plan, schema: pa.Schema
+) -> Iterator[pa.RecordBatch]:
     """Rows of the replaced files outside the window, in the query's schema."""
     assert plan.window.from_ms is not None
     for partition, entry in plan.replaced:
         path = feed_dir / partition / entry.name
         try:
-            table = pq.read_table(path)
+            with storage.open_read(path) as source:
+                table = pq.read_table(source)
         except (OSError, pa.ArrowException) as exc:
             raise LakeStateError(
                 f"{path} cannot be read back ({exc}); its rows outside the window would be "
@@ -172,11 +177,12 @@ def run(client: KsqlDBClient, store: MetadataStore, feed: Feed, feed_dir: Path,
         with AppendSink(feed_dir, result.schema, run_start=now,
                         event_time=feed.event_time or "ROWTIME", timezone=feed.timezone,
                         security=feed.security, max_open_partitions=feed.max_open_partitions,
-                        max_rows_per_file=feed.max_rows_per_file) as sink:
+                        max_rows_per_file=feed.max_rows_per_file,
+                        storage=store.storage) as sink:
             for batch in result.batches():
                 window_rows += batch.num_rows
                 sink.write(batch)
-            for batch in _kept_rows(feed_dir, the_plan, result.schema):
+            for batch in _kept_rows(store.storage, feed_dir, the_plan, result.schema):
                 sink.write(batch)
             written = sink.finish()
     gone = {(p, f.name) for p, f in (*the_plan.replaced, *the_plan.missing)}
@@ -195,5 +201,6 @@ def run(client: KsqlDBClient, store: MetadataStore, feed: Feed, feed_dir: Path,
     )
     new = update.with_export(step, record)
     store.commit(feed_dir, new, file_mode=layout.modes(feed.security)[1])
-    cleanup.remove_orphans(feed_dir, new, kind="stream")  # the replaced files
+    cleanup.remove_orphans(feed_dir, new, kind="stream",  # the replaced files
+                           storage=store.storage)
     return Result(the_plan, sum(w.records for w in written), window_rows, len(written))

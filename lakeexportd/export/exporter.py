@@ -38,6 +38,7 @@ from lakeexportd.lake import cleanup, layout, rebuild
 from lakeexportd.lake.locking import FeedLock
 from lakeexportd.lake.metadata import MetadataStore
 from lakeexportd.lake.metadata_model import StreamMetadata, Window
+from lakeexportd.lake.storage import open_storage
 
 __all__ = ["DataLakeExporter", "ExportResult", "Progress", "epoch_ms", "new_run_id"]
 
@@ -58,7 +59,7 @@ class DataLakeExporter:
         self.client = client
         self.root = lake_root
         self.lock_wait = lock_wait
-        self.store = store or MetadataStore()
+        self.store = store or MetadataStore(open_storage(lake_root))
         self._kinds: dict[str, str] = {}  # source -> what DESCRIBE says it is
 
     def feed_dir(self, feed: Feed) -> Path:
@@ -99,7 +100,8 @@ class DataLakeExporter:
             run_id=run_id,
         )
         dir_mode, _ = layout.modes(feed.security)
-        with FeedLock(feed_dir, feed=feed.name, wait=self.lock_wait, dir_mode=dir_mode):
+        with FeedLock(feed_dir, feed=feed.name, wait=self.lock_wait, dir_mode=dir_mode,
+                      storage=self.store.storage):
             return run.execute()
 
     def _check_kind(self, feed: Feed, cancel: threading.Event | None = None) -> None:
@@ -131,11 +133,12 @@ class DataLakeExporter:
                             "snapshot, so there is nothing to backfill")
         feed_dir = self.feed_dir(feed)
         dir_mode, _ = layout.modes(feed.security)
-        with FeedLock(feed_dir, feed=feed.name, wait=self.lock_wait, dir_mode=dir_mode):
+        with FeedLock(feed_dir, feed=feed.name, wait=self.lock_wait, dir_mode=dir_mode,
+                      storage=self.store.storage):
             doc = self.store.load(feed_dir)
             if not isinstance(doc, StreamMetadata) or doc.watermark_ms is None:
                 raise FeedError(f"feed {feed.name!r} has not exported yet: nothing to backfill")
-            plan = backfills.plan(feed_dir, doc, window)
+            plan = backfills.plan(feed_dir, doc, window, storage=self.store.storage)
             if not confirm(plan.describe(feed.name)):
                 return None
             result = backfills.run(self.client, self.store, feed, feed_dir, doc, plan, now=now,
@@ -160,8 +163,9 @@ class DataLakeExporter:
                 f"feed {feed.name!r}: {feed_dir} does not exist; nothing to rebuild"
             )
         dir_mode, file_mode = layout.modes(feed.security)
-        with FeedLock(feed_dir, feed=feed.name, wait=self.lock_wait, dir_mode=dir_mode):
-            if path.exists():
+        with FeedLock(feed_dir, feed=feed.name, wait=self.lock_wait, dir_mode=dir_mode,
+                      storage=self.store.storage):
+            if self.store.storage.exists(path):
                 raise LakeStateError(
                     f"feed {feed.name!r}: {path} exists; --rebuild only writes a missing "
                     f"document. If it is damaged, move it aside (mv {path} {path}.broken) first"
@@ -169,10 +173,11 @@ class DataLakeExporter:
             if feed.kind == "stream":
                 rebuilt = rebuild.rebuild_stream(
                     feed_dir, feed=feed.name, source=feed.source,
-                    event_time=feed.event_time or "ROWTIME",
+                    event_time=feed.event_time or "ROWTIME", storage=self.store.storage,
                 )
             else:
-                rebuilt = rebuild.rebuild_table(feed_dir, feed=feed.name, source=feed.source)
+                rebuilt = rebuild.rebuild_table(feed_dir, feed=feed.name, source=feed.source,
+                                                storage=self.store.storage)
             if not confirm(rebuild.describe(rebuilt)):
                 return None
             if self.store.load(feed_dir) is not None:
@@ -186,11 +191,13 @@ class DataLakeExporter:
         """Remove (or only list) every file of ``feed`` its ``_metadata.json`` does not list."""
         feed_dir = self.feed_dir(feed)
         dir_mode, _ = layout.modes(feed.security)
-        with FeedLock(feed_dir, feed=feed.name, wait=self.lock_wait, dir_mode=dir_mode):
+        with FeedLock(feed_dir, feed=feed.name, wait=self.lock_wait, dir_mode=dir_mode,
+                      storage=self.store.storage):
             doc = self.store.load(feed_dir)
             staging = layout.staging_dir(self.root, feed.name) if feed.kind == "table" else None
             removed = cleanup.remove_orphans(
-                feed_dir, doc, kind=feed.kind, staging_dir=staging, dry_run=dry_run
+                feed_dir, doc, kind=feed.kind, staging_dir=staging, dry_run=dry_run,
+                storage=self.store.storage,
             )
         if removed and not dry_run:
             log.info("metadata.repaired", feed=feed.name, removed=[str(p) for p in removed])

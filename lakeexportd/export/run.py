@@ -105,7 +105,8 @@ class Run:
     def execute(self) -> ExportResult:
         doc = self.store.load(self.feed_dir)
         removed = cleanup.remove_orphans(
-            self.feed_dir, doc, kind=self.feed.kind, staging_dir=self.staging
+            self.feed_dir, doc, kind=self.feed.kind, staging_dir=self.staging,
+            storage=self.store.storage,
         )
         if removed:
             log.warning(
@@ -163,7 +164,7 @@ class Run:
         self._commit(new)
         failpoint("export.after_commit")
         if dropped:
-            cleanup.delete_partitions(self.feed_dir, dropped)
+            cleanup.delete_partitions(self.feed_dir, dropped, storage=self.store.storage)
         failpoint("export.after_prune")
         return self._result(written, watermark_ms=upper, window_from_ms=lower)
 
@@ -186,6 +187,7 @@ class Run:
                 security=feed.security,
                 max_open_partitions=feed.max_open_partitions,
                 max_rows_per_file=feed.max_rows_per_file,
+                storage=self.store.storage,
             ) as sink:
                 for batch in self._batches(result.batches()):
                     sink.write(batch)
@@ -209,6 +211,7 @@ class Run:
                 run_start=self.now,
                 security=feed.security,
                 max_rows_per_file=feed.max_rows_per_file,
+                storage=self.store.storage,
             ) as sink:
                 for batch in self._batches(result.batches()):
                     sink.write(batch)
@@ -226,7 +229,7 @@ class Run:
         self._commit(new)
         failpoint("export.after_commit")
         if dropped:
-            cleanup.delete_versions(self.feed_dir, dropped)
+            cleanup.delete_versions(self.feed_dir, dropped, storage=self.store.storage)
         failpoint("export.after_prune")
         return self._result(
             written, version=version, versions_kept=len(new.versions), scan_started_ms=scan_started
@@ -330,6 +333,7 @@ class Run:
                 self.store.load(self.feed_dir),
                 kind=self.feed.kind,
                 staging_dir=self.staging,
+                storage=self.store.storage,
             )
         except LakeExportError:
             pass  # the next run's cleanup tries again

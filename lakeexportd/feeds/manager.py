@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import builtins
 import datetime as dt
-import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -54,6 +53,7 @@ from lakeexportd.feeds.registry import (
 from lakeexportd.lake import layout
 from lakeexportd.lake.locking import FeedLock
 from lakeexportd.lake.metadata_model import iso_utc
+from lakeexportd.lake.storage import open_storage
 
 __all__ = ["FeedEntry", "FeedManager", "FeedUsageError", "SyncReport", "UnknownFeed"]
 
@@ -101,7 +101,8 @@ class FeedManager:
     def __init__(self, lake_root: Path, *, now: Callable[[], dt.datetime],
                  lock_wait: float = 10.0) -> None:
         self.root = lake_root
-        self.files = RegistryFiles(lake_root)
+        self.storage = open_storage(lake_root)
+        self.files = RegistryFiles(lake_root, self.storage)
         self._now = now
         self.lock_wait = lock_wait
 
@@ -213,7 +214,7 @@ class FeedManager:
     def _purge(self, feed: Feed) -> builtins.list[Path]:
         feed_dir = layout.feed_dir(self.root, feed.kind, feed.name)
         staging = layout.staging_dir(self.root, feed.name)
-        targets = [p for p in (feed_dir, staging) if p.exists() or p.is_symlink()]
+        targets = [p for p in (feed_dir, staging) if self.storage.exists(p) or p.is_symlink()]
         for path in targets:
             if path.is_symlink():  # rmtree would follow nothing, but say why we stop
                 raise FeedError(f"{path} is a symlink; remove it by hand")
@@ -221,9 +222,9 @@ class FeedManager:
         if not targets:
             return []
         # The export lock makes a running export finish first; the lock file goes with the folder.
-        with FeedLock(feed_dir, feed=feed.name, wait=self.lock_wait):
+        with FeedLock(feed_dir, feed=feed.name, wait=self.lock_wait, storage=self.storage):
             for path in targets:
-                shutil.rmtree(path)
+                self.storage.delete_tree(path)
         return targets
 
     # -- the configuration ---------------------------------------------------------------------

@@ -3,19 +3,18 @@
 ``FeedManager`` (feeds.py) decides what changes; this module only encodes, decodes, reads and
 writes entries. A feed's definition is stored in the YAML's own form (durations as ``30s``,
 ``schedule: {every: 1m}`` or ``{cron: ...}``) and read back through the YAML validator, so a
-hand-edited entry is checked exactly like the configuration file. Writes are atomic (temp file
-in the same directory, fsync, ``os.replace``, fsync the directory); a file that cannot be read
-is reported and never overwritten. Mutations hold ``feeds/.lock`` (``flock``) so the CLI and
-the daemon never interleave read-modify-write cycles.
+hand-edited entry is checked exactly like the configuration file. Every file access goes
+through the lake's storage seam: writes are atomic (``Storage.publish``), a file that cannot be
+read is reported and never overwritten, and mutations hold ``feeds/.lock`` (the one lock
+helper, ``lake.locking.Lock``) so the CLI and the daemon never interleave read-modify-write
+cycles.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
-import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
@@ -26,7 +25,8 @@ from lakeexportd.config.durations import format_duration
 from lakeexportd.config.model import BUILTIN, FEED_NAME, Feed, FeedDefaults
 from lakeexportd.config.reader import Node
 from lakeexportd.errors import EX_USAGE, ConfigError, FeedError, LakeStateError
-from lakeexportd.lake.durable import fsync_path
+from lakeexportd.lake.locking import Lock
+from lakeexportd.lake.storage import LOCAL, Storage
 
 FORMAT_VERSION: Final = 1
 KEEP_HISTORY: Final = 50
@@ -197,7 +197,8 @@ def from_json(raw: Any, *, where: str) -> FeedEntry:
 class RegistryFiles:
     """Reads and atomically writes ``<root>/feeds/{active,archived}/<feed>.json``."""
 
-    def __init__(self, lake_root: Path) -> None:
+    def __init__(self, lake_root: Path, storage: Storage = LOCAL) -> None:
+        self.storage = storage
         self.base = lake_root / "feeds"
         self.active = self.base / "active"
         self.archived = self.base / "archived"
@@ -207,25 +208,29 @@ class RegistryFiles:
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
-        """Hold ``feeds/.lock`` (never deleted: see locking.py) for one read-modify-write."""
+        """Hold ``feeds/.lock`` for one read-modify-write (waiting as long as it takes)."""
         self._ensure_dirs()
-        fd = os.open(self.base / ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+
+        def busy(holder: str) -> Exception:  # never raised: the wait has no end
+            return LakeStateError(f"the feed registry is locked{holder}")
+
+        with Lock(self.base / ".lock", wait=None, busy=busy, storage=self.storage,
+                  file_mode=FILE_MODE, dir_mode=DIR_MODE):
             yield
-        finally:
-            os.close(fd)  # closing releases the flock
 
     def _ensure_dirs(self) -> None:
         try:
-            for directory in (self.base, self.active, self.archived):
-                directory.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+            for directory in (self.active, self.archived):
+                if not self.storage.is_dir(directory):
+                    self.storage.make_dirs(directory, DIR_MODE)
         except OSError as exc:
-            raise LakeStateError(f"cannot create the feed registry {self.base}: {exc}") from exc
+            raise LakeStateError(
+                f"cannot create the feed registry {self.storage.show(self.base)}: {exc}"
+            ) from exc
 
     def _read_file(self, path: Path) -> FeedEntry | None:
         try:
-            data = path.read_bytes()
+            data = self.storage.read_bytes(path)
         except FileNotFoundError:
             return None
         except OSError as exc:
@@ -257,9 +262,9 @@ class RegistryFiles:
     def names(self) -> list[str]:
         names: set[str] = set()
         for directory in (self.active, self.archived):
-            if directory.is_dir():
-                names.update(p.stem for p in directory.glob("*.json")
-                             if FEED_NAME.fullmatch(p.stem))
+            names.update(e.path.stem for e in self.storage.list_dir(directory)
+                         if not e.is_dir and e.name.endswith(".json")
+                         and FEED_NAME.fullmatch(e.path.stem))
         return sorted(names)
 
     def write(self, entry: FeedEntry) -> FeedEntry:
@@ -268,25 +273,12 @@ class RegistryFiles:
         entry = replace(entry, seq=entry.seq + 1)
         path = self.path(entry.name, entry.state)
         data = (json.dumps(to_json(entry), indent=2) + "\n").encode()
-        tmp = path.parent / f".{path.name}.tmp"
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
-            try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view):]
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(tmp, path)
-            fsync_path(path.parent, directory=True)
+            self.storage.publish(path, data, file_mode=FILE_MODE)
             other = self.path(entry.name, "active" if entry.state == "archived" else "archived")
-            if other.exists():
-                other.unlink()
-                fsync_path(other.parent, directory=True)
+            if self.storage.delete(other):
+                self.storage.sync([other.parent])
         except OSError as exc:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
             raise LakeStateError(f"could not write registry file {path}: {exc}") from exc
         return entry
 
@@ -294,9 +286,7 @@ class RegistryFiles:
         for state in ("active", "archived"):
             path = self.path(name, state)
             try:
-                path.unlink()
-            except FileNotFoundError:
-                continue
+                if self.storage.delete(path):
+                    self.storage.sync([path.parent])
             except OSError as exc:
                 raise LakeStateError(f"could not remove registry file {path}: {exc}") from exc
-            fsync_path(path.parent, directory=True)

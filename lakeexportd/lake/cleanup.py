@@ -7,70 +7,75 @@ leaves unlisted files for the next ``remove_orphans``.
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 from collections.abc import Iterable
 from pathlib import Path
 
 from lakeexportd.errors import LakeStateError
 from lakeexportd.failpoints import failpoint
 from lakeexportd.lake import layout
-from lakeexportd.lake.durable import fsync_path
 from lakeexportd.lake.metadata_model import FeedMetadata, Partition, StreamMetadata, Version
+from lakeexportd.lake.storage import LOCAL, Storage
 
 _YEAR = re.compile(r"year=\d{4}")
 _MONTH = re.compile(r"month=\d{2}")
 _DAY = re.compile(r"day=\d{2}")
 
 
-def _subdirs(directory: Path, pattern: re.Pattern[str]) -> list[Path]:
-    return sorted(
-        Path(e.path) for e in os.scandir(directory)
-        if e.is_dir(follow_symlinks=False) and pattern.fullmatch(e.name)
-    )
+def _subdirs(storage: Storage, directory: Path, pattern: re.Pattern[str]) -> list[Path]:
+    return [Path(e.path) for e in storage.list_dir(directory)
+            if e.is_dir and pattern.fullmatch(e.name)]
 
 
-def _remove(path: Path, base: Path) -> None:
-    """Remove one file, symlink or directory tree, refusing anything outside ``base``."""
+def _names(storage: Storage, directory: Path) -> list[str]:
+    return [e.name for e in storage.list_dir(directory)]
+
+
+def _remove(storage: Storage, path: Path, base: Path, *, tree: bool = False) -> None:
+    """Remove one file (or, with ``tree``, a directory tree), refusing anything outside ``base``."""
     layout.ensure_inside(base, path.parent)
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path)
+    if tree:
+        storage.delete_tree(path)
     else:
-        path.unlink(missing_ok=True)
+        storage.delete(path)
 
 
-def _stream_orphans(feed_dir: Path, doc: StreamMetadata | None) -> tuple[list[Path], list[Path]]:
+def _stream_orphans(
+    storage: Storage, feed_dir: Path, doc: StreamMetadata | None
+) -> tuple[list[Path], list[Path]]:
     listed = {f"{p.path}/{f.name}" for p in doc.partitions for f in p.files} if doc else set()
     temps, data = [], []
-    for year in _subdirs(feed_dir, _YEAR):
-        for month in _subdirs(year, _MONTH):
-            for day in _subdirs(month, _DAY):
+    for year in _subdirs(storage, feed_dir, _YEAR):
+        for month in _subdirs(storage, year, _MONTH):
+            for day in _subdirs(storage, month, _DAY):
                 partition = f"{year.name}/{month.name}/{day.name}"
-                for entry in sorted(os.listdir(day)):
-                    if layout.is_temp_name(entry):
-                        temps.append(day / entry)
-                    elif layout.is_data_file_name(entry) and f"{partition}/{entry}" not in listed:
-                        data.append(day / entry)
+                for entry in storage.list_dir(day):
+                    if entry.is_dir:
+                        continue  # not a name lakeexportd writes: never touched
+                    if layout.is_temp_name(entry.name):
+                        temps.append(day / entry.name)
+                    elif (layout.is_data_file_name(entry.name)
+                          and f"{partition}/{entry.name}" not in listed):
+                        data.append(day / entry.name)
     return temps, data
 
 
 def _table_orphans(
-    feed_dir: Path, doc: FeedMetadata | None
+    storage: Storage, feed_dir: Path, doc: FeedMetadata | None
 ) -> tuple[list[Path], list[Path], list[Path]]:
     listed = {v.path: {f.name for f in v.files} for v in getattr(doc, "versions", ())}
     temps, data, versions = [], [], []
-    for entry in sorted(os.listdir(feed_dir)):
-        if layout.version_number(entry) is None:
+    for entry in storage.list_dir(feed_dir):
+        if not entry.is_dir or layout.version_number(entry.name) is None:
             continue
-        path = feed_dir / entry
-        if entry not in listed:
+        path = feed_dir / entry.name
+        if entry.name not in listed:
             versions.append(path)
             continue
-        for name in sorted(os.listdir(path)):
+        for name in _names(storage, path):
             if layout.is_temp_name(name):
                 temps.append(path / name)
-            elif layout.is_snapshot_file_name(name) and name not in listed[entry]:
+            elif layout.is_snapshot_file_name(name) and name not in listed[entry.name]:
                 data.append(path / name)
     return temps, data, versions
 
@@ -82,6 +87,7 @@ def remove_orphans(
     kind: layout.Kind,
     staging_dir: Path | None = None,
     dry_run: bool = False,
+    storage: Storage = LOCAL,
 ) -> list[Path]:
     """Remove (or with ``dry_run`` only list) every data file and dir ``doc`` does not list.
 
@@ -94,17 +100,21 @@ def remove_orphans(
         temps: list[Path] = []
         data: list[Path] = []
         versions: list[Path] = []
-        if feed_dir.exists() and kind == "stream":
+        if kind == "stream":
             stream_doc = doc if isinstance(doc, StreamMetadata) else None
-            temps, data = _stream_orphans(feed_dir, stream_doc)
-        elif feed_dir.exists():
-            temps, data, versions = _table_orphans(feed_dir, doc)
+            temps, data = _stream_orphans(storage, feed_dir, stream_doc)
+        else:
+            temps, data, versions = _table_orphans(storage, feed_dir, doc)
         meta_tmp = feed_dir / layout.temp_name(layout.METADATA_NAME)
-        if meta_tmp.exists():
+        if storage.exists(meta_tmp):
             temps.insert(0, meta_tmp)
-        if staging_dir is not None and staging_dir.is_dir() and not any(staging_dir.iterdir()):
-            staging_dir.rmdir()  # what a successful publish leaves: nothing to report
-        staging = [staging_dir] if staging_dir is not None and staging_dir.exists() else []
+        staging = []
+        if staging_dir is not None and storage.exists(staging_dir):
+            # Empty after a good publish: nothing to report (and removed unless dry_run).
+            if storage.list_dir(staging_dir):
+                staging = [staging_dir]
+            elif not dry_run:
+                storage.remove_dir(staging_dir)
         if doc is None and (data or versions):
             raise MetadataMissingError(feed_dir, len(data) + len(versions))
         found = temps + data + versions + staging
@@ -112,19 +122,19 @@ def remove_orphans(
             return found
         failpoint("cleanup.before")
         for path in temps:
-            _remove(path, feed_dir)
+            _remove(storage, path, feed_dir)
             failpoint("cleanup.after_temp")
         for path in data:
-            _remove(path, feed_dir)
+            _remove(storage, path, feed_dir)
             failpoint("cleanup.after_data_file")
         for path in versions:
-            _remove(path, feed_dir)
+            _remove(storage, path, feed_dir, tree=True)
             failpoint("cleanup.after_version_dir")
         if staging_dir is not None and staging:
-            _remove(staging_dir, staging_dir.parent)
+            _remove(storage, staging_dir, staging_dir.parent, tree=True)
             failpoint("cleanup.after_staging")
-        if kind == "stream" and feed_dir.exists():
-            _remove_empty_partitions(feed_dir, doc)
+        if kind == "stream" and storage.exists(feed_dir):
+            _remove_empty_partitions(storage, feed_dir, doc)
             failpoint("cleanup.after_empty_dirs")
         return found
     except OSError as exc:
@@ -149,20 +159,21 @@ class MetadataMissingError(LakeStateError):
         )
 
 
-def _remove_empty_partitions(feed_dir: Path, doc: FeedMetadata | None) -> None:
+def _remove_empty_partitions(storage: Storage, feed_dir: Path, doc: FeedMetadata | None) -> None:
+    """Remove day, month and year folders left empty (``remove_dir`` refuses non-empty ones)."""
     listed = {p.path for p in doc.partitions} if isinstance(doc, StreamMetadata) else set()
-    for year in _subdirs(feed_dir, _YEAR):
-        for month in _subdirs(year, _MONTH):
-            for day in _subdirs(month, _DAY):
-                if f"{year.name}/{month.name}/{day.name}" not in listed and not any(day.iterdir()):
-                    day.rmdir()
-            if not any(month.iterdir()):
-                month.rmdir()
-        if not any(year.iterdir()):
-            year.rmdir()
+    for year in _subdirs(storage, feed_dir, _YEAR):
+        for month in _subdirs(storage, year, _MONTH):
+            for day in _subdirs(storage, month, _DAY):
+                if f"{year.name}/{month.name}/{day.name}" not in listed:
+                    storage.remove_dir(day)
+            storage.remove_dir(month)
+        storage.remove_dir(year)
 
 
-def delete_versions(feed_dir: Path, versions: Iterable[Version]) -> list[Path]:
+def delete_versions(
+    feed_dir: Path, versions: Iterable[Version], *, storage: Storage = LOCAL
+) -> list[Path]:
     """Delete table versions a commit already dropped from ``versions`` (oldest first)."""
     removed = []
     try:
@@ -170,15 +181,15 @@ def delete_versions(feed_dir: Path, versions: Iterable[Version]) -> list[Path]:
         for version in sorted(versions, key=lambda v: v.version):
             path = feed_dir / version.path
             layout.ensure_inside(feed_dir, path)
-            if path.exists():
-                for i, name in enumerate(sorted(os.listdir(path))):
-                    (path / name).unlink()
+            if storage.exists(path):
+                for i, name in enumerate(_names(storage, path)):
+                    storage.delete(path / name)
                     if i == 0:
                         failpoint("prune.mid_version")
-                path.rmdir()
+                storage.remove_dir(path)
             removed.append(path)
             failpoint("prune.after_version")
-        fsync_path(feed_dir, directory=True)
+        storage.sync([feed_dir])
         failpoint("prune.after_all")
     except OSError as exc:
         raise LakeStateError(
@@ -187,7 +198,9 @@ def delete_versions(feed_dir: Path, versions: Iterable[Version]) -> list[Path]:
     return removed
 
 
-def delete_partitions(feed_dir: Path, partitions: Iterable[Partition]) -> list[Path]:
+def delete_partitions(
+    feed_dir: Path, partitions: Iterable[Partition], *, storage: Storage = LOCAL
+) -> list[Path]:
     """Delete day partitions a commit already dropped (stream retention)."""
     removed = []
     try:
@@ -196,20 +209,18 @@ def delete_partitions(feed_dir: Path, partitions: Iterable[Partition]) -> list[P
             layout.partition_day(partition.path)
             path = feed_dir / partition.path
             layout.ensure_inside(feed_dir, path)
-            if path.exists():
-                for i, name in enumerate(sorted(os.listdir(path))):
-                    _remove(path / name, feed_dir)
+            if storage.exists(path):
+                for i, entry in enumerate(storage.list_dir(path)):
+                    _remove(storage, path / entry.name, feed_dir, tree=entry.is_dir)
                     if i == 0:
                         failpoint("retention.mid_partition")
-                path.rmdir()
-                fsync_path(path.parent, directory=True)
+                storage.remove_dir(path)
+                storage.sync([path.parent])
             removed.append(path)
             failpoint("retention.after_partition")
         for month in {p.parent for p in removed}:
-            if month.exists() and not any(month.iterdir()):
-                month.rmdir()
-                if not any(month.parent.iterdir()):
-                    month.parent.rmdir()
+            if storage.remove_dir(month):
+                storage.remove_dir(month.parent)
         failpoint("retention.after_parents")
     except OSError as exc:
         raise LakeStateError(

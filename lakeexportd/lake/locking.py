@@ -1,94 +1,89 @@
-"""One writer per feed across processes: an exclusive ``flock`` on ``<feed dir>/.lock``.
+"""The one lock helper: wait for a named lock of the lake's storage, or say who holds it.
 
-The lock file is never deleted: unlinking it while another process waits on the old inode
-would let two writers hold "the" lock at once.
+A feed has one writer across processes (``<feed dir>/.lock``); the feed registry has one
+read-modify-write at a time (``feeds/.lock``). Both wait the same way here, whatever the
+storage. Lock files are never deleted: unlinking one while another process waits on the old
+inode would let two writers hold "the" lock at once.
 """
 
 from __future__ import annotations
 
-import errno
-import fcntl
 import os
 import time
 from collections.abc import Callable
-from pathlib import Path
+from pathlib import Path, PurePath
 from types import TracebackType
 
 from lakeexportd.errors import FeedLocked, LakeStateError
 from lakeexportd.failpoints import failpoint
 from lakeexportd.lake import layout
-from lakeexportd.lake.durable import make_dirs
+from lakeexportd.lake.storage import LOCAL, Held, Storage
 
 
-class FeedLock:
-    """``with FeedLock(feed_dir, feed="orders", wait=10):`` holds the feed's lock or raises."""
+class Lock:
+    """``with Lock(path, what=..., wait=10):`` holds the lock named ``path`` or raises.
+
+    ``wait=None`` waits as long as it takes. ``busy`` builds the error raised when the wait
+    is over (it gets the holder's pid hint, e.g. ``" (pid 42)"``, or ``""``).
+    """
 
     def __init__(
         self,
-        feed_dir: Path,
+        path: PurePath,
         *,
-        feed: str,
-        wait: float,
+        wait: float | None,
+        busy: Callable[[str], Exception],
+        storage: Storage = LOCAL,
         poll: float = 0.05,
+        file_mode: int = 0o640,
         dir_mode: int = 0o750,
+        failpoints: str | None = None,
         monotonic: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
-        self.path = layout.lock_path(feed_dir)
-        self.feed = feed
+        self.path = path
         self._wait = wait
+        self._busy = busy
+        self._storage = storage
         self._poll = poll
+        self._file_mode = file_mode
         self._dir_mode = dir_mode
+        self._failpoints = failpoints
         self._monotonic = monotonic
         self._sleep = sleep
-        self._fd: int | None = None
+        self._held: Held | None = None
 
     def acquire(self) -> None:
-        try:
-            if not self.path.parent.exists():
-                make_dirs(self.path.parent, self._dir_mode)
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
-        except OSError as exc:
-            raise LakeStateError(f"cannot open the lock file {self.path}: {exc}") from exc
-        deadline = self._monotonic() + self._wait
+        storage = self._storage
+        where = storage.show(self.path)
+        deadline = None if self._wait is None else self._monotonic() + self._wait
+        note = f"{os.getpid()}\n".encode()  # a hint for the message: the lock is the lock
         while True:
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
+                if not storage.is_dir(self.path.parent):
+                    storage.make_dirs(self.path.parent, self._dir_mode)
+                held = storage.try_lock(self.path, file_mode=self._file_mode, note=note)
             except OSError as exc:
-                if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                    os.close(fd)
-                    raise LakeStateError(f"cannot lock {self.path}: {exc}") from exc
-            if self._monotonic() >= deadline:
-                holder = _read_holder(fd)
-                os.close(fd)
-                raise FeedLocked(
-                    f"feed {self.feed!r} is locked by another lakeexportd process{holder} that "
-                    f"is exporting or repairing it (waited {self._wait:g}s for {self.path}); "
-                    "this run is skipped and the next tick tries again. If no lakeexportd "
-                    "is running, the lock frees itself when its holder exits"
-                )
+                raise LakeStateError(f"cannot lock {where}: {exc}") from exc
+            if held is not None:
+                break
+            if deadline is not None and self._monotonic() >= deadline:
+                text = storage.lock_note(self.path).decode(errors="replace").strip()
+                raise self._busy(f" (pid {text})" if text.isdigit() else "")
             self._sleep(self._poll)
-        # The pid is only a hint for the message above; flock, not the content, is the lock.
-        try:
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        except OSError:
-            pass
-        self._fd = fd
-        failpoint("lock.after_acquire")
+        self._held = held
+        if self._failpoints:
+            failpoint(f"{self._failpoints}.after_acquire")
 
     def release(self) -> None:
-        if self._fd is None:
+        if self._held is None:
             return
-        failpoint("lock.before_release")
-        fd, self._fd = self._fd, None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-        finally:
-            os.close(fd)
+        if self._failpoints:
+            failpoint(f"{self._failpoints}.before_release")
+        held, self._held = self._held, None
+        held.release()
 
-    def __enter__(self) -> FeedLock:
+    def __enter__(self) -> Lock:
         self.acquire()
         return self
 
@@ -98,9 +93,32 @@ class FeedLock:
         self.release()
 
 
-def _read_holder(fd: int) -> str:
-    try:
-        text = os.pread(fd, 32, 0).decode().strip()
-    except (OSError, UnicodeDecodeError):
-        return ""
-    return f" (pid {text})" if text.isdigit() else ""
+class FeedLock(Lock):
+    """``with FeedLock(feed_dir, feed="orders", wait=10):`` one writer per feed or FeedLocked."""
+
+    def __init__(
+        self,
+        feed_dir: Path,
+        *,
+        feed: str,
+        wait: float,
+        storage: Storage = LOCAL,
+        poll: float = 0.05,
+        dir_mode: int = 0o750,
+        monotonic: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        path = layout.lock_path(feed_dir)
+        where = storage.show(path)
+
+        def busy(holder: str) -> Exception:
+            return FeedLocked(
+                f"feed {feed!r} is locked by another lakeexportd process{holder} that "
+                f"is exporting or repairing it (waited {wait:g}s for {where}); "
+                "this run is skipped and the next tick tries again. If no lakeexportd "
+                "is running, the lock frees itself when its holder exits"
+            )
+
+        super().__init__(path, wait=wait, busy=busy, storage=storage, poll=poll,
+                         dir_mode=dir_mode, failpoints="lock", monotonic=monotonic, sleep=sleep)
+        self.feed = feed

@@ -1,4 +1,5 @@
-"""The typed ``_metadata.json`` document (DESIGN.md section 5) and its JSON codec.
+"""The typed ``_metadata.json`` document (DESIGN.md section 5); ``metadata_codec`` reads and
+writes it as JSON.
 
 Totals are properties computed from the listed files, so they can never drift from the list;
 the codec writes them and ignores whatever totals a file on disk claims.
@@ -181,73 +182,3 @@ class TableMetadata(_Common):
 
 
 FeedMetadata = StreamMetadata | TableMetadata
-
-
-# -- encoding --------------------------------------------------------------------------------
-
-
-def _file_json(f: FileEntry) -> dict[str, Any]:
-    out: dict[str, Any] = {"name": f.name, "records": f.records, "size_bytes": f.size_bytes}
-    if f.min_event_ms is not None:
-        out["min_event_ms"] = f.min_event_ms
-    if f.max_event_ms is not None:
-        out["max_event_ms"] = f.max_event_ms
-    return out
-
-
-def _export_json(e: ExportRecord) -> dict[str, Any]:
-    out: dict[str, Any] = {
-        "run_id": e.run_id, "started": e.started, "finished": e.finished,
-        "records": e.records, "status": e.status,
-    }
-    if e.window is not None:
-        out["window"] = {"from_ms": e.window.from_ms, "to_ms": e.window.to_ms}
-    for key in ("files", "size_bytes", "version", "error"):
-        if getattr(e, key) is not None:
-            out[key] = getattr(e, key)
-    return out
-
-
-def _change_json(c: SchemaChange) -> dict[str, Any]:
-    out: dict[str, Any] = {"changed": c.changed}
-    for key in ("added", "removed", "retyped"):
-        if getattr(c, key):
-            out[key] = list(getattr(c, key))
-    return out
-
-
-def to_json(doc: FeedMetadata) -> dict[str, Any]:
-    """The document as written to disk, totals recomputed."""
-    out: dict[str, Any] = {
-        "format_version": FORMAT_VERSION,
-        "source": doc.source, "feed": doc.feed, "kind": doc.kind, "mode": doc.mode,
-        "last_export": doc.last_export, "last_status": doc.last_status,
-        "total_records": doc.total_records,
-        "total_size_bytes": doc.total_size_bytes,
-        "total_size_mb": size_mb(doc.total_size_bytes),
-        "schema": [
-            {"name": c.name, "ksql_type": c.ksql_type, "arrow_type": c.arrow_type}
-            for c in doc.schema
-        ],
-        "schema_history": [_change_json(c) for c in doc.schema_history],
-    }
-    if isinstance(doc, StreamMetadata):
-        out["watermark"] = {"rowtime_ms": doc.watermark_ms}
-        out["partitions"] = [
-            {"path": p.path, "records": p.records, "size_bytes": p.size_bytes,
-             "files": [_file_json(f) for f in p.files]}
-            for p in doc.partitions
-        ]
-    else:
-        out["current_version"] = doc.current_version
-        out["last_version"] = doc.last_version
-        out["versions"] = [
-            {"version": v.version, "path": v.path, "created": v.created,
-             "records": v.records, "size_bytes": v.size_bytes,
-             "files": [_file_json(f) for f in v.files]}
-            for v in doc.versions
-        ]
-    out["exports"] = [_export_json(e) for e in doc.exports]
-    for key, value in doc.extra.items():
-        out.setdefault(key, value)
-    return out

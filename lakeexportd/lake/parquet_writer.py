@@ -14,7 +14,6 @@ submit, ``drain`` or file close, so a full disk still fails the run.
 
 from __future__ import annotations
 
-import os
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -25,7 +24,7 @@ import pyarrow.parquet as pq
 
 from lakeexportd.errors import LakeStateError, SchemaError
 from lakeexportd.failpoints import failpoint
-from lakeexportd.lake.durable import fsync_path
+from lakeexportd.lake.storage import LOCAL, Storage, Writable
 
 ROW_GROUP_ROWS = 262_144
 ROW_GROUP_BYTES = 64 * 1024 * 1024
@@ -134,8 +133,10 @@ class ParquetFile:
         row_group_bytes: int = ROW_GROUP_BYTES,
         failpoint_prefix: str,
         background: BackgroundWriter | None = None,
+        storage: Storage = LOCAL,
     ) -> None:
         self.path = path
+        self._storage = storage
         self._background = background
         self._lane = background.lane() if background is not None else 0
         self.rows = 0
@@ -148,16 +149,11 @@ class ParquetFile:
         self._buffer: list[pa.RecordBatch] = []
         self._buffered_rows = 0
         self.buffered_bytes = 0
-        created = False
+        self._sink: Writable | None = None
         try:
-            # O_EXCL: never write into a file someone else owns; explicit fchmod: raw data must
-            # not be world-readable even for the life of a temp file, whatever the umask.
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, file_mode)
-            created = True
-            os.fchmod(fd, file_mode)
-            os.close(fd)
+            self._sink = storage.create(path, file_mode=file_mode)  # new, ours, exact mode
             self._writer: pq.ParquetWriter | None = pq.ParquetWriter(
-                str(path),
+                self._sink,
                 schema,
                 compression="snappy",
                 use_dictionary=True,
@@ -167,9 +163,10 @@ class ParquetFile:
                 write_page_checksum=True,
             )
         except (OSError, pa.ArrowException) as exc:
-            if created:  # ours (O_EXCL): a full disk must not leave a half-made temp behind
-                path.unlink(missing_ok=True)
-            raise LakeStateError(f"cannot create {path}: {exc}") from exc
+            if self._sink is not None:  # ours: a full disk must not leave a half-made temp
+                self._close_sink()
+                storage.delete(path)
+            raise LakeStateError(f"cannot create {storage.show(path)}: {exc}") from exc
         failpoint(f"{failpoint_prefix}.after_open_temp")
 
     def append(self, batch: pa.RecordBatch, min_ms: int | None, max_ms: int | None) -> None:
@@ -223,12 +220,19 @@ class ParquetFile:
                     self._writer.write_table(self._schema.empty_table())
                 self._writer.close()
                 self._writer = None
+                self._close_sink()
                 failpoint(f"{self._prefix}.after_close")
-                fsync_path(self.path)
+                self._storage.sync_file(self.path)
                 failpoint(f"{self._prefix}.after_file_fsync")
             except (OSError, pa.ArrowException) as exc:
                 raise LakeStateError(f"cannot finish {self.path}: {exc}") from exc
-        return self.path.stat().st_size
+        return self._storage.size(self.path)
+
+    def _close_sink(self) -> None:
+        """Close the file under the writer (a writer given an open file leaves it open)."""
+        sink, self._sink = self._sink, None
+        if sink is not None:
+            sink.close()
 
     def discard(self) -> None:
         """Close without caring about the content and remove the temp file.
@@ -243,6 +247,10 @@ class ParquetFile:
                 pass  # the file is being thrown away
             self._writer = None
         try:
-            self.path.unlink(missing_ok=True)
+            self._close_sink()
+        except OSError:
+            pass  # the file is being thrown away
+        try:
+            self._storage.delete(self.path)
         except OSError as exc:
             raise LakeStateError(f"cannot remove temp file {self.path}: {exc}") from exc

@@ -14,7 +14,6 @@ reported as a warning) and are exported again only if they lie above the new wat
 from __future__ import annotations
 
 import datetime as dt
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,6 +33,7 @@ from lakeexportd.lake.metadata_model import (
     iso_utc,
 )
 from lakeexportd.lake.metadata_update import columns_of
+from lakeexportd.lake.storage import LOCAL, Storage
 
 
 @dataclass
@@ -66,11 +66,12 @@ class _Schema:
                 )
 
 
-def _footer(path: Path, schema: _Schema) -> tuple[pq.FileMetaData, int]:
+def _footer(storage: Storage, path: Path, schema: _Schema) -> tuple[pq.FileMetaData, int]:
     try:
-        meta = pq.read_metadata(path)
-        schema.add(pq.read_schema(path), path)
-        return meta, os.stat(path).st_size
+        with storage.open_read(path) as source:
+            parquet = pq.ParquetFile(source)
+            schema.add(parquet.schema_arrow, path)
+            return parquet.metadata, storage.size(path)
     except (OSError, pa.ArrowException) as exc:
         raise LakeStateError(
             f"{path} is not a readable Parquet file ({exc}); move it out of the feed folder "
@@ -109,18 +110,26 @@ def _created(name: str) -> str | None:
     return None if start is None else iso_utc(start)
 
 
-def _walk_partitions(feed_dir: Path) -> list[tuple[str, list[str], list[str]]]:
+def _subdirs(storage: Storage, directory: Path, prefix: str) -> list[Path]:
+    return [Path(e.path) for e in storage.list_dir(directory)
+            if e.is_dir and e.name.startswith(prefix)]
+
+
+def _walk_partitions(
+    storage: Storage, feed_dir: Path
+) -> list[tuple[str, list[str], list[str]]]:
     """(partition path, data file names, temp names) for every day folder, in order."""
     out = []
-    for day in sorted(feed_dir.glob("year=*/month=*/day=*")):
+    days = [day for year in _subdirs(storage, feed_dir, "year=")
+            for month in _subdirs(storage, year, "month=")
+            for day in _subdirs(storage, month, "day=")]
+    for day in sorted(days):
         rel = day.relative_to(feed_dir).as_posix()
         try:
             layout.partition_day(rel)  # what _metadata.json accepts as a partition path
         except ValueError:
             continue
-        if not day.is_dir():
-            continue
-        names = sorted(os.listdir(day))
+        names = [e.name for e in storage.list_dir(day)]
         out.append(
             (
                 rel,
@@ -132,7 +141,8 @@ def _walk_partitions(feed_dir: Path) -> list[tuple[str, list[str], list[str]]]:
 
 
 def rebuild_stream(
-    feed_dir: Path, *, feed: str, source: str, event_time: str = "ROWTIME"
+    feed_dir: Path, *, feed: str, source: str, event_time: str = "ROWTIME",
+    storage: Storage = LOCAL,
 ) -> Rebuilt:
     """The stream document the files in ``feed_dir`` imply."""
     schema = _Schema()
@@ -140,7 +150,7 @@ def rebuild_stream(
     warnings: list[str] = []
     watermark: int | None = None
     count = 0
-    for rel, names, temps in _walk_partitions(feed_dir):
+    for rel, names, temps in _walk_partitions(storage, feed_dir):
         if temps:
             warnings.append(
                 f"{rel} holds {len(temps)} temp file(s) of a run that never committed; they "
@@ -149,7 +159,7 @@ def rebuild_stream(
         files = []
         for name in names:
             path = feed_dir / rel / name
-            meta, size = _footer(path, schema)
+            meta, size = _footer(storage, path, schema)
             _, high = _column_range(meta, "ROWTIME")
             if high is None:
                 raise LakeStateError(
@@ -176,25 +186,27 @@ def rebuild_stream(
     return Rebuilt(doc, count, warnings)
 
 
-def rebuild_table(feed_dir: Path, *, feed: str, source: str) -> Rebuilt:
+def rebuild_table(
+    feed_dir: Path, *, feed: str, source: str, storage: Storage = LOCAL
+) -> Rebuilt:
     """The table document the version folders in ``feed_dir`` imply (the newest is current)."""
     schema = _Schema()
     versions: list[Version] = []
     warnings: list[str] = []
     count = 0
     numbered = sorted(
-        (n, name) for name in os.listdir(feed_dir)
-        if (n := layout.version_number(name)) is not None and (feed_dir / name).is_dir()
+        (n, e.name) for e in storage.list_dir(feed_dir)
+        if (n := layout.version_number(e.name)) is not None and e.is_dir
     )
     for number, name in numbered:
         files = []
         created: list[str] = []
-        for file_name in sorted(os.listdir(feed_dir / name)):
+        for file_name in [e.name for e in storage.list_dir(feed_dir / name)]:
             if layout.is_temp_name(file_name):
                 warnings.append(f"{name} holds temp file {file_name} (removed by repair later)")
             if not layout.is_snapshot_file_name(file_name):
                 continue
-            meta, size = _footer(feed_dir / name / file_name, schema)
+            meta, size = _footer(storage, feed_dir / name / file_name, schema)
             files.append(FileEntry(file_name, meta.num_rows, size))
             if (stamp := _created(file_name)) is not None:
                 created.append(stamp)

@@ -21,7 +21,6 @@ limit be generous.
 from __future__ import annotations
 
 import datetime as dt
-import os
 import secrets
 from collections import OrderedDict
 from pathlib import Path
@@ -34,7 +33,6 @@ import pyarrow.compute as pc
 from lakeexportd.errors import LakeStateError, SchemaError
 from lakeexportd.failpoints import failpoint
 from lakeexportd.lake import layout
-from lakeexportd.lake.durable import fsync_path, make_dirs
 from lakeexportd.lake.metadata_model import WrittenFile
 from lakeexportd.lake.parquet_writer import (
     ROW_GROUP_BYTES,
@@ -44,6 +42,7 @@ from lakeexportd.lake.parquet_writer import (
     check_schema,
 )
 from lakeexportd.lake.snapshot_sink import SnapshotSink
+from lakeexportd.lake.storage import LOCAL, Storage
 
 __all__ = ["AppendSink", "SnapshotSink", "WrittenFile"]
 
@@ -87,6 +86,7 @@ class AppendSink:
         row_group_rows: int = ROW_GROUP_ROWS,
         row_group_bytes: int = ROW_GROUP_BYTES,
         buffer_bytes: int = BUFFER_BYTES,
+        storage: Storage = LOCAL,
     ) -> None:
         if max_open_partitions < 1 or max_rows_per_file < 1 or buffer_bytes < 1:
             raise ValueError(
@@ -102,6 +102,7 @@ class AppendSink:
             )
         self.feed_dir = feed_dir
         self.schema = schema
+        self._storage = storage
         self._event_index = schema.get_field_index(event_time)
         self._event_time = event_time
         self._tz = layout.zone(timezone)
@@ -210,18 +211,20 @@ class AppendSink:
             failpoint("append.after_lru_close")
         directory = self.feed_dir / self._partition(day)
         try:
-            created = make_dirs(directory, self._dir_mode)
+            created = self._storage.make_dirs(directory, self._dir_mode)
         except OSError as exc:
-            raise LakeStateError(f"cannot create partition {directory}: {exc}") from exc
+            raise LakeStateError(
+                f"cannot create partition {self._storage.show(directory)}: {exc}"
+            ) from exc
         if created:
-            self._created_dirs.extend(created)
+            self._created_dirs.extend(Path(d) for d in created)
             failpoint("append.after_mkdir")
         self._seq += 1
         name = layout.temp_name(f"data_{self._stamp}_{self._token}_{self._seq:04d}.parquet")
         handle = ParquetFile(
             directory / name, self.schema, file_mode=self._file_mode,
             row_group_rows=self._rg_rows, row_group_bytes=self._rg_bytes,
-            failpoint_prefix="append", background=self._background,
+            failpoint_prefix="append", background=self._background, storage=self._storage,
         )
         self._open[day] = handle
         return handle
@@ -243,7 +246,8 @@ class AppendSink:
             for day, files in by_day.items():
                 partition = self._partition(day)
                 directory = self.feed_dir / partition
-                collision = layout.free_collision(frozenset(os.listdir(directory)), self._run_start)
+                taken = frozenset(e.name for e in self._storage.list_dir(directory))
+                collision = layout.free_collision(taken, self._run_start)
                 for part, (handle, size) in enumerate(files, start=1):
                     name = layout.data_file_name(
                         self._run_start, collision=collision,
@@ -256,9 +260,8 @@ class AppendSink:
                     ))
                 dirs.add(directory)
             failpoint("append.after_all_renames")
-            for directory in sorted(dirs, key=lambda p: len(p.parts), reverse=True):
-                fsync_path(directory, directory=True)
-                failpoint("append.after_dir_fsync")
+            self._storage.sync(dirs)
+            failpoint("append.after_dir_fsync")
         except OSError as exc:
             raise LakeStateError(f"cannot publish files of {self.feed_dir}: {exc}") from exc
         self._closed = []
@@ -270,10 +273,13 @@ class AppendSink:
         return written
 
     def _rename(self, source: Path, target: Path) -> None:
-        if target.exists():
-            raise LakeStateError(f"{target} appeared while this run was writing it")
         failpoint("append.before_rename")
-        os.rename(source, target)
+        try:
+            self._storage.promote(source, target)
+        except FileExistsError as exc:
+            raise LakeStateError(
+                f"{self._storage.show(target)} appeared while this run was writing it"
+            ) from exc
         self._renamed.append(target)
         failpoint("append.after_rename")
 
@@ -288,11 +294,11 @@ class AppendSink:
             if i == 0 and len(victims) > 1:
                 failpoint("append.mid_abort")
         for path in self._renamed:
-            path.unlink(missing_ok=True)
+            self._storage.delete(path)
         self._renamed = []
         for directory in reversed(self._created_dirs):
             try:
-                directory.rmdir()
+                self._storage.remove_dir(directory)  # refused when not empty: others' files
             except OSError:
-                pass  # not empty: another run's files live there
+                pass  # left for orphan cleanup
         self._created_dirs = []

@@ -6,10 +6,9 @@ rename, after every file in it is fsynced; ``_metadata.json`` makes it current a
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
-import os
 import secrets
-import shutil
 from pathlib import Path
 from types import TracebackType
 
@@ -18,7 +17,6 @@ import pyarrow as pa
 from lakeexportd.errors import LakeStateError
 from lakeexportd.failpoints import failpoint
 from lakeexportd.lake import layout
-from lakeexportd.lake.durable import fsync_path, make_dirs
 from lakeexportd.lake.metadata_model import WrittenFile
 from lakeexportd.lake.parquet_writer import (
     ROW_GROUP_BYTES,
@@ -27,6 +25,7 @@ from lakeexportd.lake.parquet_writer import (
     ParquetFile,
     check_schema,
 )
+from lakeexportd.lake.storage import LOCAL, Storage
 
 
 class SnapshotSink:
@@ -44,8 +43,10 @@ class SnapshotSink:
         max_rows_per_file: int = 1_000_000,
         row_group_rows: int = ROW_GROUP_ROWS,
         row_group_bytes: int = ROW_GROUP_BYTES,
+        storage: Storage = LOCAL,
     ) -> None:
         self.schema = schema
+        self._storage = storage
         self.version = version
         self.feed_dir = layout.feed_dir(root, "table", feed)
         self.staging = layout.staging_dir(root, feed) / layout.version_dir_name(version)
@@ -59,11 +60,11 @@ class SnapshotSink:
         self._closed: list[tuple[ParquetFile, int]] = []
         self._published = False
         try:
-            if self.staging.exists():
-                shutil.rmtree(self.staging)  # an interrupted run's leftovers, never listed
-            make_dirs(self.staging, self._dir_mode)
+            if storage.exists(self.staging):
+                storage.delete_tree(self.staging)  # an interrupted run's leftovers, never listed
+            storage.make_dirs(self.staging, self._dir_mode)
         except OSError as exc:
-            raise LakeStateError(f"cannot prepare {self.staging}: {exc}") from exc
+            raise LakeStateError(f"cannot prepare {storage.show(self.staging)}: {exc}") from exc
         failpoint("snapshot.after_staging_dir")
 
     def __enter__(self) -> SnapshotSink:
@@ -82,7 +83,7 @@ class SnapshotSink:
         self._current = ParquetFile(
             self.staging / layout.temp_name(name), self.schema, file_mode=self._file_mode,
             row_group_rows=self._rg_rows, row_group_bytes=self._rg_bytes,
-            failpoint_prefix="snapshot", background=self._background,
+            failpoint_prefix="snapshot", background=self._background, storage=self._storage,
         )
         return self._current
 
@@ -111,31 +112,31 @@ class SnapshotSink:
         dir_name = layout.version_dir_name(self.version)
         target = self.feed_dir / dir_name
         written = []
+        storage = self._storage
         try:
             for part, (handle, size) in enumerate(self._closed, start=1):
                 name = layout.snapshot_file_name(
                     self._run_start, part=part if len(self._closed) > 1 else None
                 )
                 failpoint("snapshot.before_file_rename")
-                os.rename(handle.path, self.staging / name)
+                storage.promote(handle.path, self.staging / name)
                 failpoint("snapshot.after_file_rename")
                 written.append(WrittenFile(dir_name, name, handle.rows, size))
-            fsync_path(self.staging, directory=True)
+            storage.sync([self.staging])
             failpoint("snapshot.after_staging_fsync")
-            created = make_dirs(self.feed_dir, self._dir_mode)
-            if target.exists():
+            created = storage.make_dirs(self.feed_dir, self._dir_mode)
+            if storage.exists(target):
                 raise LakeStateError(
-                    f"{target} already exists but this run built version {self.version}; "
-                    "run `lakeexportd repair` to remove versions no commit lists"
+                    f"{storage.show(target)} already exists but this run built version "
+                    f"{self.version}; run `lakeexportd repair` to remove versions no commit lists"
                 )
             failpoint("snapshot.before_publish")
-            os.rename(self.staging, target)
+            storage.rename_dir(self.staging, target)
             self._published = True
             failpoint("snapshot.after_publish")
-            for directory in {self.feed_dir, self.staging.parent, *(c.parent for c in created)}:
-                fsync_path(directory, directory=True)
+            storage.sync([self.feed_dir, self.staging.parent, *(c.parent for c in created)])
         except OSError as exc:
-            raise LakeStateError(f"cannot publish {target}: {exc}") from exc
+            raise LakeStateError(f"cannot publish {storage.show(target)}: {exc}") from exc
         failpoint("snapshot.after_publish_fsync")
         self._closed = []
         return written
@@ -149,4 +150,5 @@ class SnapshotSink:
         self._closed = []
         if not self._published:
             failpoint("snapshot.mid_abort")
-            shutil.rmtree(self.staging, ignore_errors=True)
+            with contextlib.suppress(OSError):  # what stays is a leftover cleanup removes
+                self._storage.delete_tree(self.staging)

@@ -41,6 +41,7 @@ from lakeexportd.config.model import Config, Feed
 from lakeexportd.errors import ConfigError, LakeExportError
 from lakeexportd.feeds.manager import FeedManager
 from lakeexportd.lake.presence import DaemonInfo, Presence
+from lakeexportd.lake.storage import open_storage
 from lakeexportd.service import runs, scheduling
 from lakeexportd.service.backends import Backend, ExporterFactory, backend_key, build_exporter
 from lakeexportd.service.metrics import Metrics
@@ -149,7 +150,8 @@ class Daemon:
     def _claim_presence(self, config: Config) -> list[DaemonInfo]:
         """Register this daemon in ``<lake>/.daemons/``; log the others found there."""
         presence = Presence(config.lake.root, config=str(config.path),
-                            metrics=config.metrics.listen, version=__version__, now=self.clock())
+                            metrics=config.metrics.listen, version=__version__, now=self.clock(),
+                            storage=open_storage(config.lake.root))
         try:
             others = presence.claim()
         except LakeExportError as exc:

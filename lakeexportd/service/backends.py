@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from lakeexportd.config.model import Config
-from lakeexportd.ksqldb.client import RequestObserver
+from lakeexportd.ksqldb.retry import RequestObserver
 from lakeexportd.service import runs
 
 ExporterFactory = Callable[[Config, RequestObserver], tuple[runs.Exporter, Callable[[], None]]]

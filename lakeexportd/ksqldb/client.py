@@ -19,7 +19,6 @@ then raised as ``KsqlDBUnavailable``. Once rows flow, any break is a ``KsqlDBStr
 from __future__ import annotations
 
 import json
-import re
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -27,7 +26,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Literal
 
 from lakeexportd.errors import KsqlDBProtocolError
-from lakeexportd.ksqldb import catalog
+from lakeexportd.ksqldb import catalog, sql
 from lakeexportd.ksqldb.catalog import ServerInfo, SourceDescription, SourceInfo
 from lakeexportd.ksqldb.curl_stream import CurlTransport
 from lakeexportd.ksqldb.framing import DEFAULT_BLOCK_BYTES, DelimitedStream, StreamedRowStream
@@ -140,15 +139,13 @@ class KsqlDBClient:
 
     def list_sources(self) -> list[SourceInfo]:
         """Every stream and table, from ``SHOW STREAMS;`` and ``SHOW TABLES;``."""
-        return catalog.sources(self.ksql("SHOW STREAMS; SHOW TABLES;"))
+        return catalog.sources(self.ksql(sql.list_sources()))
 
     def describe(
         self, source: str, *, cancel: threading.Event | None = None
     ) -> SourceDescription:
         """``DESCRIBE <source>;``: the columns with their ksqlDB types."""
-        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*|`[^`]+`", source):
-            raise ValueError(f"{source!r} is not a ksqlDB source name")
-        entities = self.ksql(f"DESCRIBE {source};", cancel=cancel)
+        entities = self.ksql(sql.describe(source), cancel=cancel)
         return catalog.description(entities, source=source)
 
     def info(self, *, cancel: threading.Event | None = None) -> ServerInfo:

@@ -1,8 +1,8 @@
 """Opening a request to ksqlDB: HTTP errors as the error tree, transient failures retried.
 
-A 2xx answer is handed to the caller. 401/403 are ``KsqlDBAuthError`` and other 4xx
-``KsqlDBRequestError``, at once: asking again would get the same answer, as would a TLS
-failure (``KsqlDBTLSError``). Failures before the header (connection errors, timeouts, 429,
+A 2xx answer is handed to the caller. 401/403 are ``KsqlDBAuthError`` and the other 4xx
+but 429 ``KsqlDBRequestError``, at once: asking again would get the same answer, as would a
+TLS failure (``KsqlDBTLSError``). Failures before the header (connection errors, timeouts, 429,
 5xx) are retried with exponential backoff and full jitter up to ``max_retries``, then raised
 as ``KsqlDBUnavailable``. A set ``cancel`` event (shutdown past stop_grace) ends the wait for
 a header, a backoff and the retry loop within 0.2 s with ``ExportAborted``.

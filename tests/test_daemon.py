@@ -29,7 +29,7 @@ from lakeexportd.errors import (
 )
 from lakeexportd.export.exporter import ExportResult, epoch_ms
 from lakeexportd.feeds.manager import FeedManager
-from lakeexportd.ksqldb.client import RequestObserver
+from lakeexportd.ksqldb.retry import RequestObserver
 from lakeexportd.lake import layout
 from lakeexportd.lake.metadata import MetadataStore
 from lakeexportd.lake.metadata_model import (

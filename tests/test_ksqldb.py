@@ -18,7 +18,9 @@ from lakeexportd.errors import (
     KsqlDBStreamError,
     KsqlDBUnavailable,
 )
-from lakeexportd.ksqldb.client import KsqlDBClient, build_http_client, supports_query_stream
+from lakeexportd.ksqldb.client import KsqlDBClient
+from lakeexportd.ksqldb.transport import build_http_client
+from lakeexportd.ksqldb.versions import supports_query_stream
 
 HEADER = (
     b'{"queryId":"transient_S_1","columnNames":["ROWTIME","ID","AMOUNT"],'

@@ -28,6 +28,7 @@ import pyarrow.parquet as pq
 
 from lakeexportd.audit.report import iso_ms
 from lakeexportd.audit.verify import Mismatch, listed_files
+from lakeexportd.ksqldb import sql
 from lakeexportd.ksqldb.client import KsqlDBClient
 from lakeexportd.lake import layout
 from lakeexportd.lake.metadata_model import StreamMetadata, TableMetadata, Window
@@ -102,8 +103,7 @@ def _lake_rowtimes(feed_dir: Path, doc: StreamMetadata,
 def _source_rowtimes(client: KsqlDBClient, source: str,
                      windows: Sequence[Window]) -> Iterable[pa.Array]:
     low, high = _span(windows)
-    where = f"ROWTIME <= {high}" if low is None else f"ROWTIME > {low} AND ROWTIME <= {high}"
-    with client.query(f"SELECT ROWTIME FROM {source} WHERE {where};") as result:
+    with client.query(sql.window_rowtimes(source, low, high)) as result:
         for batch in result.batches():
             yield batch.column(0)
 
@@ -145,7 +145,7 @@ def check_table(client: KsqlDBClient, doc: TableMetadata, *, batch_size: int = 1
     if current is None:
         return SourceCheck(doc.feed, skipped="no current version yet")
     scanned = 0
-    with client.query(f"SELECT * FROM {doc.source};", batch_size=batch_size) as result:
+    with client.query(sql.table_scan(doc.source), batch_size=batch_size) as result:
         for batch in result.batches():
             scanned += batch.num_rows
     counts = (WindowCount(None, 0, scanned, current.records),)

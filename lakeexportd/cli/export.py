@@ -24,9 +24,8 @@ from lakeexportd.errors import (
     EX_USAGE,
     LakeExportError,
 )
-from lakeexportd.export.exporter import DataLakeExporter, ExportResult
+from lakeexportd.export.exporter import DataLakeExporter, ExportResult, exporter_from_config
 from lakeexportd.feeds.manager import FeedManager
-from lakeexportd.ksqldb.client import client_from_settings
 from lakeexportd.ksqldb.values import parse_timestamp_ms
 
 _SEVERITY = {EX_OK: 0, EX_TEMPFAIL: 1, EX_FAILED: 2, EX_CONFIG: 3}
@@ -96,11 +95,6 @@ class _UsageError(Exception):
     """A feed argument the configuration does not know (exit 2)."""
 
 
-def _exporter(config: Config) -> DataLakeExporter:
-    client = client_from_settings(config.ksqldb)
-    return DataLakeExporter(client, config.lake.root, lock_wait=config.scheduler.lock_wait)
-
-
 class Progress:
     """A progress line (rows, rows/s) on a terminal; nothing otherwise."""
 
@@ -154,7 +148,7 @@ def run_export(args: argparse.Namespace) -> int:
     except _UsageError as exc:
         print(f"lakeexportd export: {exc}", file=sys.stderr)
         return EX_USAGE
-    exporter = _exporter(config)
+    exporter = exporter_from_config(config)
     worst = EX_OK
     try:
         for feed in feeds:
@@ -188,7 +182,7 @@ def run_repair(args: argparse.Namespace) -> int:
     except _UsageError as exc:
         print(f"lakeexportd repair: {exc}", file=sys.stderr)
         return EX_USAGE
-    exporter = _exporter(config)
+    exporter = exporter_from_config(config)
     if args.rebuild:
         try:
             return _rebuild(exporter, feeds, dry_run=args.dry_run, yes=args.yes)
@@ -289,7 +283,7 @@ def run_backfill(args: argparse.Namespace) -> int:
         return _ask(lines, "Backfill this window?", dry_run=args.dry_run, yes=args.yes,
                     untouched="nothing changed", refused="not done")
 
-    exporter = _exporter(config)
+    exporter = exporter_from_config(config)
     try:
         result = exporter.backfill(feed, window, dt.datetime.now(dt.UTC), confirm=confirm)
     except LakeExportError as exc:

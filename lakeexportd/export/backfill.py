@@ -31,6 +31,7 @@ import pyarrow.parquet as pq
 
 from lakeexportd.config.model import Feed
 from lakeexportd.errors import FeedError, LakeStateError
+from lakeexportd.ksqldb import sql
 from lakeexportd.ksqldb.client import KsqlDBClient
 from lakeexportd.lake import cleanup, layout
 from lakeexportd.lake import metadata_update as update
@@ -168,11 +169,10 @@ def run(client: KsqlDBClient, store: MetadataStore, feed: Feed, feed_dir: Path,
         doc: StreamMetadata, the_plan: Plan, *, now: dt.datetime, run_id: str) -> Result:
     """Write and commit the backfill (the caller holds the feed's lock)."""
     window = the_plan.window
-    sql = (f"SELECT ROWTIME, * FROM {feed.source} WHERE ROWTIME > {window.from_ms} "
-           f"AND ROWTIME <= {window.to_ms};")
+    query = sql.stream_window(feed.source, window.from_ms, window.to_ms)
     written: list[WrittenFile] = []
     window_rows = 0
-    with client.query(sql, batch_size=feed.batch_size) as result:
+    with client.query(query, batch_size=feed.batch_size) as result:
         columns = update.columns_of(result.schema, feed=feed.name)
         with AppendSink(feed_dir, result.schema, run_start=now,
                         event_time=feed.event_time or "ROWTIME", timezone=feed.timezone,

@@ -1,6 +1,7 @@
 """DataLakeExporter: one export run of one feed (fetch, write, commit, prune).
 
-No scheduling, config loading or metrics serving here: the daemon and the CLI call
+No scheduling, config loading or metrics serving here: the daemon and the CLI build one with
+``exporter_from_config`` (the daemon's sees its requests for metrics), call
 ``export(feed, now)`` and turn its ``ExportResult`` (or its exception) into logs and metrics.
 
 A run, under the feed's lock:
@@ -29,20 +30,33 @@ from pathlib import Path
 
 import structlog
 
-from lakeexportd.config.model import Feed
+from lakeexportd.config.model import Config, Feed
 from lakeexportd.errors import FeedError, LakeStateError
 from lakeexportd.export import backfill as backfills
 from lakeexportd.export.run import ExportResult, Progress, Run, epoch_ms, new_run_id
-from lakeexportd.ksqldb.client import KsqlDBClient
+from lakeexportd.ksqldb.client import KsqlDBClient, client_from_settings
+from lakeexportd.ksqldb.retry import RequestObserver
 from lakeexportd.lake import cleanup, layout, rebuild
 from lakeexportd.lake.locking import FeedLock
 from lakeexportd.lake.metadata import MetadataStore
 from lakeexportd.lake.metadata_model import StreamMetadata, Window
 from lakeexportd.lake.storage import open_storage
 
-__all__ = ["DataLakeExporter", "ExportResult", "Progress", "epoch_ms", "new_run_id"]
+__all__ = [
+    "DataLakeExporter", "ExportResult", "Progress", "epoch_ms", "exporter_from_config",
+    "new_run_id",
+]
 
 log = structlog.get_logger(__name__)
+
+
+def exporter_from_config(
+    config: Config, *, observer: RequestObserver | None = None
+) -> DataLakeExporter:
+    """The exporter a configuration describes, on a new ksqlDB client it owns (the caller
+    closes ``exporter.client``); the daemon passes ``observer`` for its request metrics."""
+    client = client_from_settings(config.ksqldb, observer=observer)
+    return DataLakeExporter(client, config.lake.root, lock_wait=config.scheduler.lock_wait)
 
 
 class DataLakeExporter:

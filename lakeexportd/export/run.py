@@ -22,6 +22,7 @@ import structlog
 from lakeexportd.config.model import Feed
 from lakeexportd.errors import ExportAborted, LakeExportError, RejectedValueError, SchemaError
 from lakeexportd.failpoints import failpoint
+from lakeexportd.ksqldb import sql
 from lakeexportd.ksqldb.client import KsqlDBClient
 from lakeexportd.lake import cleanup, layout
 from lakeexportd.lake import metadata_update as update
@@ -172,11 +173,8 @@ class Run:
         self, doc: StreamMetadata, lower: int | None, upper: int
     ) -> list[WrittenFile]:
         feed = self.feed
-        where = (
-            f"ROWTIME <= {upper}" if lower is None else f"ROWTIME > {lower} AND ROWTIME <= {upper}"
-        )
-        sql = f"SELECT ROWTIME, * FROM {feed.source} WHERE {where};"
-        with self.client.query(sql, batch_size=feed.batch_size, cancel=self.cancel) as result:
+        query = sql.stream_window(feed.source, lower, upper)
+        with self.client.query(query, batch_size=feed.batch_size, cancel=self.cancel) as result:
             self.columns = self._checked_columns(doc, result.schema)
             with AppendSink(
                 self.feed_dir,
@@ -200,7 +198,7 @@ class Run:
         version = update.next_version(doc)
         scan_started = epoch_ms(self.now)
         with self.client.query(
-            f"SELECT * FROM {feed.source};", batch_size=feed.batch_size, cancel=self.cancel
+            sql.table_scan(feed.source), batch_size=feed.batch_size, cancel=self.cancel
         ) as result:
             self.columns = self._checked_columns(doc, result.schema)
             with SnapshotSink(

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from lakeexportd.config.model import Config
-from lakeexportd.ksqldb.client import RequestObserver
+from lakeexportd.ksqldb.retry import RequestObserver
 from lakeexportd.service import runs
 
 ExporterFactory = Callable[[Config, RequestObserver], tuple[runs.Exporter, Callable[[], None]]]
@@ -22,12 +22,10 @@ def build_exporter(
     config: Config, observer: RequestObserver
 ) -> tuple[runs.Exporter, Callable[[], None]]:
     """The real exporter for ``config`` and the function that closes its ksqlDB client."""
-    from lakeexportd.export.exporter import DataLakeExporter
-    from lakeexportd.ksqldb.client import client_from_settings
+    from lakeexportd.export.exporter import exporter_from_config
 
-    client = client_from_settings(config.ksqldb, observer=observer)
-    exporter = DataLakeExporter(client, config.lake.root, lock_wait=config.scheduler.lock_wait)
-    return exporter, client.close
+    exporter = exporter_from_config(config, observer=observer)
+    return exporter, exporter.client.close
 
 
 def backend_key(config: Config) -> tuple[object, ...]:

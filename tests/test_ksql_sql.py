@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from lakeexportd.errors import FeedError
 from lakeexportd.ksqldb import sql
 
 
@@ -48,5 +49,5 @@ def test_names_are_written_as_given() -> None:
 def test_what_is_not_a_name_never_becomes_sql(name: str) -> None:
     for build in (sql.describe, sql.table_scan,
                   lambda s: sql.stream_window(s, None, 1), lambda s: sql.window_rowtimes(s, 0, 1)):
-        with pytest.raises(ValueError, match="is not a ksqlDB source name"):
+        with pytest.raises(FeedError, match="is not a ksqlDB source name"):
             build(name)

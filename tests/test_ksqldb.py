@@ -13,6 +13,7 @@ from lakecheck import Recorder
 
 from lakeexportd.errors import (
     ExportAborted,
+    FeedError,
     KsqlDBAuthError,
     KsqlDBRequestError,
     KsqlDBStreamError,
@@ -315,7 +316,7 @@ def test_catalog_and_describe() -> None:
 def test_describe_refuses_names_that_would_inject_statements() -> None:
     """A source name is checked before it is put into a statement."""
     c, _ = client(lambda r: httpx.Response(500))
-    with pytest.raises(ValueError):
+    with pytest.raises(FeedError, match="no statement was sent"):
         c.describe("S1; DROP STREAM S2")
 
 

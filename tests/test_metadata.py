@@ -264,8 +264,7 @@ def test_docs_metadata_reference_matches_the_code() -> None:
     """docs/metadata.md's example is a valid document, and it names every key the code writes."""
     import re as _re
 
-    from lakeexportd.lake.metadata_codec import from_json
-    from lakeexportd.lake.metadata_codec import to_json
+    from lakeexportd.lake.metadata_codec import from_json, to_json
 
     text = (Path(__file__).resolve().parents[1] / "docs/metadata.md").read_text()
     example = json.loads(_re.search(r"```json\n(.*?)```", text, _re.S)[1])  # type: ignore[index]

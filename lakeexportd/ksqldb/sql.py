@@ -6,7 +6,8 @@ exact text; the sandbox and the tests parse these strings, so they change only o
 Source names are written as given, never quoted or case-folded here: the configuration admits
 only unquoted identifiers (``config.model.KSQL_IDENTIFIER``), which ksqlDB reads in upper case,
 as ``SHOW STREAMS`` lists them. A name that is neither such an identifier nor a back-quoted
-one is refused with ``ValueError`` before it can become part of a statement.
+one is refused with ``FeedError`` before it can become part of a statement (config names
+always pass; a hand-edited ``_metadata.json`` read by ``verify --source`` may not).
 ROWTIME windows are half-open, ``(lower, upper]`` in epoch milliseconds; no lower bound means
 from the start of the topic.
 """
@@ -14,6 +15,8 @@ from the start of the topic.
 from __future__ import annotations
 
 import re
+
+from lakeexportd.errors import FeedError
 
 _SOURCE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*|`[^`]+`")
 
@@ -51,5 +54,8 @@ def _rowtime_in(lower: int | None, upper: int) -> str:
 
 def _name(source: str) -> str:
     if not _SOURCE_NAME.fullmatch(source):
-        raise ValueError(f"{source!r} is not a ksqlDB source name")
+        raise FeedError(
+            f"{source!r} is not a ksqlDB source name, so no statement was sent; use the name "
+            "as SHOW STREAMS/SHOW TABLES lists it (letters, digits and '_', or `back-quoted`)"
+        )
     return source

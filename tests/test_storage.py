@@ -1,0 +1,185 @@
+"""The storage seam's contract, checked on every implementation (today: the local disk).
+
+Each test states what any ``Storage`` must do, so an object store added later runs the same
+checks; the local-only facts (modes, fsync'd renames, flock freed by death) are marked so.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from lakeexportd.lake.storage import LocalStorage, Storage, open_storage
+
+
+@pytest.fixture(params=["local"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[Storage, Path]:
+    return LocalStorage(), tmp_path / "lake"
+
+
+def test_open_storage_gives_the_local_store_for_a_path(tmp_path: Path) -> None:
+    assert isinstance(open_storage(tmp_path), LocalStorage)
+
+
+def test_publish_replaces_whole_and_changes_the_signature(store: tuple[Storage, Path]) -> None:
+    storage, root = store
+    path = root / "feed" / "_metadata.json"
+    assert storage.signature(path) is None
+    first = storage.publish(path, b'{"a": 1}\n', file_mode=0o640, dir_mode=0o750)
+    assert storage.read_bytes(path) == b'{"a": 1}\n'
+    assert storage.signature(path) == first
+    second = storage.publish(path, b'{"a": 2}\n', file_mode=0o640)
+    assert second != first and storage.read_bytes(path) == b'{"a": 2}\n'
+    # no temp left beside it
+    assert [e.name for e in storage.list_dir(path.parent)] == ["_metadata.json"]
+
+
+def test_publish_and_create_set_exact_modes_whatever_the_umask(
+    store: tuple[Storage, Path],
+) -> None:
+    storage, root = store
+    old = os.umask(0o077)
+    try:
+        storage.make_dirs(root / "a" / "b", 0o755)
+        storage.publish(root / "a" / "doc.json", b"{}", file_mode=0o644)
+        sink = storage.create(root / "a" / "b" / "f.bin", file_mode=0o644)
+        sink.write(b"x")
+        sink.close()
+    finally:
+        os.umask(old)
+    assert (root / "a").stat().st_mode & 0o777 == 0o755  # local: modes are real
+    assert (root / "a" / "b").stat().st_mode & 0o777 == 0o755
+    assert (root / "a" / "doc.json").stat().st_mode & 0o777 == 0o644
+    assert (root / "a" / "b" / "f.bin").stat().st_mode & 0o777 == 0o644
+
+
+def test_create_never_takes_a_name_that_exists(store: tuple[Storage, Path]) -> None:
+    storage, root = store
+    storage.make_dirs(root, 0o750)
+    storage.publish(root / "x.parquet", b"theirs", file_mode=0o640)
+    with pytest.raises(FileExistsError):
+        storage.create(root / "x.parquet", file_mode=0o640)
+    assert storage.read_bytes(root / "x.parquet") == b"theirs"
+
+
+def test_promote_refuses_to_replace_and_keeps_both(store: tuple[Storage, Path]) -> None:
+    storage, root = store
+    storage.make_dirs(root, 0o750)
+    for name, data in (("a.tmp", b"new"), ("final", b"old")):
+        sink = storage.create(root / name, file_mode=0o640)
+        sink.write(data)
+        sink.close()
+    with pytest.raises(FileExistsError):
+        storage.promote(root / "a.tmp", root / "final")
+    assert storage.read_bytes(root / "final") == b"old"
+    storage.promote(root / "a.tmp", root / "b")
+    storage.sync([root])
+    assert [e.name for e in storage.list_dir(root)] == ["b", "final"]
+
+
+def test_parquet_written_and_read_through_the_store(store: tuple[Storage, Path]) -> None:
+    storage, root = store
+    storage.make_dirs(root, 0o750)
+    table = pa.table({"n": pa.array([1, 2, 3], pa.int64())})
+    sink = storage.create(root / "t.parquet", file_mode=0o640)
+    with pq.ParquetWriter(sink, table.schema) as writer:
+        writer.write_table(table)
+    sink.close()
+    storage.sync_file(root / "t.parquet")
+    assert storage.size(root / "t.parquet") == (root / "t.parquet").stat().st_size
+    with storage.open_read(root / "t.parquet") as source:
+        assert pq.read_table(source).equals(table)
+
+
+def test_listing_deleting_and_directories(store: tuple[Storage, Path]) -> None:
+    storage, root = store
+    assert storage.list_dir(root / "missing") == []
+    created = storage.make_dirs(root / "y" / "m", 0o750)
+    assert [Path(c) for c in created] == [root, root / "y", root / "y" / "m"]
+    storage.publish(root / "y" / "m" / "f", b"1", file_mode=0o640)
+    listing = storage.list_dir(root / "y")
+    assert [(e.name, e.is_dir) for e in listing] == [("m", True)]
+    assert [e.name for e in storage.walk_files(root)] == ["f"]
+    assert storage.remove_dir(root / "y" / "m") is False  # not empty: refused, kept
+    assert storage.delete(root / "y" / "m" / "f") is True
+    assert storage.delete(root / "y" / "m" / "f") is False
+    assert storage.remove_dir(root / "y" / "m") is True
+    storage.publish(root / "y" / "z" / "g", b"2", file_mode=0o640, dir_mode=0o750)
+    storage.delete_tree(root / "y")
+    assert not storage.exists(root / "y")
+
+
+def test_a_lock_has_one_holder_and_keeps_its_note(store: tuple[Storage, Path]) -> None:
+    storage, root = store
+    storage.make_dirs(root, 0o750)
+    path = root / ".lock"
+    assert not storage.is_locked(path)
+    held = storage.try_lock(path, file_mode=0o640, note=b"42\n")
+    assert held is not None
+    assert storage.is_locked(path)
+    assert storage.try_lock(path, file_mode=0o640) is None
+    assert storage.lock_note(path) == b"42\n"
+    held.release()
+    assert not storage.is_locked(path)
+    again = storage.try_lock(path, file_mode=0o640)
+    assert again is not None
+    again.release()
+    assert storage.exists(path)  # lock files are never deleted
+
+
+def test_local_lock_frees_itself_when_its_holder_is_killed(tmp_path: Path) -> None:
+    """Local only: the kernel drops a dead process's flock, however it dies."""
+    storage = LocalStorage()
+    path = tmp_path / ".lock"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(f"""
+            import sys, time
+            from pathlib import Path
+            from lakeexportd.lake.storage import LocalStorage
+            held = LocalStorage().try_lock(Path({str(path)!r}), file_mode=0o640, note=b"x")
+            print("held" if held else "busy", flush=True)
+            time.sleep(60)
+        """)],
+        stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        assert storage.is_locked(path)
+        assert storage.try_lock(path, file_mode=0o640) is None
+        holder.send_signal(signal.SIGKILL)
+        holder.wait(timeout=10)
+        held = storage.try_lock(path, file_mode=0o640)
+        assert held is not None
+        held.release()
+    finally:
+        holder.kill()
+        holder.communicate()
+
+
+def test_a_lock_created_concurrently_has_one_holder(tmp_path: Path) -> None:
+    """Many processes racing to create the same lock file: exactly one holds it."""
+    path = tmp_path / "race.lock"
+    script = textwrap.dedent(f"""
+        import sys, time
+        from pathlib import Path
+        from lakeexportd.lake.storage import LocalStorage
+        while time.time() < float(sys.argv[1]):
+            pass
+        held = LocalStorage().try_lock(Path({str(path)!r}), file_mode=0o640)
+        print("held" if held else "busy", flush=True)
+        time.sleep(3)
+    """)
+    import time
+    start = str(time.time() + 1.5)
+    procs = [subprocess.Popen([sys.executable, "-c", script, start], stdout=subprocess.PIPE,
+                              text=True) for _ in range(6)]
+    answers = [p.communicate(timeout=30)[0].strip() for p in procs]
+    assert sorted(answers) == ["busy"] * 5 + ["held"]

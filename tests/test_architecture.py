@@ -7,6 +7,7 @@ else of lakeexportd, but for the exceptions the contract lists (issue 3/7 remove
 
 from __future__ import annotations
 
+import ast
 import shutil
 import subprocess
 import sys
@@ -26,7 +27,7 @@ def test_the_package_keeps_its_layers_and_the_sandbox_stays_apart() -> None:
     """Both contracts are kept on the code as it is."""
     done = lint(ROOT)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "Contracts: 2 kept, 0 broken." in done.stdout
+    assert "Contracts: 3 kept, 0 broken." in done.stdout
 
 
 def test_an_upward_import_breaks_the_layers(tmp_path: Path) -> None:
@@ -39,3 +40,64 @@ def test_an_upward_import_breaks_the_layers(tmp_path: Path) -> None:
     assert done.returncode != 0
     assert "Layers: imports point down only BROKEN" in done.stdout
     assert "lakeexportd.lake.layout -> lakeexportd.service.daemon" in done.stdout
+
+
+PACKAGE = ROOT / "lakeexportd"
+# What reads or writes files: only lake/storage/ may do it for the lake.
+_FS_MODULES = {"os", "shutil", "fcntl", "tempfile", "glob"}
+_FS_METHODS = {"exists", "is_dir", "is_file", "is_symlink", "iterdir", "glob", "rglob",
+               "unlink", "mkdir", "rmdir", "rename", "touch", "chmod", "stat",
+               "read_bytes", "read_text", "write_bytes", "write_text"}
+
+
+def _modules(folder: str) -> list[Path]:
+    return sorted((PACKAGE / folder).rglob("*.py"))
+
+
+def test_export_feeds_and_audit_touch_the_lake_only_through_its_storage() -> None:
+    """Object stores and Delta plug in below lake/storage/ without touching these folders:
+    none of them imports a file-system module or calls a pathlib file-system method."""
+    offences = []
+    for folder in ("export", "feeds", "audit"):
+        for path in _modules(folder):
+            tree = ast.parse(path.read_text(), str(path))
+            for node in ast.walk(tree):
+                names: list[str] = []
+                if isinstance(node, ast.Import):
+                    names = [a.name.split(".")[0] for a in node.names]
+                elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                    names = [node.module.split(".")[0]]
+                offences += [f"{path.relative_to(ROOT)}:{node.lineno} imports {n}"
+                             for n in names if n in _FS_MODULES]
+                if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                        and node.func.attr in _FS_METHODS
+                        and "storage" not in ast.unparse(node.func.value)):
+                    offences.append(f"{path.relative_to(ROOT)}:{node.lineno} calls "
+                                    f"{ast.unparse(node.func)}()")
+    assert offences == []
+
+
+def test_no_folder_reaches_into_another_folders_private_names() -> None:
+    """``from lakeexportd.<a>.x import _name`` (or ``x._name``) from outside folder <a> is refused:
+    what a folder shares is its public names."""
+    offences = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        folder = path.relative_to(PACKAGE).parts[0]
+        tree = ast.parse(path.read_text(), str(path))
+        aliases: dict[str, str] = {}  # local name -> the module it stands for
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module and node.level == 0 \
+                    and node.module.startswith("lakeexportd."):
+                owner = node.module.split(".")[1]
+                for alias in node.names:
+                    aliases[alias.asname or alias.name] = f"{node.module}.{alias.name}"
+                    if owner != folder and alias.name.startswith("_"):
+                        offences.append(f"{path.relative_to(ROOT)}: {node.module}.{alias.name}")
+        for node in ast.walk(tree):
+            if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
+                    and node.attr.startswith("_") and not node.attr.startswith("__")
+                    and node.value.id in aliases):
+                module = aliases[node.value.id]
+                if module.split(".")[1] != folder:
+                    offences.append(f"{path.relative_to(ROOT)}: {module}.{node.attr}")
+    assert offences == []

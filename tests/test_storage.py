@@ -17,6 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from lakeexportd.errors import LakeStateError
 from lakeexportd.lake.storage import LocalStorage, Storage, open_storage
 
 
@@ -183,3 +184,16 @@ def test_a_lock_created_concurrently_has_one_holder(tmp_path: Path) -> None:
                               text=True) for _ in range(6)]
     answers = [p.communicate(timeout=30)[0].strip() for p in procs]
     assert sorted(answers) == ["busy"] * 5 + ["held"]
+
+
+def test_check_inside_refuses_escapes_symlinks_included(store: tuple[Storage, Path]) -> None:
+    """Resolved paths must stay in the base folder: nothing is touched outside a feed."""
+    storage, root = store
+    base = root / "feed"
+    storage.make_dirs(base, 0o750)
+    storage.check_inside(base, base / "year=2025")
+    with pytest.raises(LakeStateError, match="outside"):
+        storage.check_inside(base, base / ".." / "other")
+    (base / "link").symlink_to(root)  # local only: object stores have no symlinks
+    with pytest.raises(LakeStateError, match="outside"):
+        storage.check_inside(base, base / "link" / "x")

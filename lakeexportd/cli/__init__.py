@@ -1,6 +1,8 @@
 """The command line: argument parsing, exit codes, the commands (thin: parse, call, print).
 
-``lakeexportd.cli:main`` is the console entry point."""
+``lakeexportd.cli:main`` is the console entry point; ``cli.demo`` is ``make run``.
+May import every layer below it. Imported by nothing in the package.
+"""
 
 from __future__ import annotations
 

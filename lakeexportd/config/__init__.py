@@ -1,1 +1,4 @@
-"""Typed, closed configuration models, loading and validation."""
+"""Typed, closed configuration models, YAML loading and validation with line numbers.
+
+May import: ``errors`` only. Imported by everything above it.
+"""

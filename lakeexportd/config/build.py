@@ -256,7 +256,7 @@ def _feeds(root: Node, defaults: FeedDefaults) -> tuple[Feed, ...]:
     feeds: list[Feed] = []
     seen: dict[str, int] = {}
     for index, item in root.nodes("feeds"):
-        feed = _feed(Node(item, f"$.feeds[{index}]", root.file), defaults)
+        feed = build_feed(Node(item, f"$.feeds[{index}]", root.file), defaults)
         if feed.name in seen:
             raise root.fail(f"feeds[{index}].name",
                             f"duplicate feed name {feed.name!r} (also $.feeds[{seen[feed.name]}])",
@@ -266,7 +266,8 @@ def _feeds(root: Node, defaults: FeedDefaults) -> tuple[Feed, ...]:
     return tuple(feeds)
 
 
-def _feed(node: Node, defaults: FeedDefaults) -> Feed:
+def build_feed(node: Node, defaults: FeedDefaults) -> Feed:
+    """One feed from its YAML node (the feed registry reads its entries back through this)."""
     raw_name = node.data.get("name")
     lower = f"use {raw_name.lower()!r} or " if isinstance(raw_name, str) \
         and FEED_NAME.fullmatch(raw_name.lower()) else "use "

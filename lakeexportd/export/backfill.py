@@ -115,7 +115,7 @@ def plan(feed_dir: Path, doc: StreamMetadata, window: Window, *, storage: Storag
     for partition in doc.partitions:
         for entry in partition.files:
             path = feed_dir / partition.path / entry.name
-            if not path.exists():
+            if not storage.exists(path):
                 run = _run_window(doc, entry.name)
                 # A first run's window starts at the beginning (None): only a window from
                 # before any ROWTIME (< 0; Kafka timestamps are >= 0) covers it.

@@ -80,9 +80,9 @@ class DataLakeExporter:
         """The feed's folder; refused if it (or its staging folder) resolves outside the lake,
         e.g. through a symlink: a feed never writes outside its own folder of the lake."""
         path = layout.feed_dir(self.root, feed.kind, feed.name)
-        layout.ensure_inside(self.root, path)
+        self.store.storage.check_inside(self.root, path)
         if feed.kind == "table":
-            layout.ensure_inside(self.root, layout.staging_dir(self.root, feed.name))
+            self.store.storage.check_inside(self.root, layout.staging_dir(self.root, feed.name))
         return path
 
     def export(
@@ -172,7 +172,7 @@ class DataLakeExporter:
         """
         feed_dir = self.feed_dir(feed)
         path = layout.metadata_path(feed_dir)
-        if not feed_dir.is_dir():
+        if not self.store.storage.is_dir(feed_dir):
             raise LakeStateError(
                 f"feed {feed.name!r}: {feed_dir} does not exist; nothing to rebuild"
             )

@@ -214,11 +214,16 @@ class FeedManager:
     def _purge(self, feed: Feed) -> builtins.list[Path]:
         feed_dir = layout.feed_dir(self.root, feed.kind, feed.name)
         staging = layout.staging_dir(self.root, feed.name)
-        targets = [p for p in (feed_dir, staging) if self.storage.exists(p) or p.is_symlink()]
-        for path in targets:
-            if path.is_symlink():  # rmtree would follow nothing, but say why we stop
-                raise FeedError(f"{path} is a symlink; remove it by hand")
-            layout.ensure_inside(self.root, path)
+        targets = []
+        for path in (feed_dir, staging):
+            entry = next((e for e in self.storage.list_dir(path.parent) if e.name == path.name),
+                         None)
+            if entry is None:
+                continue
+            if not entry.is_dir:  # a symlink (or a file): never deleted through
+                raise FeedError(f"{path} is not a folder (a symlink?); remove it by hand")
+            self.storage.check_inside(self.root, path)
+            targets.append(path)
         if not targets:
             return []
         # The export lock makes a running export finish first; the lock file goes with the folder.

@@ -120,7 +120,7 @@ def feed_options(feed: Feed) -> dict[str, Any]:
 def feed_from_options(options: Mapping[str, Any], *, where: str,
                       defaults: FeedDefaults = BUILTIN) -> Feed:
     """A ``Feed`` from YAML-form options, validated like a YAML entry (``ConfigError``)."""
-    return config_build._feed(Node(dict(options), "$", where), defaults)
+    return config_build.build_feed(Node(dict(options), "$", where), defaults)
 
 
 def fingerprint(feed: Feed) -> str:

@@ -33,7 +33,7 @@ def _names(storage: Storage, directory: Path) -> list[str]:
 
 def _remove(storage: Storage, path: Path, base: Path, *, tree: bool = False) -> None:
     """Remove one file (or, with ``tree``, a directory tree), refusing anything outside ``base``."""
-    layout.ensure_inside(base, path.parent)
+    storage.check_inside(base, path.parent)
     if tree:
         storage.delete_tree(path)
     else:
@@ -180,7 +180,7 @@ def delete_versions(
         failpoint("prune.before_delete")
         for version in sorted(versions, key=lambda v: v.version):
             path = feed_dir / version.path
-            layout.ensure_inside(feed_dir, path)
+            storage.check_inside(feed_dir, path)
             if storage.exists(path):
                 for i, name in enumerate(_names(storage, path)):
                     storage.delete(path / name)
@@ -208,7 +208,7 @@ def delete_partitions(
         for partition in partitions:
             layout.partition_day(partition.path)
             path = feed_dir / partition.path
-            layout.ensure_inside(feed_dir, path)
+            storage.check_inside(feed_dir, path)
             if storage.exists(path):
                 for i, entry in enumerate(storage.list_dir(path)):
                     _remove(storage, path / entry.name, feed_dir, tree=entry.is_dir)

@@ -1,6 +1,6 @@
 """Where things live in the lake (DESIGN.md section 3): pure functions from feed and time to paths.
 
-Nothing here touches the disk except ``ensure_inside``, which resolves symlinks on purpose.
+Nothing here touches the disk: the lake's storage (``lake.storage``) does.
 """
 
 from __future__ import annotations
@@ -202,15 +202,3 @@ def temp_name(name: str) -> str:
 
 def is_temp_name(name: str) -> bool:
     return name.startswith(".") and name.endswith(".tmp")
-
-
-def ensure_inside(base: Path, candidate: Path) -> Path:
-    """``candidate`` resolved, if it stays inside ``base``; otherwise ``LakeStateError``."""
-    resolved_base = base.resolve()
-    resolved = candidate.resolve()
-    if resolved != resolved_base and resolved_base not in resolved.parents:
-        raise LakeStateError(
-            f"{candidate} resolves to {resolved}, outside {resolved_base}; lakeexportd only "
-            "touches files inside a feed's folder (check for symlinks or a bad name)"
-        )
-    return resolved

@@ -89,6 +89,11 @@ class Storage(Protocol):
         """Every file below ``path``, at any depth (no order promised)."""
         ...
 
+    def check_inside(self, base: PurePath, candidate: PurePath) -> None:
+        """Refuse (``LakeStateError``) a ``candidate`` that leads outside ``base``, symlinks
+        included: nothing is written or deleted outside a feed's own folder."""
+        ...
+
     # -- writing ----------------------------------------------------------------------------
     def publish(
         self, path: PurePath, data: bytes, *, file_mode: int, dir_mode: int | None = None,

@@ -19,6 +19,7 @@ from pathlib import Path, PurePath
 
 import pyarrow as pa
 
+from lakeexportd.errors import LakeStateError
 from lakeexportd.failpoints import failpoint
 from lakeexportd.lake.storage.base import Entry, Held, Signature, Writable
 
@@ -106,6 +107,15 @@ class LocalStorage:
                 yield from self.walk_files(entry.path)
             else:
                 yield entry
+
+    def check_inside(self, base: PurePath, candidate: PurePath) -> None:
+        resolved_base = Path(base).resolve()
+        resolved = Path(candidate).resolve()
+        if resolved != resolved_base and resolved_base not in resolved.parents:
+            raise LakeStateError(
+                f"{candidate} resolves to {resolved}, outside {resolved_base}; lakeexportd only "
+                "touches files inside a feed's folder (check for symlinks or a bad name)"
+            )
 
     # -- writing ----------------------------------------------------------------------------
     def publish(

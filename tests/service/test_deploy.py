@@ -10,7 +10,7 @@ from pathlib import Path
 
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 UNIT = REPO / "deploy/systemd/lakeexportd.service"
 INSTALLED_BINARY = "/opt/lakeexportd/venv/bin/lakeexportd"
 

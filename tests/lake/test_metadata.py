@@ -266,7 +266,7 @@ def test_docs_metadata_reference_matches_the_code() -> None:
 
     from lakeexportd.lake.metadata_codec import from_json, to_json
 
-    text = (Path(__file__).resolve().parents[1] / "docs/metadata.md").read_text()
+    text = (Path(__file__).resolve().parents[2] / "docs/metadata.md").read_text()
     example = json.loads(_re.search(r"```json\n(.*?)```", text, _re.S)[1])  # type: ignore[index]
     doc = from_json(example)
     written = to_json(doc)

@@ -434,7 +434,7 @@ def test_crash_mid_append_leaves_only_orphans(tmp_path: Path, point: str) -> Non
     feed = tmp_path / "streams" / "f"
     code = (
         "import sys, datetime as dt, pathlib\n"
-        "from tests.test_sinks import _flat, FLAT, JAN15, DAY_MS, RUN\n"
+        "from tests.lake.test_sinks import _flat, FLAT, JAN15, DAY_MS, RUN\n"
         "from lakeexportd.lake.sinks import AppendSink\n"
         "s = AppendSink(pathlib.Path(sys.argv[1]), FLAT, run_start=RUN, max_open_partitions=1,"
         " row_group_rows=5)\n"
@@ -442,7 +442,7 @@ def test_crash_mid_append_leaves_only_orphans(tmp_path: Path, point: str) -> Non
         "s.finish()\n"
     )
     env = {**os.environ, "LAKEEXPORTD_FAILPOINT": point}
-    cwd = Path(__file__).parent.parent
+    cwd = Path(__file__).parents[2]
     proc = subprocess.run([sys.executable, "-c", code, str(feed)], env=env, cwd=cwd, check=False)
     assert proc.returncode == -9
     assert feed.exists()

@@ -18,7 +18,7 @@ from lakeexportd.config.load import load_config
 from lakeexportd.export.exporter import ExportResult
 from lakeexportd.service.daemon import Daemon
 
-BAD_CONFIGS = sorted((Path(__file__).parent / "data" / "bad_configs").glob("*.yaml"))
+BAD_CONFIGS = sorted((Path(__file__).parents[1] / "data" / "bad_configs").glob("*.yaml"))
 
 
 def expectation(path: Path) -> str:

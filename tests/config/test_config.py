@@ -17,8 +17,8 @@ from lakeexportd.config.load import default_config_path, load_config, parse_conf
 from lakeexportd.config.model import Config, Feed, Schedule, Secret
 from lakeexportd.errors import EX_CONFIG, ConfigError
 
-REPO = Path(__file__).resolve().parent.parent
-BAD_CONFIGS = sorted((Path(__file__).parent / "data" / "bad_configs").glob("*.yaml"))
+REPO = Path(__file__).resolve().parents[2]
+BAD_CONFIGS = sorted((Path(__file__).parents[1] / "data" / "bad_configs").glob("*.yaml"))
 CONFIG_FILE = "/srv/conf/lakeexportd.yaml"
 
 

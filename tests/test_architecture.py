@@ -2,7 +2,8 @@
 
 Layers, top to bottom: cli, service, audit | export, feeds | ksqldb, lake, config,
 errors | failpoints; a folder imports only the folders below it. The sandbox imports nothing
-else of lakeexportd, but for the exceptions the contract lists (issue 3/7 removes them).
+else of lakeexportd, without exceptions: it is the independent witness the client is tested
+against.
 """
 
 from __future__ import annotations
@@ -39,3 +40,15 @@ def test_an_upward_import_breaks_the_layers(tmp_path: Path) -> None:
     assert done.returncode != 0
     assert "Layers: imports point down only BROKEN" in done.stdout
     assert "lakeexportd.lake.layout -> lakeexportd.service.daemon" in done.stdout
+
+
+def test_a_sandbox_import_of_the_client_breaks_the_witness_contract(tmp_path: Path) -> None:
+    """The sandbox contract can fail too: a copy where the sandbox borrows the client's types."""
+    copy = tmp_path / "lakeexportd"
+    shutil.copytree(ROOT / "lakeexportd", copy, ignore=shutil.ignore_patterns("__pycache__"))
+    formatting = copy / "sandbox" / "formatting.py"
+    formatting.write_text(formatting.read_text() + "\nfrom lakeexportd.ksqldb import types  # noqa\n")
+    done = lint(tmp_path)
+    assert done.returncode != 0
+    assert "The sandbox is an independent witness" in done.stdout
+    assert "lakeexportd.sandbox.formatting -> lakeexportd.ksqldb.types" in done.stdout

@@ -1,8 +1,10 @@
 """The layer rules of the code layout are data: import-linter checks them (pyproject.toml).
 
 Layers, top to bottom: cli, service, audit | export, feeds | ksqldb, lake, config,
-errors | failpoints; a folder imports only the folders below it. The sandbox imports nothing
-else of lakeexportd, but for the exceptions the contract lists (issue 3/7 removes them).
+errors | failpoints; a folder imports only the folders below it. lake/storage imports nothing
+else of lakeexportd. The sandbox imports nothing else of lakeexportd, without exceptions: it is
+the independent witness the client is tested against. Two AST checks add what import-linter
+cannot say: no file-system calls outside the lake, no private names across folders.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ def lint(tree: Path) -> subprocess.CompletedProcess[str]:
 
 
 def test_the_package_keeps_its_layers_and_the_sandbox_stays_apart() -> None:
-    """Both contracts are kept on the code as it is."""
+    """Every contract is kept on the code as it is."""
     done = lint(ROOT)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "Contracts: 3 kept, 0 broken." in done.stdout
@@ -101,3 +103,15 @@ def test_no_folder_reaches_into_another_folders_private_names() -> None:
                 if module.split(".")[1] != folder:
                     offences.append(f"{path.relative_to(ROOT)}: {module}.{node.attr}")
     assert offences == []
+
+
+def test_a_sandbox_import_of_the_client_breaks_the_witness_contract(tmp_path: Path) -> None:
+    """The sandbox contract can fail too: a copy where the sandbox borrows the client's types."""
+    copy = tmp_path / "lakeexportd"
+    shutil.copytree(ROOT / "lakeexportd", copy, ignore=shutil.ignore_patterns("__pycache__"))
+    formatting = copy / "sandbox" / "formatting.py"
+    formatting.write_text(formatting.read_text() + "\nfrom lakeexportd.ksqldb import types  # noqa\n")
+    done = lint(tmp_path)
+    assert done.returncode != 0
+    assert "The sandbox is an independent witness" in done.stdout
+    assert "lakeexportd.sandbox.formatting -> lakeexportd.ksqldb.types" in done.stdout

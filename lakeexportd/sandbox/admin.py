@@ -10,12 +10,11 @@ from collections.abc import Callable
 from decimal import Context, Decimal, InvalidOperation
 from typing import Any
 
-from lakeexportd.errors import SchemaError
-from lakeexportd.ksqldb.types import KsqlType, parse_type
 from lakeexportd.sandbox.catalog import Catalog
 from lakeexportd.sandbox.faults import Fault, FaultSet, FaultSpecError
 from lakeexportd.sandbox.feeder import Feeder
 from lakeexportd.sandbox.formatting import value_formatter
+from lakeexportd.sandbox.sqltypes import SqlType, TypeSyntaxError, parse
 
 Cast = Callable[[Any], Any]
 
@@ -24,7 +23,7 @@ class AdminError(ValueError):
     """A bad admin request: answered 400 with ``{"error": message}``."""
 
 
-def cast_between(old: KsqlType, new: KsqlType) -> Cast:
+def cast_between(old: SqlType, new: SqlType) -> Cast:
     """How a stored value reads after ``ALTER ... TYPE``-like changes; None when impossible."""
     numeric = ("INTEGER", "BIGINT", "DOUBLE", "DECIMAL")
     if new.base == "STRING":
@@ -92,8 +91,8 @@ def change_schema(catalog: Catalog, body: Any) -> dict[str, Any]:
     action = body.get("action", "change_type")
     column = source.column(name)
     try:
-        new_type = parse_type(str(body["type"]), column=name) if "type" in body else None
-    except SchemaError as exc:
+        new_type = parse(str(body["type"])) if "type" in body else None
+    except TypeSyntaxError as exc:
         raise AdminError(str(exc)) from exc
     with catalog.lock:
         if action == "add" and column is None and new_type is not None:

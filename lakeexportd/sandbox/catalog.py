@@ -17,7 +17,6 @@ from dataclasses import replace
 from decimal import Decimal
 from typing import Any
 
-from lakeexportd.ksqldb.types import parse_type
 from lakeexportd.sandbox.generator import (
     BLACKLISTED_MERCHANTS,
     BLACKLISTED_USERS,
@@ -28,6 +27,7 @@ from lakeexportd.sandbox.generator import (
     wide_decimals,
 )
 from lakeexportd.sandbox.sources import Column, Source, StreamSource, TableSource
+from lakeexportd.sandbox.sqltypes import parse
 
 ITEM = (
     "STRUCT<`PRODUCT_ID` STRING, `NAME` STRING, `QUANTITY` INTEGER, "
@@ -111,7 +111,7 @@ def parse_columns(specs: Iterable[str]) -> list[Column]:
         name, _, rest = spec.partition(" ")
         key = rest.endswith(" KEY")
         type_text = rest[: -len(" KEY")] if key else rest
-        columns.append(Column(name, parse_type(type_text, column=name), key=key, slot=slot))
+        columns.append(Column(name, parse(type_text), key=key, slot=slot))
     return columns
 
 

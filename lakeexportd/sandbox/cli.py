@@ -11,8 +11,14 @@ import socket
 import sys
 from typing import TYPE_CHECKING
 
-from lakeexportd.errors import EX_CONFIG, EX_OK, EX_USAGE
 from lakeexportd.sandbox.faults import KINDS, Fault, FaultSpecError
+
+# The exit statuses every lakeexportd command uses, spelled out here because the sandbox
+# imports nothing else of lakeexportd: 2 for a bad command line (argparse's own), 78 for a
+# setting that cannot work (sysexits EX_CONFIG).
+EX_OK = 0
+EX_USAGE = 2
+EX_CONFIG = 78
 
 # The server (Hypercorn, the catalog) loads only when the sandbox runs: every other command
 # builds this parser too, and an export should not pay for a web server's import.

@@ -8,8 +8,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from lakeexportd.ksqldb.types import KsqlType
 from lakeexportd.sandbox.sources import Source, StreamSource, TableSource
+from lakeexportd.sandbox.sqltypes import SqlType
 
 KEY_FORMAT = "KAFKA"
 VALUE_FORMAT = "JSON"
@@ -19,13 +19,13 @@ def dumps(value: Any) -> bytes:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
 
 
-def schema_info(t: KsqlType) -> dict[str, Any]:
+def schema_info(t: SqlType) -> dict[str, Any]:
     info: dict[str, Any] = {"type": t.base, "fields": None, "memberSchema": None}
     if t.base == "STRUCT":
         info["fields"] = [{"name": n, "schema": schema_info(ft)} for n, ft in t.fields]
     elif t.base in ("ARRAY", "MAP"):
-        assert t.element is not None
-        info["memberSchema"] = schema_info(t.element)
+        assert t.member is not None
+        info["memberSchema"] = schema_info(t.member)
     elif t.base == "DECIMAL":
         info["parameters"] = {"precision": t.precision, "scale": t.scale}
     return info

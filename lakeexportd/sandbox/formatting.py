@@ -1,6 +1,6 @@
 """Values to JSON text exactly as ksqlDB's Jackson mapper writes them (wire reference section 4).
 
-Python forms of values, shared with the catalog and ``lakeexportd.ksqldb.types``: BOOLEAN ``bool``,
+Python forms of values, shared with the catalog and the harness's ground truth: BOOLEAN ``bool``,
 INTEGER/BIGINT ``int``, DOUBLE ``float``, DECIMAL ``Decimal``, STRING ``str``, BYTES ``bytes``,
 TIMESTAMP epoch millis ``int``, DATE epoch days ``int``, TIME millis of the day ``int``, ARRAY
 ``list``, MAP ``dict``, STRUCT ``dict`` keyed by field name, NULL ``None``.
@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from decimal import Context, Decimal
 from typing import Any
 
-from lakeexportd.ksqldb.types import KsqlType
+from lakeexportd.sandbox.sqltypes import SqlType
 
 Formatter = Callable[[Any], str]
 
@@ -97,12 +97,12 @@ def _nullable(inner: Formatter) -> Formatter:
     return fmt
 
 
-def value_formatter(t: KsqlType, *, nested: bool = False) -> Formatter:
+def value_formatter(t: SqlType, *, nested: bool = False) -> Formatter:
     """The formatter of one column type; ``nested`` is True inside a STRUCT (Connect's rules)."""
     return _nullable(_formatter(t, nested))
 
 
-def _formatter(t: KsqlType, nested: bool) -> Formatter:
+def _formatter(t: SqlType, nested: bool) -> Formatter:
     base = t.base
     if base == "BOOLEAN":
         return lambda v: "true" if v else "false"
@@ -126,12 +126,12 @@ def _formatter(t: KsqlType, nested: bool) -> Formatter:
         text = {"TIMESTAMP": timestamp_text, "DATE": date_text, "TIME": time_text}[base]
         return lambda v: '"' + text(v) + '"'
     if base == "ARRAY":
-        assert t.element is not None
-        element = value_formatter(t.element, nested=nested)
+        assert t.member is not None
+        element = value_formatter(t.member, nested=nested)
         return lambda v: "[" + ",".join(element(e) for e in v) + "]"
     if base == "MAP":
-        assert t.element is not None
-        member = value_formatter(t.element, nested=nested)
+        assert t.member is not None
+        member = value_formatter(t.member, nested=nested)
         return lambda v: "{" + ",".join(
             json_string(str(k)) + ":" + member(x) for k, x in v.items()
         ) + "}"
@@ -144,7 +144,7 @@ def _formatter(t: KsqlType, nested: bool) -> Formatter:
     return struct
 
 
-def row_formatter(types: Sequence[KsqlType]) -> Callable[[Sequence[Any]], str]:
+def row_formatter(types: Sequence[SqlType]) -> Callable[[Sequence[Any]], str]:
     """The JSON array text of a row of these column types (compact, as on the wire)."""
     formatters = [value_formatter(t) for t in types]
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from lakeexportd.ksqldb.types import KsqlType
+from lakeexportd.sandbox.expected import ARROW_TYPES
 from lakeexportd.sandbox.faults import Fault
 from lakeexportd.sandbox.server import Settings, TLSFiles, bind, build, serve
 from lakeexportd.sandbox.sources import StreamSource, TableSource
@@ -32,6 +32,9 @@ class Sandbox:
         self.settings = settings
         self.app = build(settings)
         self.catalog = self.app.catalog
+        # What ARROW_TYPES describes: a column added or retyped later needs its type named.
+        self._initial_types = {(s.name, c.name): c.type for s in self.catalog.sources.values()
+                               for c in s.columns}
         self._sock = bind(settings.host, settings.port)
         self.host, self.port = self._sock.getsockname()[:2]
         self.url = f"{'https' if settings.tls else 'http'}://{self.host}:{self.port}"
@@ -135,33 +138,41 @@ class Sandbox:
             return [{"ROWTIME": rowtime, **{c.name: c.read(stored) for c in columns}}
                     for stored, rowtime in table.snapshot()]
 
-    def arrow(self, source: str) -> pa.Table:
-        """Ground truth as Arrow, typed like the exporter types it (DESIGN.md section 6)."""
+    def arrow(self, source: str, changed: dict[str, pa.DataType] | None = None) -> pa.Table:
+        """Ground truth as Arrow, typed as lakeexportd must type it (``expected.ARROW_TYPES``).
+
+        ``changed`` names the expected Arrow type of each column added or retyped since the
+        sandbox started; such a column without one is an error rather than a guess.
+        """
         target = self.catalog.sources[source]
         rows = self.rows(source) if isinstance(target, StreamSource) else self.table(source)
         assert isinstance(target, StreamSource | TableSource)
         fields = [pa.field("ROWTIME", pa.int64())]
         arrays = [pa.array([r["ROWTIME"] for r in rows], pa.int64())]
         for c in target.columns:
-            fields.append(pa.field(c.name, c.type.arrow, metadata={"ksql_type": str(c.type)}))
-            arrays.append(pa.array([_arrow_value(c.type, r[c.name]) for r in rows],
-                                   c.type.arrow))
+            if changed and c.name in changed:
+                arrow_type = changed[c.name]
+            elif self._initial_types.get((source, c.name)) == c.type:
+                arrow_type = ARROW_TYPES[source][c.name]
+            else:
+                raise KeyError(f"{source}.{c.name} was added or retyped ({c.type}): "
+                               "pass its expected Arrow type in changed=")
+            fields.append(pa.field(c.name, arrow_type, metadata={"ksql_type": str(c.type)}))
+            arrays.append(pa.array([_arrow_value(arrow_type, r[c.name]) for r in rows],
+                                   arrow_type))
         return pa.Table.from_arrays(arrays, schema=pa.schema(fields))
 
 
-def _arrow_value(t: KsqlType, value: Any) -> Any:
+def _arrow_value(arrow_type: pa.DataType, value: Any) -> Any:
+    """A stored value in the form ``pa.array`` takes for ``arrow_type``."""
     if value is None:
         return None
-    if t.base == "ARRAY":
-        assert t.element is not None
-        element = t.element
-        return [_arrow_value(element, v) for v in value]
-    if t.base == "MAP":
-        assert t.element is not None
-        member = t.element
-        return [(k, _arrow_value(member, v)) for k, v in value.items()]
-    if t.base == "STRUCT":
-        return {name: _arrow_value(ft, value.get(name)) for name, ft in t.fields}
-    if t.base == "TIME":  # millis of the day, whatever unit the Arrow type counts in
+    if isinstance(arrow_type, pa.MapType):
+        return [(k, _arrow_value(arrow_type.item_type, v)) for k, v in value.items()]
+    if isinstance(arrow_type, pa.ListType):
+        return [_arrow_value(arrow_type.value_type, v) for v in value]
+    if isinstance(arrow_type, pa.StructType):
+        return {f.name: _arrow_value(f.type, value.get(f.name)) for f in arrow_type}
+    if pa.types.is_time(arrow_type):  # millis of the day, whatever unit the type counts in
         return (dt.datetime.min + dt.timedelta(milliseconds=value)).time()
     return value

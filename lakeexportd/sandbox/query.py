@@ -12,10 +12,10 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from lakeexportd.ksqldb.types import KsqlType
 from lakeexportd.sandbox import syntax
 from lakeexportd.sandbox.errors import PULL_SUFFIX
 from lakeexportd.sandbox.sources import Source, StreamSource
+from lakeexportd.sandbox.sqltypes import SqlType
 from lakeexportd.sandbox.where import (
     PSEUDO,
     PSEUDO_GETTERS,
@@ -32,7 +32,7 @@ class Plan:
     source: Source
     kind: str  # "table_pull", "stream_pull" or "push"
     names: list[str]
-    types: list[KsqlType]
+    types: list[SqlType]
     key_flags: list[bool]
     getters: list[Getter]
     star: bool  # exactly the source's columns: the cached row text can be used
@@ -88,7 +88,7 @@ def plan(statement: syntax.Select, text: str, sources: dict[str, Source],
             f"{what} queries don't support negative integers in the LIMIT clause."
             + (PULL_SUFFIX if not statement.push else ""), text)
     names: list[str] = []
-    types: list[KsqlType] = []
+    types: list[SqlType] = []
     keys: list[bool] = []
     getters: list[Getter] = []
     star_at: list[int] = []

@@ -14,8 +14,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from lakeexportd.ksqldb.types import KsqlType
 from lakeexportd.sandbox.formatting import row_formatter
+from lakeexportd.sandbox.sqltypes import SqlType
 
 Cast = Callable[[Any], Any]
 
@@ -25,7 +25,7 @@ class Column:
     """One column as DESCRIBE and query headers show it."""
 
     name: str
-    type: KsqlType
+    type: SqlType
     key: bool = False
     slot: int | None = None  # index in the stored tuple; None for a column added later
     cast: Cast | None = None  # set when the column's type was changed after rows were stored
@@ -69,13 +69,13 @@ class Source:
     def on_schema_change(self) -> None:
         """Hook for stores that cache text built from the columns."""
 
-    def add_column(self, name: str, ksql_type: KsqlType) -> None:
+    def add_column(self, name: str, ksql_type: SqlType) -> None:
         self.set_columns([*self.columns, Column(name, ksql_type)])
 
     def drop_column(self, name: str) -> None:
         self.set_columns([c for c in self.columns if c.name != name])
 
-    def change_type(self, name: str, ksql_type: KsqlType, cast: Cast) -> None:
+    def change_type(self, name: str, ksql_type: SqlType, cast: Cast) -> None:
         def changed(c: Column) -> Column:
             if c.name != name:
                 return c

@@ -8,11 +8,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from lakeexportd.errors import SchemaError
-from lakeexportd.ksqldb.types import KsqlType, parse_type
 from lakeexportd.sandbox import describe, errors, sql, syntax
 from lakeexportd.sandbox.catalog import Catalog
 from lakeexportd.sandbox.errors import KsqlError
+from lakeexportd.sandbox.sqltypes import SqlType, TypeSyntaxError, parse
 
 
 def run(catalog: Catalog, text: str) -> list[dict[str, Any]]:
@@ -28,7 +27,7 @@ def run(catalog: Catalog, text: str) -> list[dict[str, Any]]:
 
 
 def _check(catalog: Catalog, statement: syntax.Statement,
-           text: str) -> list[tuple[str, KsqlType]]:
+           text: str) -> list[tuple[str, SqlType]]:
     """Validate one statement; for ALTER, return the parsed columns to add."""
     if isinstance(statement, syntax.Select):
         raise KsqlError(400, errors.statement(40002, errors.QUERY_ENDPOINT, text))
@@ -44,21 +43,21 @@ def _check(catalog: Catalog, statement: syntax.Statement,
         raise errors.bad_statement(
             f"Incompatible data source type is {source.kind}, but statement was ALTER "
             f"{statement.kind}", text)
-    additions: list[tuple[str, KsqlType]] = []
+    additions: list[tuple[str, SqlType]] = []
     for name, type_text in statement.additions:
         if source.column(name) is not None or name in (n for n, _ in additions):
             raise errors.bad_statement(
                 f"Cannot add column `{name}` to schema. A column with the same name "
                 "already exists.", text)
         try:
-            additions.append((name, parse_type(type_text, column=name)))
-        except SchemaError as exc:
+            additions.append((name, parse(type_text)))
+        except TypeSyntaxError as exc:
             raise errors.bad_statement(str(exc), text) from exc
     return additions
 
 
 def _execute(catalog: Catalog, statement: syntax.Statement, text: str,
-             additions: list[tuple[str, KsqlType]]) -> dict[str, Any]:
+             additions: list[tuple[str, SqlType]]) -> dict[str, Any]:
     sources = catalog.sources
     if isinstance(statement, syntax.Show):
         with catalog.lock:

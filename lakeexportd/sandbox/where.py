@@ -10,26 +10,33 @@ import datetime as dt
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from lakeexportd.ksqldb.types import KsqlType
-from lakeexportd.ksqldb.values import parse_date_days, parse_time_ms
 from lakeexportd.sandbox import syntax
 from lakeexportd.sandbox.errors import KsqlError, bad_statement
 from lakeexportd.sandbox.sources import Source
+from lakeexportd.sandbox.sqltypes import SqlType
 
 # stored row, ROWTIME, partition, offset
 Getter = Callable[[Sequence[Any], int, int, int], Any]
 Predicate = Callable[[Sequence[Any], int, int, int], bool]
 
+_EPOCH_DATE = dt.date(1970, 1, 1)
 PSEUDO = {
-    "ROWTIME": KsqlType("BIGINT"),
-    "ROWPARTITION": KsqlType("INTEGER"),
-    "ROWOFFSET": KsqlType("BIGINT"),
+    "ROWTIME": SqlType("BIGINT"),
+    "ROWPARTITION": SqlType("INTEGER"),
+    "ROWOFFSET": SqlType("BIGINT"),
 }
 PSEUDO_GETTERS: dict[str, Getter] = {
     "ROWTIME": lambda s, t, p, o: t,
     "ROWPARTITION": lambda s, t, p, o: p,
     "ROWOFFSET": lambda s, t, p, o: o,
 }
+
+
+def _millis_of_day(time: dt.time) -> int:
+    if time.tzinfo is not None:
+        raise ValueError("a TIME has no time zone")
+    seconds = (time.hour * 60 + time.minute) * 60 + time.second
+    return seconds * 1000 + time.microsecond // 1000
 
 
 def statement_error(message: str, text: str) -> KsqlError:
@@ -46,7 +53,7 @@ def compile_where(expr: syntax.Expr, source: Source, text: str) -> Predicate:
     return lambda s, t, p, o: compiled(s, t, p, o) is True
 
 
-def _type_of(expr: syntax.Expr, source: Source) -> KsqlType | None:
+def _type_of(expr: syntax.Expr, source: Source) -> SqlType | None:
     if isinstance(expr, syntax.Col):
         if expr.name in PSEUDO:
             return PSEUDO[expr.name]
@@ -55,7 +62,7 @@ def _type_of(expr: syntax.Expr, source: Source) -> KsqlType | None:
     return None
 
 
-def _coerce_literal(value: Any, target: KsqlType | None, text: str) -> Any:
+def _coerce_literal(value: Any, target: SqlType | None, text: str) -> Any:
     """ksqlDB compares TIMESTAMP/DATE/TIME (and ROWTIME) columns with string literals."""
     if not isinstance(value, str) or target is None:
         return value
@@ -66,9 +73,9 @@ def _coerce_literal(value: Any, target: KsqlType | None, text: str) -> Any:
                 moment = moment.replace(tzinfo=dt.UTC)
             return int(moment.timestamp() * 1000)
         if target.base == "DATE":
-            return parse_date_days(value)
+            return (dt.date.fromisoformat(value) - _EPOCH_DATE).days
         if target.base == "TIME":
-            return parse_time_ms(value)
+            return _millis_of_day(dt.time.fromisoformat(value))
     except ValueError as exc:
         raise statement_error(f"Failed to parse literal '{value}': {exc}", text) from exc
     if target.base != "STRING":

@@ -86,6 +86,7 @@ def check_lake(sandbox: Sandbox, lake: Path, feed: str, retention_since: set[dt.
     if feed == "users":
         truth = sandbox.arrow("USER_SUMMARY").drop_columns(["ROWTIME"])
         table = read_listed(lake, "table", feed)
+        assert table.select(truth.column_names).schema.types == truth.schema.types
         assert table.sort_by("USER_ID").to_pylist() == truth.sort_by("USER_ID").to_pylist()
         assert_consistent(lake, "table", feed)
         return

@@ -15,6 +15,7 @@ from lakeexportd.errors import KsqlDBProtocolError
 from lakeexportd.ksqldb.decode import RowDecoder
 from lakeexportd.ksqldb.json_block import gc_paused, times_of_day
 from lakeexportd.ksqldb.types import KsqlType, parse_type
+from lakeexportd.sandbox import sqltypes
 from lakeexportd.sandbox.formatting import row_formatter
 
 PRIMITIVES = ["BOOLEAN", "INTEGER", "BIGINT", "DOUBLE", "STRING", "BYTES", "TIMESTAMP", "DATE",
@@ -106,7 +107,8 @@ def test_typed_path_equals_exact_path_on_random_nested_rows(seed: int) -> None:
     rng = random.Random(seed)
     types = [random_type(rng, depth=2) for _ in range(rng.randint(1, 4))]
     names = [f"C{i}" for i in range(len(types))]
-    fmt = row_formatter(types)
+    # The sandbox reads the types as the wire carries them: as text.
+    fmt = row_formatter([sqltypes.parse(str(t)) for t in types])
     lines = [fmt([random_value(rng, t) for t in types]).encode() for _ in range(60)]
     block = b"\n".join(lines) + b"\n"
     typed = RowDecoder(names, types)

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from lakeexportd.ksqldb.types import parse_type
 from lakeexportd.sandbox.formatting import java_double, row_formatter, value_formatter
+from lakeexportd.sandbox.sqltypes import parse
 
 
 @pytest.mark.parametrize(("value", "text"), [
@@ -68,10 +68,10 @@ CASES: list[tuple[str, Any, str]] = [
 @pytest.mark.parametrize(("type_text", "value", "text"), CASES)
 def test_value_formatting(type_text: str, value: Any, text: str) -> None:
     """Each type (top level and inside a STRUCT) is written byte for byte as ksqlDB writes it."""
-    assert value_formatter(parse_type(type_text))(value) == text
+    assert value_formatter(parse(type_text))(value) == text
 
 
 def test_row_is_compact_json_array() -> None:
     """A row is a compact JSON array (no spaces), nulls kept in place."""
-    fmt = row_formatter([parse_type("STRING"), parse_type("INTEGER"), parse_type("DOUBLE")])
+    fmt = row_formatter([parse("STRING"), parse("INTEGER"), parse("DOUBLE")])
     assert fmt(["x", None, 2.5]) == '["x",null,2.5]'

@@ -9,8 +9,11 @@ from decimal import Decimal
 
 import httpx
 import pyarrow as pa
+import pytest
 
 from lakeexportd.sandbox import Sandbox
+from lakeexportd.sandbox.catalog import Catalog
+from lakeexportd.sandbox.expected import ARROW_TYPES
 
 from .helpers import lines, query
 
@@ -33,6 +36,35 @@ def test_arrow_ground_truth(sandbox: Sandbox) -> None:
     assert isinstance(first["PAYLOAD"]["ITEMS"][0]["ADDED_AT"], dt.datetime)
     assert dict(first["PAYLOAD"]["META"])["country"]
     assert sandbox.arrow("USER_SUMMARY").num_rows == len(sandbox.table("USER_SUMMARY"))
+
+
+def test_expected_types_name_every_column_of_every_source() -> None:
+    """The written-out Arrow types list each source's columns, in order, and nothing else."""
+    columns = {s.name: [c.name for c in s.columns] for s in Catalog().sources.values()}
+    assert {name: list(types) for name, types in ARROW_TYPES.items()} == columns
+
+
+def test_arrow_truth_of_every_source_holds_its_rows_in_the_written_out_types(
+    sandbox: Sandbox,
+) -> None:
+    """Every value fits its stated type (HUGE's 76 digits in decimal256 too)."""
+    for name, types in ARROW_TYPES.items():
+        table = sandbox.arrow(name)
+        assert table.schema.types == [pa.int64(), *types.values()], name
+        assert table.num_rows == sandbox.counts()[name] > 0
+
+
+def test_an_added_column_needs_its_expected_type_named(fresh: Callable[..., Sandbox]) -> None:
+    """A column added at run time is in no table: arrow() asks for its type, never guesses."""
+    sb = fresh(preload=5)
+    with httpx.Client(base_url=sb.url) as c:
+        c.post("/_sandbox/schema", json={"source": "TRANSACTION_FLATTENED", "column": "NOTE",
+                                         "action": "add", "type": "STRING"}).raise_for_status()
+    with pytest.raises(KeyError, match="NOTE was added or retyped"):
+        sb.arrow("TRANSACTION_FLATTENED")
+    table = sb.arrow("TRANSACTION_FLATTENED", changed={"NOTE": pa.string()})
+    assert table.schema.field("NOTE").type == pa.string()
+    assert table.column("NOTE").null_count == 5
 
 
 def test_generate_with_rowtime_range(fresh: Callable[..., Sandbox]) -> None:

@@ -43,7 +43,7 @@ from lakeexportd.lake.metadata_update import (
     with_table_version,
     without_partitions_before,
 )
-from lakeexportd.lake.storage import LOCAL, Signature, Storage
+from lakeexportd.lake.storage import LOCAL, PreconditionFailed, Signature, Storage
 
 __all__ = [
     "FORMAT_VERSION", "KEEP_EXPORTS", "ExportRecord", "FeedMetadata", "FileEntry",
@@ -86,12 +86,14 @@ class MetadataStore:
         """Atomically replace the feed's document with ``doc`` (load() it first)."""
         path = layout.metadata_path(feed_dir)
         where = self.storage.show(path)
+        changed = LakeStateError(
+            f"{where} changed since it was loaded, or was never loaded by this process; "
+            "refusing to overwrite it (is another lakeexportd writing this feed?)"
+        )
         with self._guard:
-            if path not in self._seen or self._seen[path] != self.storage.signature(path):
-                raise LakeStateError(
-                    f"{where} changed since it was loaded, or was never loaded by this process; "
-                    "refusing to overwrite it (is another lakeexportd writing this feed?)"
-                )
+            if path not in self._seen:
+                raise changed
+            expected = self._seen[path]
         if isinstance(doc, TableMetadata):
             try:
                 check_table(doc)
@@ -99,7 +101,9 @@ class MetadataStore:
                 raise LakeStateError(f"refusing to commit {where}: {exc}") from exc
         try:
             signature = self.storage.publish(path, encode(doc), file_mode=file_mode,
-                                             failpoint_prefix="metadata")
+                                             failpoint_prefix="metadata", expected=expected)
+        except PreconditionFailed as exc:
+            raise changed from exc
         except OSError as exc:
             raise LakeStateError(f"could not commit {where}: {exc}") from exc
         with self._guard:

@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from lakeexportd.errors import LakeStateError
-from lakeexportd.lake.storage import LocalStorage, Storage, open_storage
+from lakeexportd.lake.storage import LocalStorage, PreconditionFailed, Storage, open_storage
 
 
 @pytest.fixture(params=["local"])
@@ -197,3 +197,18 @@ def test_check_inside_refuses_escapes_symlinks_included(store: tuple[Storage, Pa
     (base / "link").symlink_to(root)  # local only: object stores have no symlinks
     with pytest.raises(LakeStateError, match="outside"):
         storage.check_inside(base, base / "link" / "x")
+
+
+def test_conditional_publish_creates_once_and_replaces_only_what_was_read(
+    store: tuple[Storage, Path],
+) -> None:
+    """Create-if-absent and If-Match: the fences exactly-once is built on."""
+    storage, root = store
+    path = root / "_metadata.json"
+    first = storage.publish(path, b"1", file_mode=0o640, dir_mode=0o750, expected=None)
+    with pytest.raises(PreconditionFailed):
+        storage.publish(path, b"again", file_mode=0o640, expected=None)
+    second = storage.publish(path, b"2", file_mode=0o640, expected=first)
+    with pytest.raises(PreconditionFailed):  # a writer still holding the first version loses
+        storage.publish(path, b"stale", file_mode=0o640, expected=first)
+    assert storage.read_bytes(path) == b"2" and storage.signature(path) == second

@@ -10,11 +10,19 @@ from __future__ import annotations
 
 from pathlib import PurePath
 
-from lakeexportd.lake.storage.base import Entry, Held, Signature, Storage, Writable
+from lakeexportd.lake.storage.base import (
+    ANY,
+    Entry,
+    Held,
+    PreconditionFailed,
+    Signature,
+    Storage,
+    Writable,
+)
 from lakeexportd.lake.storage.local import LocalStorage
 
-__all__ = ["LOCAL", "Entry", "Held", "LocalStorage", "Signature", "Storage", "Writable",
-           "open_storage"]
+__all__ = ["ANY", "LOCAL", "Entry", "Held", "LocalStorage", "PreconditionFailed", "Signature",
+           "Storage", "Writable", "open_storage"]
 
 LOCAL = LocalStorage()
 """The local file system (stateless, so one instance serves every lake on disk)."""

@@ -23,8 +23,22 @@ from typing import Protocol
 
 import pyarrow as pa
 
-Signature = tuple[int, ...]
-"""What ``signature`` returns: equal signatures mean "unchanged since read" (compare only)."""
+Signature = tuple[int | str, ...]
+"""What ``signature`` returns: equal signatures mean "unchanged since read" (compare only;
+on disk inode, size and mtime, on an object store the ETag)."""
+
+
+class _Anything:
+    def __repr__(self) -> str:
+        return "ANY"
+
+
+ANY = _Anything()
+"""``publish(expected=ANY)``: replace whatever is there (the default)."""
+
+
+class PreconditionFailed(OSError):
+    """``publish(expected=...)`` found another version than expected: nothing was written."""
 
 
 @dataclass(frozen=True)
@@ -97,10 +111,14 @@ class Storage(Protocol):
     # -- writing ----------------------------------------------------------------------------
     def publish(
         self, path: PurePath, data: bytes, *, file_mode: int, dir_mode: int | None = None,
-        failpoint_prefix: str | None = None,
+        failpoint_prefix: str | None = None, expected: Signature | None | _Anything = ANY,
     ) -> Signature:
         """Atomically replace ``path`` with ``data`` and make it durable; its new signature.
 
+        ``expected`` makes it conditional: ``None`` means create only if absent, a signature
+        means replace only that version (If-Match); otherwise ``PreconditionFailed`` and
+        nothing written. On disk the check and the rename are not one step: the caller holds
+        the feed's lock. On an object store they are one request.
         ``dir_mode`` creates missing parent directories first. With ``failpoint_prefix``
         the steps are named for crash tests: ``before_tmp_write``, ``after_tmp_write``,
         ``after_tmp_fsync``, ``after_replace``, ``after_dir_fsync``.

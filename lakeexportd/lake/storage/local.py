@@ -21,7 +21,15 @@ import pyarrow as pa
 
 from lakeexportd.errors import LakeStateError
 from lakeexportd.failpoints import failpoint
-from lakeexportd.lake.storage.base import Entry, Held, Signature, Writable
+from lakeexportd.lake.storage.base import (
+    ANY,
+    Entry,
+    Held,
+    PreconditionFailed,
+    Signature,
+    Writable,
+    _Anything,
+)
 
 _BUSY = (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES)
 
@@ -120,8 +128,15 @@ class LocalStorage:
     # -- writing ----------------------------------------------------------------------------
     def publish(
         self, path: PurePath, data: bytes, *, file_mode: int, dir_mode: int | None = None,
-        failpoint_prefix: str | None = None,
+        failpoint_prefix: str | None = None, expected: Signature | None | _Anything = ANY,
     ) -> Signature:
+        if not isinstance(expected, _Anything) and self.signature(path) != expected:
+            raise PreconditionFailed(
+                errno.EEXIST if expected is None else errno.ESTALE,
+                "exists already" if expected is None else "changed since it was read",
+                str(path),
+            )
+
         def step(name: str) -> None:
             if failpoint_prefix is not None:
                 failpoint(f"{failpoint_prefix}.{name}")

@@ -7,8 +7,12 @@ STAMP := $(VENV)/.installed
 # PIP_CONSTRAINT, which pip also applies to the isolated build environment). `make lock`
 # refreshes it; pyproject.toml keeps the ranges users install from.
 LOCK := requirements/test.lock
+# Azurite, the Azure Blob emulator the object-store tests start, from npm (pip cannot install
+# it): pinned by tools/azurite/package-lock.json, reinstalled when the pin changes.
+AZURITE := tools/azurite
+AZURITE_STAMP := $(AZURITE)/node_modules/.installed
 
-.PHONY: install lock run test bench lint soak clean
+.PHONY: install azurite lock run test bench lint soak clean
 
 # One pip call installs the package and everything the tests need, at the locked versions.
 $(STAMP): pyproject.toml $(LOCK)
@@ -17,7 +21,14 @@ $(STAMP): pyproject.toml $(LOCK)
 		--disable-pip-version-check -e '.[test]'
 	@touch $(STAMP)
 
-install: $(STAMP)
+$(AZURITE_STAMP): $(AZURITE)/package.json $(AZURITE)/package-lock.json
+	@command -v npm >/dev/null || { echo "Azurite needs Node.js >= 18 and npm: apt-get install nodejs npm" >&2; exit 1; }
+	npm ci --prefix $(AZURITE) --no-audit --no-fund --loglevel=error
+	@touch $(AZURITE_STAMP)
+
+azurite: $(AZURITE_STAMP)
+
+install: $(STAMP) $(AZURITE_STAMP)
 
 # Resolve pyproject.toml's ranges afresh in a throw-away venv and write the lock from it.
 lock:
@@ -33,7 +44,7 @@ lock:
 run: $(STAMP)
 	$(BIN)/python -m lakeexportd.cli.demo
 
-test: $(STAMP)
+test: $(STAMP) $(AZURITE_STAMP)
 	$(BIN)/python -m pytest
 
 bench: $(STAMP)
@@ -48,4 +59,5 @@ lint: $(STAMP)
 	$(BIN)/mypy
 
 clean:
-	rm -rf $(VENV) .lock-venv build *.egg-info .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .lock-venv build *.egg-info .pytest_cache .mypy_cache .ruff_cache \
+		$(AZURITE)/node_modules

@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml $(LOCK)
 	@touch $(STAMP)
 
 $(AZURITE_STAMP): $(AZURITE)/package.json $(AZURITE)/package-lock.json
-	@command -v npm >/dev/null || { echo "Azurite needs Node.js >= 18 and npm: apt-get install nodejs npm" >&2; exit 1; }
+	@command -v npm >/dev/null || { echo "Azurite (the Azure Blob emulator of the tests) needs Node.js and npm: apt-get install nodejs npm" >&2; exit 1; }
 	npm ci --prefix $(AZURITE) --no-audit --no-fund --loglevel=error
 	@touch $(AZURITE_STAMP)
 

@@ -356,7 +356,7 @@ def _azure_request(
 def _azurite_install_problem() -> str | None:
     """Why the pinned Azurite cannot run from tools/azurite, or None when it can."""
     if shutil.which("node") is None:
-        return "Node.js is not on PATH (Azurite 3.35 needs Node >= 18): install nodejs and npm"
+        return "Node.js is not on PATH (apt-get install nodejs npm)"
     if not AZURITE_BIN.exists():
         return f"Azurite is not installed in {AZURITE_DIR}"
     wanted = json.loads((AZURITE_DIR / "package.json").read_text())["dependencies"]["azurite"]

@@ -227,6 +227,8 @@ def test_rename_dir_moves_every_object_and_is_not_atomic(storage: ObjectStorage)
     storage.publish(staging / "x", b"x", file_mode=0o640)
     with pytest.raises(FileExistsError):
         storage.rename_dir(staging, version)
+    with pytest.raises(FileNotFoundError):
+        storage.rename_dir(ROOT / "none", ROOT / "elsewhere")
 
 
 # -- leases -------------------------------------------------------------------------------
@@ -331,7 +333,7 @@ SECRET = "SUPERSECRETVALUE123"
 def test_errors_name_the_object_and_never_a_secret(
     shared: MemoryStore, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    storage = make(shared, secrets=[SECRET])
+    storage = make(shared, redact=[SECRET])
     with pytest.raises(FileNotFoundError) as missing:
         storage.read_bytes(ROOT / "nope")
     assert missing.value.filename == "s3://bucket/lake/nope"
@@ -349,12 +351,16 @@ def test_errors_name_the_object_and_never_a_secret(
     assert "s3://bucket/lake/x" in text
 
 
-def test_a_connection_error_is_an_oserror_without_credentials() -> None:
+def test_a_connection_error_is_an_oserror_without_credentials(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("AWS_SESSION_TOKEN", "SESSIONTOKEN456")
     storage = open_storage("s3://bucket/lake", {
         "endpoint": "http://127.0.0.1:1", "region": "us-east-1", "allow_http": "true",
         "aws_access_key_id": "AKIDEXAMPLE", "aws_secret_access_key": SECRET,
         "max_retries": "0", "retry_timeout": "2", "connect_timeout": "1s",
     })
+    assert {SECRET, "SESSIONTOKEN456"} <= set(storage._redact)  # type: ignore[attr-defined]
     with pytest.raises(OSError) as failed:
         storage.read_bytes(PurePosixPath("/bucket/lake/x"))
     assert failed.value.errno == errno.EIO

@@ -281,7 +281,10 @@ def _mapped(shown: str, scrub: Callable[[str], str]) -> Iterator[None]:
         raise OSError(errno.EOPNOTSUPP, scrub(str(exc)), shown) from exc
     except obx.BaseError as exc:
         raise OSError(errno.EIO, scrub(str(exc)), shown) from exc
-    except OSError as exc:  # obstore's own IOErrors (a writer closed twice, ...)
+    except OSError as exc:
+        if type(exc) is not OSError or exc.filename is not None:
+            raise  # already one of ours
+        # obstore's own IOErrors (a writer closed twice, ...)
         raise OSError(exc.errno or errno.EIO, scrub(str(exc)), shown) from exc
 
 
@@ -370,7 +373,7 @@ class ObjectStorage:
         lease_ttl: float = DEFAULT_LEASE_TTL,
         part_size: int = DEFAULT_PART_SIZE,
         upload_concurrency: int = DEFAULT_UPLOAD_CONCURRENCY,
-        secrets: Iterable[str] = (),
+        redact: Iterable[str] = (),
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         if not root.is_absolute():
@@ -382,7 +385,7 @@ class ObjectStorage:
         self.part_size = part_size
         self.upload_concurrency = upload_concurrency
         self.monotonic = monotonic
-        self._secrets = tuple(s for s in secrets if s)
+        self._redact = tuple(value for value in redact if value)
         self._copy_if_absent = True  # until the store says it cannot
         self._seen: dict[str, tuple[str, float]] = {}  # lease key -> (ETag, first seen)
         self._seen_guard = threading.Lock()
@@ -414,7 +417,7 @@ class ObjectStorage:
         return f"{self.url}{key}" if self.url.endswith("/") else f"{self.url}/{key}"
 
     def _scrub(self, text: str) -> str:
-        return _scrub(text, self._secrets)
+        return _scrub(text, self._redact)
 
     def _errors(self, path: PurePath) -> contextlib.AbstractContextManager[None]:
         return _mapped(self.show(path), self._scrub)
@@ -562,6 +565,8 @@ class ObjectStorage:
         if self.exists(target):
             raise FileExistsError(errno.EEXIST, "exists", self.show(target))
         moved = [entry.path for entry in self.walk_files(source)]
+        if not moved:
+            raise FileNotFoundError(errno.ENOENT, "no objects under it", self.show(source))
         for path in moved:
             relative = PurePosixPath(path).relative_to(PurePosixPath(source.as_posix()))
             self._copy_absent(self._key(path), self._key(target / relative), target / relative)
@@ -723,7 +728,8 @@ class ObjectStorage:
             except FileExistsError:
                 pass
             current = self.signature(path)
-            assert current is not None
+            if current is None:
+                return [*problems, "an object just written cannot be found (HEAD)"]
             try:
                 with self._errors(path):
                     second = obstore.put(self.store, key, b"3", mode=_update_mode(current))
@@ -836,6 +842,9 @@ def from_url(
     root = PurePosixPath("/", *([parts.netloc] if parts.netloc else []), *prefix)
     secret_values = [str(v) for k, v in options.items()
                      if any(word in k.lower() for word in _SECRET_WORDS)]
+    secret_values += [v for k, v in os.environ.items()  # the chains obstore reads itself
+                      if k.startswith(("AWS_", "AZURE_", "GOOGLE_"))
+                      and any(word in k.lower() for word in _SECRET_WORDS)]
     store: ObjectStore
     if scheme == "memory":
         if options:
@@ -858,4 +867,4 @@ def from_url(
             raise ConfigError(f"cannot open the lake root {shown}: obstore refused the store "
                               f"options {sorted(options)}") from None
     return ObjectStorage(store, url=shown, root=root, lease_ttl=lease_ttl, part_size=part_size,
-                         upload_concurrency=upload_concurrency, secrets=secret_values)
+                         upload_concurrency=upload_concurrency, redact=secret_values)

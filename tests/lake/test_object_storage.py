@@ -263,6 +263,10 @@ def test_a_renewed_lease_is_never_stale(shared: MemoryStore) -> None:
     path = ROOT / ".lock"
     held = holder.try_lock(path, file_mode=0o640)
     assert held is not None
+    before = bytes(obstore.get(shared, ".lock").bytes())
+    held.renew()  # type: ignore[attr-defined]
+    # never the same bytes twice: S3's ETag is their MD5, a contender times the ETag
+    assert bytes(obstore.get(shared, ".lock").bytes()) != before
     for _ in range(10):  # a holder renewing every ttl/3 keeps it for as long as it lives
         assert contender.try_lock(path, file_mode=0o640) is None
         clock.now += TTL / 3

@@ -26,7 +26,9 @@ Durability
     One PUT: ``expected=None`` is ``mode="create"`` (If-None-Match: *), a signature is an
     update with its ETag (and version) (If-Match), ``ANY`` a plain overwrite. The check and
     the write are one request, so the fence holds without the feed lock. A signature is
-    ``(e_tag,)``, or ``(e_tag, version)`` on stores that version objects. Failpoints: the
+    ``(e_tag,)``, or ``(e_tag, version)`` on stores that version objects; on S3 the ETag is
+    the bytes' MD5, so the same bytes written again keep their signature (the metadata
+    document carries its run's id, so two commits never look alike). Failpoints: the
     prefix's ``before_tmp_write`` before the PUT (nothing written), then ``after_replace``
     and ``after_dir_fsync`` after it (both mean "visible and durable" here); there is no
     temp, so ``after_tmp_write`` and ``after_tmp_fsync`` never fire.
@@ -69,10 +71,12 @@ Locks are leases
     successor's lease; so it overwrites the lease If-Match with a released tombstone, which
     the next contender takes over at once. Lease objects, like lock files on disk, are never
     deleted. ``_Lease.renew`` rewrites it If-Match (same epoch) and ``remaining`` says how
-    long the holder may still act; the wiring step must add a thread that renews every
-    ttl/3 and abort a run before its commit when a renewal fails or ``remaining`` reaches
-    zero (the conditional commit of ``_metadata.json`` fences a writer that is wrong anyway).
-    Shared locks do not exist on object stores.
+    long the holder may still act. Every lease write carries a random token: S3's ETag is
+    the MD5 of the bytes, and a renewal with the same bytes would keep the very ETag a
+    contender is timing. The wiring step must add a thread that renews every ttl/3, and
+    abort a run before its commit when a renewal fails or ``remaining`` reaches zero (the
+    conditional commit of ``_metadata.json`` fences a writer that is wrong anyway). Shared
+    locks do not exist on object stores.
 
 Errors
     obstore's errors become the ``OSError`` subclasses the seam promises: not found ->
@@ -612,6 +616,9 @@ class ObjectStorage:
             "renewed_at": datetime.now(UTC).isoformat(timespec="milliseconds"),
             "released": released,
             "note": note.decode("utf-8", "surrogateescape"),
+            # S3's ETag is the MD5 of the bytes: every write must differ, or a renewal would
+            # look like no renewal and a contender would take a live lease.
+            "write": secrets.token_hex(8),
         }
         data = json.dumps(document, indent=1).encode() + b"\n"  # ASCII: surrogates escaped
         with _mapped(shown, self._scrub):

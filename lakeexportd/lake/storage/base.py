@@ -11,7 +11,8 @@ whatever holds the bytes. What a store must guarantee, whatever it is:
   series of promotions and removals durable at once;
 - ``try_lock`` holds a named lock that frees itself when its holder dies.
 
-Issue 4/7 plugs object stores in here; nothing above ``lake/`` touches files directly.
+Object stores plug in here too (``object.py``); nothing above ``lake/`` touches files
+directly.
 """
 
 from __future__ import annotations
@@ -71,6 +72,13 @@ class Held(Protocol):
 
 class Storage(Protocol):
     """Reads and writes of one lake; every method raises ``OSError`` subclasses on failure."""
+
+    @property
+    def atomic_rename(self) -> bool:
+        """Whether ``rename_dir`` is one step (a local rename). Object stores copy object by
+        object, so there a table version is written in place and ``_metadata.json`` alone
+        says it is complete."""
+        ...
 
     def show(self, path: PurePath) -> str:
         """``path`` as an operator finds it (a file name, a URL) for messages."""

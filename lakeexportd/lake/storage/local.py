@@ -66,6 +66,9 @@ def _write_all(fd: int, data: bytes) -> None:
 class LocalStorage:
     """``Storage`` on a POSIX file system; locations are absolute paths."""
 
+    atomic_rename = True
+    """``rename_dir`` is one ``rename``: a staged table version appears whole."""
+
     def show(self, path: PurePath) -> str:
         return str(path)
 

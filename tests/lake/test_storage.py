@@ -1,8 +1,8 @@
 """The storage seam's contract, checked on every implementation.
 
 Each test taking the ``store`` fixture states what any ``Storage`` must do and runs on every
-store in ``STORES``: the local disk and obstore's in-memory store here; S3 (moto) and Azure
-(Azurite) plug in as more entries. The local-only facts (modes, symlinks, flock freed by
+store in ``STORES``: the local disk, obstore's in-memory store, S3 (moto's server) and Azure
+Blob (Azurite), the last two real servers started by the tests. The local-only facts (modes, symlinks, flock freed by
 death) are the ``test_local_*`` tests, which take ``LocalStorage`` directly.
 """
 
@@ -19,6 +19,7 @@ from pathlib import Path, PurePath
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from objectstores import Bucket
 
 from lakeexportd.errors import LakeStateError
 from lakeexportd.lake.storage import (
@@ -43,12 +44,27 @@ def _memory(request: pytest.FixtureRequest, tmp_path: Path) -> Store:
     return lake.storage, lake.root
 
 
+def _server(fixture: str) -> Callable[[pytest.FixtureRequest, Path], Store]:
+    """A lake under a fresh bucket/container of a real server started by the tests (moto's
+    S3 server, Azurite), opened the way an operator's ``lake.root`` URL and ``lake.storage``
+    options open it."""
+
+    def factory(request: pytest.FixtureRequest, tmp_path: Path) -> Store:
+        bucket: Bucket = request.getfixturevalue(fixture)
+        options = {**bucket.config, "allow_http": "true"}
+        lake = open_lake(f"{bucket.url}/lake", {k: str(v) for k, v in options.items()})
+        return lake.storage, lake.root
+
+    return factory
+
+
 STORES: dict[str, Callable[[pytest.FixtureRequest, Path], Store]] = {
     "local": _local,
     "memory": _memory,
+    "s3": _server("s3_bucket"),
+    "azure": _server("azure_container"),
 }
-"""Store name -> factory. A server-backed store adds a factory that takes its server fixture
-with ``request.getfixturevalue("s3_bucket")`` (say) and a fresh prefix per test."""
+"""Store name -> factory: every contract test runs on each."""
 
 
 @pytest.fixture(params=sorted(STORES))

@@ -228,10 +228,16 @@ class ParquetFile:
                 raise LakeStateError(f"cannot finish {self.path}: {exc}") from exc
         return self._storage.size(self.path)
 
-    def _close_sink(self) -> None:
-        """Close the file under the writer (a writer given an open file leaves it open)."""
+    def _close_sink(self, *, abort: bool = False) -> None:
+        """Close the file under the writer (a writer given an open file leaves it open);
+        ``abort`` drops an unfinished object-store upload instead of completing it."""
         sink, self._sink = self._sink, None
-        if sink is not None:
+        if sink is None:
+            return
+        drop = getattr(sink, "abort", None) if abort else None
+        if callable(drop):
+            drop()  # the object never appears: nothing to delete, nothing for a reader to see
+        else:
             sink.close()
 
     def discard(self) -> None:
@@ -247,7 +253,7 @@ class ParquetFile:
                 pass  # the file is being thrown away
             self._writer = None
         try:
-            self._close_sink()
+            self._close_sink(abort=True)
         except OSError:
             pass  # the file is being thrown away
         try:

@@ -121,6 +121,11 @@ class AppendSink:
         self._created_dirs: list[Path] = []
         self._renamed: list[Path] = []
         self._seq = 0
+        # Without an atomic rename (object stores) files get their final names when opened:
+        # an upload appears whole when it completes, and _metadata.json alone commits it.
+        self._in_place = not storage.atomic_rename
+        self._collisions: dict[int, int] = {}  # day -> the run's _NN there (in place)
+        self._parts: dict[int, int] = {}  # day -> files opened there (in place)
 
     def __enter__(self) -> AppendSink:
         return self
@@ -220,7 +225,10 @@ class AppendSink:
             self._created_dirs.extend(Path(d) for d in created)
             failpoint("append.after_mkdir")
         self._seq += 1
-        name = layout.temp_name(f"data_{self._stamp}_{self._token}_{self._seq:04d}.parquet")
+        if self._in_place:
+            name = self._final_name(day, directory)
+        else:
+            name = layout.temp_name(f"data_{self._stamp}_{self._token}_{self._seq:04d}.parquet")
         handle = ParquetFile(
             directory / name, self.schema, file_mode=self._file_mode,
             row_group_rows=self._rg_rows, row_group_bytes=self._rg_bytes,
@@ -229,8 +237,19 @@ class AppendSink:
         self._open[day] = handle
         return handle
 
+    def _final_name(self, day: int, directory: Path) -> str:
+        """In place: ``data_<run>[_NN]_partNNNN.parquet``, ``_NN`` free in the partition."""
+        if day not in self._collisions:
+            taken = frozenset(e.name for e in self._storage.list_dir(directory))
+            self._collisions[day] = layout.free_collision(taken, self._run_start)
+        self._parts[day] = self._parts.get(day, 0) + 1
+        return layout.data_file_name(self._run_start, collision=self._collisions[day],
+                                     part=self._parts[day])
+
     def finish(self) -> list[WrittenFile]:
         """Close, fsync and rename every file to its final name; nothing is listed yet."""
+        if self._in_place:
+            return self._finish_in_place()
         failpoint("append.before_close")
         for handle in self._open.values():
             handle.flush()  # all last row groups queued first, so the lanes encode them together
@@ -269,6 +288,23 @@ class AppendSink:
         # which knows whether the commit happened.
         self._renamed = []
         self._created_dirs = []
+        failpoint("append.after_finish")
+        return written
+
+    def _finish_in_place(self) -> list[WrittenFile]:
+        """Complete every upload; the files already carry their final names."""
+        failpoint("append.before_close")
+        for handle in self._open.values():
+            handle.flush()
+        for day in list(self._open):
+            self._close(day)
+        self._background.close()
+        written = [
+            WrittenFile(self._partition(day), handle.path.name, handle.rows, size,
+                        handle.min_event_ms, handle.max_event_ms)
+            for day, handle, size in self._closed
+        ]
+        self._closed = []
         failpoint("append.after_finish")
         return written
 

@@ -59,6 +59,17 @@ class SnapshotSink:
         self._current: ParquetFile | None = None
         self._closed: list[tuple[ParquetFile, int]] = []
         self._published = False
+        # Without an atomic rename (object stores) the version is written where it stays, under
+        # final names: _metadata.json's current_version is the only completeness signal there.
+        self._in_place = not storage.atomic_rename
+        self._target = self.feed_dir / layout.version_dir_name(version)
+        if self._in_place:
+            if storage.exists(self._target):
+                raise LakeStateError(
+                    f"{storage.show(self._target)} already exists but this run builds version "
+                    f"{version}; run `lakeexportd repair` to remove versions no commit lists"
+                )
+            return
         try:
             if storage.exists(self.staging):
                 storage.delete_tree(self.staging)  # an interrupted run's leftovers, never listed
@@ -79,9 +90,14 @@ class SnapshotSink:
     def _open_next(self) -> ParquetFile:
         if self._current is not None:
             self._closed.append((self._current, self._current.close()))
-        name = f"snapshot_{self._token}_{len(self._closed) + 1:04d}.parquet"
+        part = len(self._closed) + 1
+        if self._in_place:
+            path = self._target / layout.snapshot_file_name(self._run_start, part=part)
+        else:
+            name = f"snapshot_{self._token}_{part:04d}.parquet"
+            path = self.staging / layout.temp_name(name)
         self._current = ParquetFile(
-            self.staging / layout.temp_name(name), self.schema, file_mode=self._file_mode,
+            path, self.schema, file_mode=self._file_mode,
             row_group_rows=self._rg_rows, row_group_bytes=self._rg_bytes,
             failpoint_prefix="snapshot", background=self._background, storage=self._storage,
         )
@@ -110,6 +126,13 @@ class SnapshotSink:
         self._current = None
         self._background.close()
         dir_name = layout.version_dir_name(self.version)
+        if self._in_place:
+            written = [WrittenFile(dir_name, handle.path.name, handle.rows, size)
+                       for handle, size in self._closed]
+            self._published = True  # complete; listed by the commit that follows
+            failpoint("snapshot.after_publish_fsync")
+            self._closed = []
+            return written
         target = self.feed_dir / dir_name
         written = []
         storage = self._storage
@@ -147,8 +170,11 @@ class SnapshotSink:
         if self._current is not None:
             self._current.discard()
             self._current = None
+        for handle, _ in self._closed:
+            if self._in_place:
+                handle.discard()  # a finished object of this run: no staging holds it
         self._closed = []
-        if not self._published:
+        if not self._published and not self._in_place:
             failpoint("snapshot.mid_abort")
             with contextlib.suppress(OSError):  # what stays is a leftover cleanup removes
                 self._storage.delete_tree(self.staging)

@@ -19,6 +19,7 @@ from lakecheck import NOW, assert_exactly_once, feed
 from objectstores import Bucket
 
 from lakeexportd.audit.verify import listed_files, verify_feed
+from lakeexportd.errors import LakeExportError
 from lakeexportd.export.exporter import DataLakeExporter
 from lakeexportd.ksqldb.client import KsqlDBClient
 from lakeexportd.ksqldb.curl_stream import CurlTransport
@@ -89,6 +90,8 @@ def test_a_stream_lands_exactly_once_on_the_object_store(
     names = {e.path.relative_to(feed_dir).as_posix() for e in lake.storage.walk_files(feed_dir)}
     listed = {f"{d}/{e.name}" for d, e in listed_files(doc)}
     assert names == listed | {layout.METADATA_NAME, layout.LOCK_NAME}
+    # No rename on object stores: each file was uploaded once, under its final name.
+    assert all(n.endswith("_part0001.parquet") for n in listed), listed
 
 
 def test_a_table_snapshot_is_the_table_on_the_object_store(
@@ -103,3 +106,32 @@ def test_a_table_snapshot_is_the_table_on_the_object_store(
     assert rows.schema.equals(truth.schema, check_metadata=False)
     assert rows.sort_by("USER_ID").to_pylist() == truth.sort_by("USER_ID").to_pylist()
     assert verify_feed(lake.root, "table", "users", storage=lake.storage) == []  # type: ignore[arg-type]
+    # Written in place (no staging to rename from on an object store).
+    staging = layout.staging_dir(lake.root, "users")  # type: ignore[arg-type]
+    assert list(lake.storage.walk_files(staging)) == []
+
+
+@pytest.mark.parametrize("fault", [{"kind": "cut_after_rows", "rows": 250},
+                                   {"kind": "error_after_rows", "rows": 250}])
+def test_a_broken_answer_leaves_no_object_and_the_next_run_is_exact(
+    lake: Lake, fault: dict[str, object],
+) -> None:
+    """Uploads of a failed run are aborted or deleted: no data object appears, no row is lost."""
+    with Sandbox.start(seed=5, preload=600, preload_days=3) as sb:
+        client = KsqlDBClient(CurlTransport(sb.url), backoff_base=0.01, max_retries=2)
+        try:
+            ex = DataLakeExporter(client, lake.root, lock_wait=2,  # type: ignore[arg-type]
+                                  store=MetadataStore(lake.storage))
+            f = feed("tx", "TRANSACTION_FLATTENED")
+            sb.inject(path="/query-stream", **fault)
+            with pytest.raises(LakeExportError):
+                ex.export(f, NOW)
+            feed_dir = layout.feed_dir(lake.root, "stream", "tx")  # type: ignore[arg-type]
+            left = {e.name for e in lake.storage.walk_files(feed_dir)}
+            assert left == {layout.METADATA_NAME, layout.LOCK_NAME}
+            ex.export(f, NOW)
+            rows, _ = read_listed(lake, "stream", "tx")
+            assert_exactly_once(rows, sb.arrow("TRANSACTION_FLATTENED"))
+            assert verify_feed(lake.root, "stream", "tx", storage=lake.storage) == []  # type: ignore[arg-type]
+        finally:
+            client.close()

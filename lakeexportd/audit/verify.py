@@ -100,7 +100,7 @@ def unlisted(
             found.append(feed_dir / entry.name)  # a whole unlisted version: its files not listed
         elif entry.is_dir:
             found += _unlisted_files(storage, feed_dir, feed_dir / entry.name, listed)
-        elif entry.name not in (layout.METADATA_NAME, layout.LOCK_NAME) and (
+        elif entry.name not in (layout.METADATA_NAME, layout.LOCK_NAME, layout.LEASE_NAME) and (
             layout.is_temp_name(entry.name)
             or (entry.name.endswith(".parquet") and entry.name not in listed)
         ):

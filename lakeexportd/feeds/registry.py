@@ -25,6 +25,7 @@ from lakeexportd.config.durations import format_duration
 from lakeexportd.config.model import BUILTIN, FEED_NAME, Feed, FeedDefaults
 from lakeexportd.config.reader import Node
 from lakeexportd.errors import EX_USAGE, ConfigError, FeedError, LakeStateError
+from lakeexportd.lake import layout
 from lakeexportd.lake.locking import Lock
 from lakeexportd.lake.storage import LOCAL, Storage
 
@@ -208,14 +209,15 @@ class RegistryFiles:
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
-        """Hold ``feeds/.lock`` for one read-modify-write (waiting as long as it takes)."""
+        """Hold ``feeds/.lock`` (``_lease.json`` on object stores) for one read-modify-write
+        (waiting as long as it takes)."""
         self._ensure_dirs()
 
         def busy(holder: str) -> Exception:  # never raised: the wait has no end
             return LakeStateError(f"the feed registry is locked{holder}")
 
-        with Lock(self.base / ".lock", wait=None, busy=busy, storage=self.storage,
-                  file_mode=FILE_MODE, dir_mode=DIR_MODE):
+        with Lock(layout.lock_path(self.base, lease=self.storage.leases), wait=None, busy=busy,
+                  storage=self.storage, file_mode=FILE_MODE, dir_mode=DIR_MODE):
             yield
 
     def _ensure_dirs(self) -> None:

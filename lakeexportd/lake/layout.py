@@ -18,6 +18,7 @@ Security = Literal["raw", "anonymized", "aggregated"]
 
 METADATA_NAME = "_metadata.json"
 LOCK_NAME = ".lock"
+LEASE_NAME = "_lease.json"  # the feed's lock on object stores (DESIGN section 11)
 STAGING_DIR = ".staging"
 _KIND_DIRS: dict[str, str] = {"stream": "streams", "table": "tables"}
 _MODES: dict[str, tuple[int, int]] = {
@@ -56,8 +57,9 @@ def staging_dir(root: Path, feed: str) -> Path:
     return root / STAGING_DIR / check_feed_name(feed)
 
 
-def lock_path(feed_directory: Path) -> Path:
-    return feed_directory / LOCK_NAME
+def lock_path(feed_directory: Path, *, lease: bool = False) -> Path:
+    """``.lock`` (flock, local lakes) or ``_lease.json`` (a lease object, object stores)."""
+    return feed_directory / (LEASE_NAME if lease else LOCK_NAME)
 
 
 def metadata_path(feed_directory: Path) -> Path:

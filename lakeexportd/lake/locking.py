@@ -108,7 +108,7 @@ class FeedLock(Lock):
         monotonic: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
-        path = layout.lock_path(feed_dir)
+        path = layout.lock_path(feed_dir, lease=storage.leases)
         where = storage.show(path)
 
         def busy(holder: str) -> Exception:

@@ -89,7 +89,7 @@ def test_a_stream_lands_exactly_once_on_the_object_store(
     feed_dir = layout.feed_dir(lake.root, "stream", "tx")  # type: ignore[arg-type]
     names = {e.path.relative_to(feed_dir).as_posix() for e in lake.storage.walk_files(feed_dir)}
     listed = {f"{d}/{e.name}" for d, e in listed_files(doc)}
-    assert names == listed | {layout.METADATA_NAME, layout.LOCK_NAME}
+    assert names == listed | {layout.METADATA_NAME, layout.LEASE_NAME}
     # No rename on object stores: each file was uploaded once, under its final name.
     assert all(n.endswith("_part0001.parquet") for n in listed), listed
 
@@ -128,7 +128,7 @@ def test_a_broken_answer_leaves_no_object_and_the_next_run_is_exact(
                 ex.export(f, NOW)
             feed_dir = layout.feed_dir(lake.root, "stream", "tx")  # type: ignore[arg-type]
             left = {e.name for e in lake.storage.walk_files(feed_dir)}
-            assert left == {layout.METADATA_NAME, layout.LOCK_NAME}
+            assert left == {layout.METADATA_NAME, layout.LEASE_NAME}
             ex.export(f, NOW)
             rows, _ = read_listed(lake, "stream", "tx")
             assert_exactly_once(rows, sb.arrow("TRANSACTION_FLATTENED"))

@@ -18,6 +18,7 @@ def test_feed_dirs_by_kind() -> None:
     assert layout.feed_dir(root, "table", "summary") == Path("/lake/tables/summary")
     assert layout.staging_dir(root, "summary") == Path("/lake/.staging/summary")
     assert layout.lock_path(Path("/lake/streams/tx")) == Path("/lake/streams/tx/.lock")
+    assert layout.lock_path(Path("/b/streams/tx"), lease=True) == Path("/b/streams/tx/_lease.json")
     assert layout.metadata_path(Path("/f")) == Path("/f/_metadata.json")
 
 

@@ -80,6 +80,12 @@ class Storage(Protocol):
         says it is complete."""
         ...
 
+    @property
+    def leases(self) -> bool:
+        """Whether locks are lease objects that expire (object stores) rather than locks the
+        kernel frees when their holder dies (``flock``); lock files are named accordingly."""
+        ...
+
     def show(self, path: PurePath) -> str:
         """``path`` as an operator finds it (a file name, a URL) for messages."""
         ...

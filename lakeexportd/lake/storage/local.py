@@ -67,6 +67,7 @@ class LocalStorage:
     """``Storage`` on a POSIX file system; locations are absolute paths."""
 
     atomic_rename = True
+    leases = False
     """``rename_dir`` is one ``rename``: a staged table version appears whole."""
 
     def show(self, path: PurePath) -> str:

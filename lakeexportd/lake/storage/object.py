@@ -366,6 +366,7 @@ class ObjectStorage:
     """
 
     atomic_rename = False
+    leases = True
     """Object stores rename nothing in one step: write a table version in place."""
 
     def __init__(

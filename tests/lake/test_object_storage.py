@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import os
 import threading
+import time
 from pathlib import PurePosixPath
 from typing import Any
 
@@ -417,3 +418,41 @@ def _no_cloud_settings_from_the_machine(monkeypatch: pytest.MonkeyPatch) -> None
     for name in list(os.environ):
         if name.startswith(("AWS_", "AZURE_", "GOOGLE_")):
             monkeypatch.delenv(name)
+
+
+def test_a_held_lease_is_renewed_in_the_background_until_released(shared: MemoryStore) -> None:
+    """Real clocks, a 0.3 s ttl: over ten ttls the holder's thread keeps the lease; a
+    contender never takes it, and takes it at once after ``release``."""
+    ttl = 0.3
+    holder = ObjectStorage(shared, url="s3://bucket/lake", root=ROOT, lease_ttl=ttl)
+    contender = ObjectStorage(shared, url="s3://bucket/lake", root=ROOT, lease_ttl=ttl)
+    path = ROOT / "feed" / "_lease.json"
+    held = holder.try_lock(path, file_mode=0o640)
+    assert held is not None
+    deadline = time.monotonic() + 10 * ttl
+    while time.monotonic() < deadline:
+        assert contender.try_lock(path, file_mode=0o640) is None
+        assert held.holding()
+        time.sleep(ttl / 5)
+    held.release()
+    assert not held.holding()
+    taken = contender.try_lock(path, file_mode=0o640)
+    assert taken is not None
+    taken.release()
+
+
+def test_a_lease_taken_over_stops_holding_at_the_next_renewal(shared: MemoryStore) -> None:
+    """Someone overwrote the lease (an operator, a contender with a wrong clock): the
+    holder's next renewal is refused, and it must not commit any more."""
+    ttl = 0.3
+    holder = ObjectStorage(shared, url="s3://bucket/lake", root=ROOT, lease_ttl=ttl)
+    path = ROOT / "feed" / "_lease.json"
+    held = holder.try_lock(path, file_mode=0o640)
+    assert held is not None and held.holding()
+    obstore.put(shared, "feed/_lease.json", b'{"not": "yours"}')
+    deadline = time.monotonic() + 3 * ttl
+    while held.holding() and time.monotonic() < deadline:
+        time.sleep(ttl / 10)
+    assert not held.holding()
+    held.release()  # changes nothing: the lease is not ours
+    assert bytes(obstore.get(shared, "feed/_lease.json").bytes()) == b'{"not": "yours"}'

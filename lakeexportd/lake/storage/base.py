@@ -67,6 +67,10 @@ class Writable(Protocol):
 class Held(Protocol):
     """A lock this process holds; ``release`` (or the process's death) frees it."""
 
+    def holding(self) -> bool:
+        """Whether it is still held (a lease can be lost; a flock cannot)."""
+        ...
+
     def release(self) -> None: ...
 
 

@@ -38,6 +38,9 @@ class _Flock:
     def __init__(self, fd: int) -> None:
         self._fd: int | None = fd
 
+    def holding(self) -> bool:
+        return self._fd is not None
+
     def release(self) -> None:
         if self._fd is None:
             return

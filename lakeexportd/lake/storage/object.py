@@ -303,7 +303,9 @@ class _LeaseState:
 
 
 class _Lease:
-    """A lease this process holds (``Held``): ``renew`` it every ttl/3, ``release`` it."""
+    """A lease this process holds (``Held``). A daemon thread renews it every ttl/3 until
+    ``release``; a renewal refused (taken over) marks it lost, and a holder that cannot
+    renew for a whole ttl stops holding it (``holding()`` is False: no commit then)."""
 
     def __init__(
         self, storage: ObjectStorage, key: str, shown: str, result: PutResult, *,
@@ -319,6 +321,24 @@ class _Lease:
         self._written_at = written_at
         self.lost = False
         self.released = False
+        self._guard = threading.Lock()  # renew (thread) and release (owner) share _mode
+        self._stop = threading.Event()
+        self._renewer = threading.Thread(target=self._renew_until_released, daemon=True,
+                                         name=f"lease-renewal {shown}")
+        self._renewer.start()
+
+    def _renew_until_released(self) -> None:
+        while not self._stop.wait(self.ttl / 3):
+            try:
+                self.renew()
+            except PreconditionFailed:
+                return  # taken over: lost; holding() says so
+            except OSError:
+                continue  # the store is unreachable: try again; remaining() runs down
+
+    def holding(self) -> bool:
+        """Whether this process may still act as the holder (before a commit, say)."""
+        return self.remaining() > 0
 
     @property
     def ttl(self) -> float:
@@ -336,26 +356,32 @@ class _Lease:
 
     def renew(self) -> None:
         """Rewrite the lease If-Match (same epoch); ``PreconditionFailed`` if it was lost."""
-        if self.lost or self.released:
-            raise PreconditionFailed(errno.ESTALE, "lease no longer held", self._shown)
-        started = self._storage.monotonic()
-        try:
-            result = self._storage._put_lease(self._key, self._shown, self._mode, epoch=self.epoch,
-                                              owner=self.owner, note=self._note)
-        except (PreconditionFailed, FileNotFoundError) as exc:
-            self.lost = True
-            raise PreconditionFailed(errno.ESTALE, "lease taken over", self._shown) from exc
-        self._mode = _update_mode(_signature(result))
-        self._written_at = started
+        with self._guard:
+            if self.lost or self.released:
+                raise PreconditionFailed(errno.ESTALE, "lease no longer held", self._shown)
+            started = self._storage.monotonic()
+            try:
+                result = self._storage._put_lease(self._key, self._shown, self._mode,
+                                                  epoch=self.epoch, owner=self.owner,
+                                                  note=self._note)
+            except (PreconditionFailed, FileNotFoundError) as exc:
+                self.lost = True
+                raise PreconditionFailed(errno.ESTALE, "lease taken over", self._shown) from exc
+            self._mode = _update_mode(_signature(result))
+            self._written_at = started
 
     def release(self) -> None:
         """Overwrite the lease If-Match with a released tombstone (never a blind delete)."""
-        if self.lost or self.released:
-            return
-        self.released = True
-        with contextlib.suppress(PreconditionFailed, FileNotFoundError):  # taken over: not ours
-            self._storage._put_lease(self._key, self._shown, self._mode, epoch=self.epoch,
-                                     owner=self.owner, note=b"", released=True)
+        self._stop.set()
+        if self._renewer is not threading.current_thread():
+            self._renewer.join()
+        with self._guard:
+            if self.lost or self.released:
+                return
+            self.released = True
+            with contextlib.suppress(PreconditionFailed, FileNotFoundError):  # taken over
+                self._storage._put_lease(self._key, self._shown, self._mode, epoch=self.epoch,
+                                         owner=self.owner, note=b"", released=True)
 
 
 class ObjectStorage:

@@ -115,8 +115,8 @@ class DataLakeExporter:
         )
         dir_mode, _ = layout.modes(feed.security)
         with FeedLock(feed_dir, feed=feed.name, wait=self.lock_wait, dir_mode=dir_mode,
-                      storage=self.store.storage):
-            return run.execute()
+                      storage=self.store.storage) as lock:
+            return run.execute(fence=lock.check)
 
     def _check_kind(self, feed: Feed, cancel: threading.Event | None = None) -> None:
         """The declared kind must be what ksqlDB says the source is (once per source).

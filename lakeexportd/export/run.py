@@ -102,8 +102,12 @@ class Run:
         self.started = time.monotonic()
         self.rows = 0
         self.columns: tuple[SchemaColumn, ...] = ()  # set from the answer's header
+        self._fence: Callable[[], None] = lambda: None  # set by execute()
 
-    def execute(self) -> ExportResult:
+    def execute(self, fence: Callable[[], None] = lambda: None) -> ExportResult:
+        """Run it; ``fence`` is called right before every commit and raises when this run
+        may no longer commit (its feed's lease was lost: another writer may hold it)."""
+        self._fence = fence
         doc = self.store.load(self.feed_dir)
         removed = cleanup.remove_orphans(
             self.feed_dir, doc, kind=self.feed.kind, staging_dir=self.staging,
@@ -313,6 +317,7 @@ class Run:
 
     def _commit(self, doc: FeedMetadata) -> None:
         failpoint("export.before_commit")
+        self._fence()
         # A failed commit leaves renamed files unlisted: execute() removes them right away.
         self.store.commit(self.feed_dir, doc, file_mode=self.file_mode)
         log.info(

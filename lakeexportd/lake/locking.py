@@ -75,6 +75,15 @@ class Lock:
         if self._failpoints:
             failpoint(f"{self._failpoints}.after_acquire")
 
+    def check(self) -> None:
+        """Raise ``LakeStateError`` unless the lock is still held (a lease can be lost)."""
+        if self._held is None or not self._held.holding():
+            raise LakeStateError(
+                f"lost {self._storage.show(self.path)} (not renewed within its ttl, or taken "
+                "over): this run stops before its commit, so nothing of it is published; "
+                "the next run exports its rows again"
+            )
+
     def release(self) -> None:
         if self._held is None:
             return

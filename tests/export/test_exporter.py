@@ -10,6 +10,7 @@ import stat
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -25,6 +26,9 @@ from lakeexportd.errors import (
     LakeStateError,
     SchemaError,
 )
+from lakeexportd.export.exporter import DataLakeExporter
+from lakeexportd.ksqldb.client import KsqlDBClient
+from lakeexportd.ksqldb.curl_stream import CurlTransport
 from lakeexportd.lake import layout
 from lakeexportd.lake.locking import FeedLock
 from lakeexportd.lake.metadata import MetadataStore
@@ -591,3 +595,36 @@ def test_lake_root_may_itself_be_a_symlink(static: Sandbox, tmp_path: Path) -> N
     (tmp_path / "lake").symlink_to(disk)
     exporter(static.url, tmp_path / "lake").export(feed("tx", "TRANSACTION_FLATTENED"), NOW)
     assert list(disk.glob("streams/tx/year=*/month=*/day=*/*.parquet"))
+
+
+def test_a_run_whose_lock_is_lost_commits_nothing(static: Sandbox, tmp_path: Path) -> None:
+    """The fence before every commit: a lock no longer held (a lease not renewed in time)
+    stops the run before its commit; nothing is published, the next run is exact."""
+    from lakeexportd.lake.storage import Held, LocalStorage
+
+    class Lost:
+        def __init__(self, held: Held) -> None:
+            self.held = held
+
+        def holding(self) -> bool:
+            return False
+
+        def release(self) -> None:
+            self.held.release()
+
+    class Losing(LocalStorage):
+        def try_lock(self, *args: Any, **kwargs: Any) -> Held | None:
+            held = super().try_lock(*args, **kwargs)
+            return None if held is None else Lost(held)
+
+    client = KsqlDBClient(CurlTransport(static.url))
+    try:
+        losing = DataLakeExporter(client, tmp_path, lock_wait=2, store=MetadataStore(Losing()))
+        with pytest.raises(LakeStateError, match="stops before its commit"):
+            losing.export(feed("tx", "TRANSACTION_FLATTENED"), NOW)
+    finally:
+        client.close()
+    assert not (tmp_path / "streams/tx/_metadata.json").exists()
+    assert not list((tmp_path / "streams/tx").rglob("*.parquet"))
+    exporter(static.url, tmp_path).export(feed("tx", "TRANSACTION_FLATTENED"), NOW)
+    assert_exactly_once(read_listed(tmp_path, "stream", "tx"), static.arrow("TRANSACTION_FLATTENED"))

@@ -171,12 +171,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run(sub)
     _add_export(sub)
     from lakeexportd.cli import feeds as cli_feeds  # operations
+    from lakeexportd.cli import files as cli_files
     from lakeexportd.cli import metadata as cli_metadata
     from lakeexportd.cli import status as cli_status
     from lakeexportd.cli import verify as cli_verify
 
     cli_feeds.register(sub)
     cli_metadata.register(sub)
+    cli_files.register(sub)
     cli_verify.register(sub)
     cli_status.register(sub)
     return parser

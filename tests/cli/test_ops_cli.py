@@ -63,7 +63,7 @@ def test_every_operations_command_has_help(capsys: pytest.CaptureFixture[str]) -
     commands = [["verify"], ["feeds"], ["metadata"]] + [
         ["feeds", a] for a in ("list", "show", "add", "update", "enable", "disable", "archive",
                                "restore", "delete", "sync")] + [
-        ["metadata", a] for a in ("list", "show", "stats", "partitions", "report", "export-csv")]
+        ["metadata", a] for a in ("list", "show", "stats", "partitions", "report", "export-csv")] + [["files"]]
     for command in commands:
         with pytest.raises(SystemExit) as exit_:
             cli.main([*command, "-h"])
@@ -357,3 +357,28 @@ def test_report_chart_draws_streams_with_equal_counts_as_one_named_line() -> Non
                  "c": {"2026-12-01": 1}})
     assert svg.count("<polyline") == 2
     assert "<title>a, b (same counts)</title>" in svg and "<title>c</title>" in svg
+
+
+def test_files_lists_exactly_the_committed_files_readers_can_open(
+    config: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`files` prints what _metadata.json lists, and nothing an unlisted upload left."""
+    lake = config.parent / "lake"
+    stray = lake / "streams/tx/year=2020/month=01/day=01/data_20200101_000000.parquet"
+    stray.parent.mkdir(parents=True)
+    stray.write_bytes(b"not committed")  # what a glob would pick up
+    code, out, err = run(capsys, "files", "-c", str(config), "tx")
+    listed = out.split()
+    assert code == 0 and err == "" and listed and str(stray) not in listed
+    on_disk = sorted(str(p) for p in (lake / "streams/tx").rglob("*.parquet") if p != stray)
+    assert sorted(listed) == on_disk
+    rows = sum(pq.read_metadata(p).num_rows for p in listed)
+    assert rows == json.loads((lake / "streams/tx/_metadata.json").read_text())["total_records"]
+    code, out, _ = run(capsys, "files", "-c", str(config), "users", "--json")
+    files = json.loads(out)
+    assert code == 0 and {f["partition"] for f in files} == {"version=v1"}
+    assert all(Path(f["url"]).is_file() for f in files)
+    code, _, err = run(capsys, "files", "-c", str(config), "users", "--version", "7")
+    assert code == 1 and "keeps no version 7 (kept: 1)" in err
+    code, _, err = run(capsys, "files", "-c", str(config), "nope")
+    assert code == 2 and "unknown feed 'nope'" in err

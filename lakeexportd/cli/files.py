@@ -1,0 +1,67 @@
+"""``lakeexportd files FEED``: the committed data files of a feed, as URLs or paths a reader opens.
+
+Exactly what the feed's ``_metadata.json`` lists: every file of a stream; one version of a
+table (the current one, ``--version N``, or the one current at ``--as-of TIME``). On an object
+store, a reader that globs can also see uploads of a run that has not committed yet; a reader
+given this list cannot. Read-only. Exit codes: 0 ok; 1 unreadable metadata or no such version;
+2 unknown feed or bad arguments; 78 invalid configuration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import sys
+from dataclasses import asdict
+
+from lakeexportd.audit.files import committed_files
+from lakeexportd.audit.report import MetadataReader
+from lakeexportd.cli.export import parse_time_ms
+from lakeexportd.cli.options import add_config_argument, plain
+from lakeexportd.config.load import default_config_path, load_config
+from lakeexportd.errors import EX_FAILED, EX_OK
+from lakeexportd.feeds.registry import UnknownFeed
+from lakeexportd.lake import layout
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = sub.add_parser("files", help="print the committed data files of a feed (for readers)",
+                            description=plain(__doc__),
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_config_argument(parser)
+    parser.add_argument("feed", metavar="FEED")
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--version", type=int, metavar="N", help="a table's version N")
+    which.add_argument("--as-of", metavar="TIME",
+                       help="a table's version current at TIME (ISO, UTC unless an offset is "
+                       "given, or epoch ms)")
+    parser.add_argument("--json", action="store_true",
+                        help="print JSON (url, partition, records, size_bytes per file)")
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    config = load_config(args.config or default_config_path())
+    reader = MetadataReader(config.lake.root, now=dt.datetime.now(dt.UTC))
+    kinds = reader.feeds()
+    if args.feed not in kinds:
+        raise UnknownFeed(f"unknown feed {args.feed!r}: no data under {config.lake.root} and no "
+                          f"registry entry; feeds: {', '.join(kinds) or '(none)'}")
+    as_of = None
+    if args.as_of is not None:
+        as_of = dt.datetime.fromtimestamp(parse_time_ms(args.as_of) / 1000, dt.UTC)
+    feed_dir = layout.feed_dir(reader.root, kinds[args.feed], args.feed)
+    doc = reader.store.load(feed_dir)
+    if doc is None:
+        print(f"lakeexportd files: feed {args.feed!r} has not been exported yet: no files",
+              file=sys.stderr)
+        return EX_FAILED if args.version is not None or as_of is not None else EX_OK
+    files = committed_files(reader.store.storage, feed_dir, doc, version=args.version,
+                            as_of=as_of)
+    if args.json:
+        print(json.dumps([asdict(f) for f in files], indent=2))
+    else:
+        for f in files:
+            print(f.url)
+    return EX_OK

@@ -17,6 +17,7 @@ from lakeexportd.ksqldb.client import KsqlDBClient
 from lakeexportd.ksqldb.curl_stream import CurlTransport
 from lakeexportd.lake import layout
 from lakeexportd.lake.metadata import MetadataStore
+from lakeexportd.lake.storage import LOCAL, Storage
 
 NOW = dt.datetime(2030, 1, 1, tzinfo=dt.UTC)  # after every preloaded row
 
@@ -42,22 +43,26 @@ def close_clients() -> None:
         _open_clients.pop().close()
 
 
-def read_listed(root: Path, kind: str, name: str) -> pa.Table:
-    """Every row of the files ``_metadata.json`` lists (tables: the current version only)."""
+def read_listed(root: Path, kind: str, name: str, storage: Storage = LOCAL) -> pa.Table:
+    """Every row of the files ``_metadata.json`` lists (tables: the current version only),
+    read through ``storage`` (the local disk unless the lake is on an object store)."""
     feed_dir = layout.feed_dir(root, kind, name)  # type: ignore[arg-type]
-    doc = MetadataStore().load(feed_dir)
+    doc = MetadataStore(storage).load(feed_dir)
     assert doc is not None, f"{feed_dir} has no _metadata.json"
     entries = listed_files(doc)
     if kind == "table":
         current = f"version=v{doc.current_version}"  # type: ignore[union-attr]
         entries = [(d, e) for d, e in entries if d == current]
-    tables = [pq.read_table(feed_dir / d / e.name) for d, e in entries]
+    tables = []
+    for directory, entry in entries:
+        with storage.open_read(feed_dir / directory / entry.name) as source:
+            tables.append(pq.read_table(source))
     return pa.concat_tables(tables, promote_options="default") if tables else pa.table({})
 
 
-def assert_consistent(root: Path, kind: str, name: str) -> None:
+def assert_consistent(root: Path, kind: str, name: str, storage: Storage = LOCAL) -> None:
     """Metadata and files agree: nothing listed is missing or different, nothing unlisted."""
-    problems = verify_feed(root, kind, name)  # type: ignore[arg-type]
+    problems = verify_feed(root, kind, name, storage=storage)  # type: ignore[arg-type]
     assert not problems, "\n".join(map(str, problems))
 
 

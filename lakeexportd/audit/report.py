@@ -27,7 +27,7 @@ from lakeexportd.feeds.registry import RegistryFiles, UnknownFeed, check_name
 from lakeexportd.lake import layout
 from lakeexportd.lake.metadata import MetadataStore
 from lakeexportd.lake.metadata_model import FeedMetadata, StreamMetadata, TableMetadata
-from lakeexportd.lake.storage import open_storage
+from lakeexportd.lake.storage import Storage, open_storage
 
 Format = Literal["table", "markdown", "json", "html"]
 FORMATS: tuple[Format, ...] = ("table", "markdown", "json", "html")
@@ -53,10 +53,10 @@ class MetadataReader:
     """Reads every feed's metadata under ``lake_root`` as of ``now``."""
 
     def __init__(self, lake_root: Path, *, now: dt.datetime,
-                 store: MetadataStore | None = None) -> None:
+                 store: MetadataStore | None = None, storage: Storage | None = None) -> None:
         self.root = lake_root
         self.now = now
-        self.store = store or MetadataStore(open_storage(lake_root))
+        self.store = store or MetadataStore(storage or open_storage(lake_root))
         self.registry = RegistryFiles(lake_root, self.store.storage)
 
     def feeds(self) -> dict[str, layout.Kind]:

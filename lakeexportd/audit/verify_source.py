@@ -32,6 +32,7 @@ from lakeexportd.ksqldb import sql
 from lakeexportd.ksqldb.client import KsqlDBClient
 from lakeexportd.lake import layout
 from lakeexportd.lake.metadata_model import StreamMetadata, TableMetadata, Window
+from lakeexportd.lake.storage import LOCAL, Storage
 
 DEFAULT_WINDOWS = 100  # every window `exports` keeps (KEEP_EXPORTS)
 
@@ -89,14 +90,14 @@ def _span(windows: Sequence[Window]) -> tuple[int | None, int]:
             max(w.to_ms for w in windows))
 
 
-def _lake_rowtimes(feed_dir: Path, doc: StreamMetadata,
+def _lake_rowtimes(storage: Storage, feed_dir: Path, doc: StreamMetadata,
                    windows: Sequence[Window]) -> Iterable[pa.ChunkedArray]:
     low, high = _span(windows)
     where = [("ROWTIME", "<=", high)] + ([("ROWTIME", ">", low)] if low is not None else [])
     for directory, entry in listed_files(doc):
         # Row-group statistics let pyarrow skip files outside the checked range.
-        table = pq.read_table(feed_dir / directory / entry.name, columns=["ROWTIME"],
-                              filters=where)
+        with storage.open_read(feed_dir / directory / entry.name) as source:
+            table = pq.read_table(source, columns=["ROWTIME"], filters=where)
         yield table.column(0)
 
 
@@ -110,7 +111,7 @@ def _source_rowtimes(client: KsqlDBClient, source: str,
 
 def check_stream(client: KsqlDBClient, root: Path, doc: StreamMetadata, *,
                  limit: int = DEFAULT_WINDOWS, retention_days: int | None = None,
-                 timezone: str = "UTC") -> SourceCheck:
+                 timezone: str = "UTC", storage: Storage = LOCAL) -> SourceCheck:
     windows = recent_windows(doc, limit)
     if retention_days is not None and doc.partitions:
         # Retention removed older days from the lake on purpose: compare only newer windows.
@@ -121,7 +122,7 @@ def check_stream(client: KsqlDBClient, root: Path, doc: StreamMetadata, *,
     if not windows:
         return SourceCheck(doc.feed, skipped="no exported window to recount")
     feed_dir = layout.feed_dir(root, "stream", doc.feed)
-    lake = count_in_windows(_lake_rowtimes(feed_dir, doc, windows), windows)
+    lake = count_in_windows(_lake_rowtimes(storage, feed_dir, doc, windows), windows)
     source = count_in_windows(_source_rowtimes(client, doc.source, windows), windows)
     counts = tuple(WindowCount(w.from_ms, w.to_ms, s, n)
                    for w, s, n in zip(windows, source, lake))

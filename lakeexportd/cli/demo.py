@@ -100,7 +100,7 @@ class Demo:
             daemon = subprocess.Popen(
                 [*lakeexportd, "run", "-c", str(self.config_path)], start_new_session=True
             )
-            print(f"demo: exporting into {self.config.lake.root}; metrics on "
+            print(f"demo: exporting into {self.config.lake.where}; metrics on "
                   f"http://{self.config.metrics.listen}/metrics; Ctrl-C stops", flush=True)
             while self.events.empty():
                 if daemon.poll() is not None or sandbox.poll() is not None:

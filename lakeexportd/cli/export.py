@@ -27,6 +27,7 @@ from lakeexportd.errors import (
 from lakeexportd.export.exporter import DataLakeExporter, ExportResult, exporter_from_config
 from lakeexportd.feeds.manager import FeedManager
 from lakeexportd.ksqldb.values import parse_timestamp_ms
+from lakeexportd.lake.configured import lake_of
 
 _SEVERITY = {EX_OK: 0, EX_TEMPFAIL: 1, EX_FAILED: 2, EX_CONFIG: 3}
 
@@ -65,7 +66,8 @@ def _load(args: argparse.Namespace) -> Config:
 
 def _known(config: Config) -> dict[str, tuple[Feed, str]]:
     """The feeds of the YAML and the registry (``feeds add``), with their state now."""
-    manager = FeedManager(config.lake.root, now=lambda: dt.datetime.now(dt.UTC))
+    lake = lake_of(config.lake)
+    manager = FeedManager(lake.root, now=lambda: dt.datetime.now(dt.UTC), storage=lake.storage)
     return dict(manager.known_feeds(config))
 
 

@@ -32,6 +32,7 @@ from lakeexportd.config.model import Config, Feed
 from lakeexportd.errors import EX_OK, EX_USAGE, ConfigError
 from lakeexportd.feeds.manager import FeedEntry, FeedManager, FeedUsageError, SyncReport
 from lakeexportd.feeds.registry import feed_from_options, feed_options, to_json
+from lakeexportd.lake.configured import lake_of
 
 _OPTION_FLAGS: dict[str, dict[str, Any]] = {
     "source": {"help": "ksqlDB stream or table name (unquoted, as SHOW STREAMS lists it)"},
@@ -100,7 +101,8 @@ def _option_flags(parser: argparse.ArgumentParser, *, required: bool) -> None:
 
 def run(args: argparse.Namespace) -> int:
     config = load_config(args.config or default_config_path())
-    manager = FeedManager(config.lake.root, now=lambda: dt.datetime.now(dt.UTC))
+    lake = lake_of(config.lake)
+    manager = FeedManager(lake.root, now=lambda: dt.datetime.now(dt.UTC), storage=lake.storage)
     # Only `feeds sync` applies the YAML (the daemon does at start and on SIGHUP): applying
     # an edited file that the daemon has not reloaded would stop or archive feeds behind it.
     if args.action == "sync":

@@ -23,6 +23,7 @@ from lakeexportd.config.load import default_config_path, load_config
 from lakeexportd.errors import EX_FAILED, EX_OK
 from lakeexportd.feeds.registry import UnknownFeed
 from lakeexportd.lake import layout
+from lakeexportd.lake.configured import lake_of
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -43,10 +44,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 def run(args: argparse.Namespace) -> int:
     config = load_config(args.config or default_config_path())
-    reader = MetadataReader(config.lake.root, now=dt.datetime.now(dt.UTC))
+    lake = lake_of(config.lake)
+    reader = MetadataReader(lake.root, now=dt.datetime.now(dt.UTC), storage=lake.storage)
     kinds = reader.feeds()
     if args.feed not in kinds:
-        raise UnknownFeed(f"unknown feed {args.feed!r}: no data under {config.lake.root} and no "
+        raise UnknownFeed(f"unknown feed {args.feed!r}: no data under {lake.where} and no "
                           f"registry entry; feeds: {', '.join(kinds) or '(none)'}")
     as_of = None
     if args.as_of is not None:

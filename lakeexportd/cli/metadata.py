@@ -23,6 +23,7 @@ from lakeexportd.audit.text_table import human_age, human_bytes, render
 from lakeexportd.cli.options import add_config_argument, plain
 from lakeexportd.config.load import default_config_path, load_config
 from lakeexportd.errors import EX_FAILED, EX_OK
+from lakeexportd.lake.configured import lake_of
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -59,7 +60,8 @@ def _dump(data: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     config = load_config(args.config or default_config_path())
-    reader = MetadataReader(config.lake.root, now=dt.datetime.now(dt.UTC))
+    lake = lake_of(config.lake)
+    reader = MetadataReader(lake.root, now=dt.datetime.now(dt.UTC), storage=lake.storage)
     analyzer = MetadataAnalyzer(reader)
     if args.action == "report":
         text = analyzer.generate_report(args.format)

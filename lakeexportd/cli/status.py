@@ -23,8 +23,8 @@ from lakeexportd.cli.options import add_config_argument, plain
 from lakeexportd.config.load import default_config_path, load_config
 from lakeexportd.errors import EX_OK, EX_USAGE
 from lakeexportd.feeds.manager import FeedManager
+from lakeexportd.lake.configured import lake_of
 from lakeexportd.lake.presence import DaemonInfo, live_daemons
-from lakeexportd.lake.storage import open_storage
 
 _ASK_TIMEOUT = 2.0
 
@@ -52,16 +52,17 @@ def _ask(daemon: DaemonInfo) -> dict[str, Any] | None:
 
 def run(args: argparse.Namespace) -> int:
     config = load_config(args.config or default_config_path())
-    root = config.lake.root
+    lake = lake_of(config.lake)
+    root = lake.root
     now = dt.datetime.now(dt.UTC)
-    known = FeedManager(root, now=lambda: now).known_feeds(config)
+    known = FeedManager(root, now=lambda: now, storage=lake.storage).known_feeds(config)
     if args.feed is not None and args.feed not in known:
         print(f"lakeexportd status: unknown feed {args.feed!r} in {config.path} and the "
               f"registry; feeds: {', '.join(sorted(known)) or '(none)'}", file=sys.stderr)
         return EX_USAGE
-    daemons = live_daemons(root, open_storage(root))
+    daemons = live_daemons(root, lake.storage)
     answers = {d.pid: _ask(d) for d in daemons}
-    reader = MetadataReader(root, now=now)
+    reader = MetadataReader(root, now=now, storage=lake.storage)
     rows: list[dict[str, Any]] = []
     for name in sorted(known) if args.feed is None else [args.feed]:
         feed, state = known[name]

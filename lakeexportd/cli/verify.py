@@ -31,9 +31,9 @@ from lakeexportd.errors import EX_CONFIG, EX_FAILED, EX_OK, EX_TEMPFAIL, LakeExp
 from lakeexportd.feeds.registry import RegistryFiles, UnknownFeed, check_name
 from lakeexportd.ksqldb.client import KsqlDBClient, client_from_settings
 from lakeexportd.lake import layout
+from lakeexportd.lake.configured import ConfiguredLake, lake_of
 from lakeexportd.lake.metadata import MetadataStore
 from lakeexportd.lake.metadata_model import StreamMetadata, TableMetadata
-from lakeexportd.lake.storage import open_storage
 
 _SEVERITY = {EX_OK: 0, EX_TEMPFAIL: 1, EX_FAILED: 2, EX_CONFIG: 3}
 
@@ -58,9 +58,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 def _targets(config: Config, name: str | None) -> list[tuple[str, layout.Kind, Feed | None, bool]]:
     """(name, kind, feed settings if known, archived) of each feed to check."""
-    registry = RegistryFiles(config.lake.root, open_storage(config.lake.root))
+    lake = lake_of(config.lake)
+    registry = RegistryFiles(lake.root, lake.storage)
     known: dict[str, tuple[layout.Kind, Feed | None, bool]] = {}
-    for kind_name, kind in MetadataReader(config.lake.root, now=_now()).feeds().items():
+    reader = MetadataReader(lake.root, now=_now(), storage=lake.storage)
+    for kind_name, kind in reader.feeds().items():
         entry = registry.read(kind_name)
         known[kind_name] = (kind, entry.feed if entry else None,
                             entry is not None and entry.state == "archived")
@@ -81,14 +83,14 @@ def _now() -> dt.datetime:
 
 def run(args: argparse.Namespace) -> int:
     config = load_config(args.config or default_config_path())
-    root = config.lake.root
+    lake = lake_of(config.lake)
     targets = _targets(config, args.feed)
     client: KsqlDBClient | None = client_from_settings(config.ksqldb) if args.source else None
     worst = EX_OK
     results: list[dict[str, Any]] = []
     try:
         for name, kind, feed, archived in targets:
-            result = _check(root, name, kind, feed, client if not archived else None, args)
+            result = _check(lake, name, kind, feed, client if not archived else None, args)
             results.append(result)
             worst = max(worst, result["exit"], key=_SEVERITY.__getitem__)
     finally:
@@ -99,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
     return worst
 
 
-def _check(root: Any, name: str, kind: layout.Kind, feed: Feed | None,
+def _check(lake: ConfiguredLake, name: str, kind: layout.Kind, feed: Feed | None,
            client: KsqlDBClient | None, args: argparse.Namespace) -> dict[str, Any]:
     out: dict[str, Any] = {"feed": name, "kind": kind, "mismatches": [], "windows": [],
                            "exit": EX_OK, "note": None}
@@ -110,7 +112,7 @@ def _check(root: Any, name: str, kind: layout.Kind, feed: Feed | None,
 
     checked = None
     try:
-        storage = open_storage(root)
+        root, storage = lake.root, lake.storage
         problems = verify.verify_feed(root, kind, name, deep=args.deep, storage=storage)
         doc = MetadataStore(storage).load(layout.feed_dir(root, kind, name))
         if client is not None and doc is not None and problems:
@@ -120,7 +122,7 @@ def _check(root: Any, name: str, kind: layout.Kind, feed: Feed | None,
         elif client is not None and doc is not None:
             if isinstance(doc, StreamMetadata):
                 checked = verify_source.check_stream(
-                    client, root, doc, limit=args.windows,
+                    client, root, doc, limit=args.windows, storage=storage,
                     retention_days=feed.retention_days if feed else None,
                     timezone=feed.timezone if feed else "UTC")
             elif isinstance(doc, TableMetadata):

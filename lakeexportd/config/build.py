@@ -61,7 +61,7 @@ _NUMERIC_WEEKDAY = re.compile(r"(?<!/)\d")
 def build_config(root: Node, path: Path, environ: Mapping[str, str]) -> Config:
     root.check_keys(TOP_KEYS, where="at the top level")
     base = path.absolute().parent
-    lake = _lake(root.section("lake", required=True), base)
+    lake = _lake(root.section("lake", required=True), base, environ)
     defaults = _defaults(root.section("defaults"))
     return Config(
         path=path.absolute(),
@@ -147,12 +147,67 @@ def _tls(node: Node, base: Path) -> TLSSettings:
     return TLSSettings(verify=node.boolean("verify", True), **files)
 
 
-def _lake(node: Node, base: Path) -> LakeSettings:
-    node.check_keys(("root",), where="in lake")
-    root = node.path_value("root", base)
-    if root is None:
-        raise node.fail("root", "missing required key", "add `root:` with the lake's folder")
-    return LakeSettings(root=root)
+_URL = re.compile(r"([A-Za-z][A-Za-z0-9+.-]+)://(.*)")
+# Store options that are secrets: only ever read from `<key>_env` / `<key>_file`.
+_SECRET = re.compile(r".*(secret|token|password|account_key|access_key(?!_id)|sas_key"
+                     r"|private_key|credentials).*")
+
+
+def _lake(node: Node, base: Path, environ: Mapping[str, str]) -> LakeSettings:
+    node.check_keys(("root", "storage"), where="in lake")
+    text = node.opt_string("root")
+    if text is None:
+        raise node.fail("root", "missing required key",
+                        "add `root:` with the lake's folder, or an s3:// az:// gs:// URL")
+    url = _URL.fullmatch(text)
+    options = node.section("storage")
+    if url is None or url.group(1).lower() == "file":
+        if options.data:
+            raise node.fail("storage", "store options apply to object-store lakes only",
+                            "remove `storage:`, or make `root:` an s3://, az:// or gs:// URL")
+        if url is not None:  # file:///path
+            return LakeSettings(root=Path(url.group(2)).resolve())
+        return LakeSettings(root=node.path_value("root", base))
+    if not url.group(2).strip("/"):
+        raise node.fail("root", f"{show(text)} names no bucket or container",
+                        "write e.g. s3://my-bucket/lake or az://my-container/lake")
+    return LakeSettings(url=text.rstrip("/"), storage=_store_options(options, base, environ))
+
+
+def _store_options(
+    node: Node, base: Path, environ: Mapping[str, str]
+) -> tuple[tuple[str, str], ...]:
+    """``lake.storage`` as obstore's option names and string values; a secret comes only from
+    the environment (``<key>_env: VARIABLE``) or a file (``<key>_file: /path``)."""
+    resolved: dict[str, str] = {}
+    for key, value in node.data.items():
+        if isinstance(value, dict | list) or value is None:
+            raise node.fail(key, f"expected a single value, got {show(value)}",
+                            "write one value per option, as the storage library names it")
+        if key.endswith("_env"):
+            name = key.removesuffix("_env")
+            variable = str(value)
+            if variable not in environ:
+                raise node.fail(key, f"environment variable {variable} is not set",
+                                f"export {variable} for lakeexportd (e.g. in the systemd "
+                                "unit's EnvironmentFile), or use `{name}_file:`")
+            resolved[name] = environ[variable]
+        elif key.endswith("_file"):
+            name = key.removesuffix("_file")
+            path = node.path_value(key, base)
+            assert path is not None
+            try:
+                resolved[name] = path.read_text(encoding="utf-8").strip()
+            except OSError as exc:
+                raise node.fail(key, f"cannot read {path} ({exc.strerror})",
+                                "point it at a file lakeexportd can read") from None
+        elif _SECRET.fullmatch(key.lower()):
+            raise node.fail(key, "a secret written in the configuration file",
+                            f"use `{key}_env: VARIABLE` or `{key}_file: /path/to/secret`, "
+                            "or the store's standard credential chain")
+        else:
+            resolved[key] = str(value).lower() if isinstance(value, bool) else str(value)
+    return tuple(sorted(resolved.items()))
 
 
 def _scheduler(node: Node) -> SchedulerSettings:
@@ -180,10 +235,20 @@ def _logging(node: Node, base: Path, lake: LakeSettings) -> LoggingSettings:
     node.check_keys(("level", "keep_months", "dir"), where="in logging")
     level = node.choice("level", ("debug", "info", "warning", "error"), "info")
     return LoggingSettings(
-        dir=node.path_value("dir", base) or lake.root / "logs",
+        dir=_log_dir(node, base, lake),
         level=cast(LogLevel, level),
         keep_months=node.integer("keep_months", 12, minimum=1),
     )
+
+
+def _log_dir(node: Node, base: Path, lake: LakeSettings) -> Path:
+    chosen = node.path_value("dir", base)
+    if chosen is not None:
+        return chosen
+    if lake.root is None:
+        raise node.fail("dir", "missing: logs stay on local disk when the lake is on an object "
+                        "store", "add `logging: {dir: /var/log/lakeexportd}`")
+    return lake.root / "logs"
 
 
 def _jitter(node: Node) -> float:

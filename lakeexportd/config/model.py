@@ -97,7 +97,18 @@ class KsqlDBSettings:
 
 @dataclass(frozen=True, slots=True)
 class LakeSettings:
-    root: Path
+    """Where the lake lives: a local folder (``root``) or an object-store URL (``url``) with
+    its store options (``storage``, secrets already read from their ``*_env``/``*_file``;
+    never shown: ``repr`` leaves them out). ``lake.storage.configured.lake_of`` opens it."""
+
+    root: Path | None = None
+    url: str | None = None
+    storage: tuple[tuple[str, str], ...] = field(default=(), repr=False)
+
+    @property
+    def where(self) -> str:
+        """The lake as the operator wrote it (a folder or a URL), for messages."""
+        return self.url if self.url is not None else str(self.root)
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,7 +204,7 @@ def summarize(config: Config) -> list[str]:
     lines = [
         f"{config.path}: OK, {len(feeds)} feeds ({enabled} enabled): "
         f"{streams} streams, {len(feeds) - streams} tables",
-        f"ksqldb {config.ksqldb.url} ({auth}); lake {config.lake.root}; "
+        f"ksqldb {config.ksqldb.url} ({auth}); lake {config.lake.where}; "
         f"metrics {config.metrics.listen}",
     ]
     width = max((len(feed.name) for feed in feeds), default=0)

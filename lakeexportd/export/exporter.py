@@ -37,6 +37,7 @@ from lakeexportd.export.run import ExportResult, Progress, Run, epoch_ms, new_ru
 from lakeexportd.ksqldb.client import KsqlDBClient, client_from_settings
 from lakeexportd.ksqldb.retry import RequestObserver
 from lakeexportd.lake import cleanup, layout, rebuild
+from lakeexportd.lake.configured import lake_of
 from lakeexportd.lake.locking import FeedLock
 from lakeexportd.lake.metadata import MetadataStore
 from lakeexportd.lake.metadata_model import StreamMetadata, Window
@@ -56,7 +57,9 @@ def exporter_from_config(
     """The exporter a configuration describes, on a new ksqlDB client it owns (the caller
     closes ``exporter.client``); the daemon passes ``observer`` for its request metrics."""
     client = client_from_settings(config.ksqldb, observer=observer)
-    return DataLakeExporter(client, config.lake.root, lock_wait=config.scheduler.lock_wait)
+    lake = lake_of(config.lake)
+    return DataLakeExporter(client, lake.root, lock_wait=config.scheduler.lock_wait,
+                            store=MetadataStore(lake.storage))
 
 
 class DataLakeExporter:

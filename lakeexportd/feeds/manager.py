@@ -53,7 +53,7 @@ from lakeexportd.feeds.registry import (
 from lakeexportd.lake import layout
 from lakeexportd.lake.locking import FeedLock
 from lakeexportd.lake.metadata_model import iso_utc
-from lakeexportd.lake.storage import open_storage
+from lakeexportd.lake.storage import Storage, open_storage
 
 __all__ = ["FeedEntry", "FeedManager", "FeedUsageError", "SyncReport", "UnknownFeed"]
 
@@ -99,9 +99,9 @@ class FeedManager:
     """Owns ``<lake_root>/feeds/``; ``now`` is the clock (the CLI and daemon pass theirs)."""
 
     def __init__(self, lake_root: Path, *, now: Callable[[], dt.datetime],
-                 lock_wait: float = 10.0) -> None:
+                 lock_wait: float = 10.0, storage: Storage | None = None) -> None:
         self.root = lake_root
-        self.storage = open_storage(lake_root)
+        self.storage = storage or open_storage(lake_root)
         self.files = RegistryFiles(lake_root, self.storage)
         self._now = now
         self.lock_wait = lock_wait

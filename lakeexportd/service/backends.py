@@ -29,7 +29,7 @@ def build_exporter(
 
 
 def backend_key(config: Config) -> tuple[object, ...]:
-    return (config.ksqldb, config.lake.root, config.scheduler.lock_wait)
+    return (config.ksqldb, config.lake, config.scheduler.lock_wait)
 
 
 @dataclass

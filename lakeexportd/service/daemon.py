@@ -26,6 +26,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
@@ -40,8 +41,9 @@ from lakeexportd.config.load import load_config
 from lakeexportd.config.model import Config, Feed
 from lakeexportd.errors import ConfigError, LakeExportError
 from lakeexportd.feeds.manager import FeedManager
+from lakeexportd.lake.configured import lake_of
 from lakeexportd.lake.presence import DaemonInfo, Presence
-from lakeexportd.lake.storage import open_storage
+from lakeexportd.lake.storage import Storage
 from lakeexportd.service import runs, scheduling
 from lakeexportd.service.backends import Backend, ExporterFactory, backend_key, build_exporter
 from lakeexportd.service.metrics import Metrics
@@ -149,9 +151,10 @@ class Daemon:
 
     def _claim_presence(self, config: Config) -> list[DaemonInfo]:
         """Register this daemon in ``<lake>/.daemons/``; log the others found there."""
-        presence = Presence(config.lake.root, config=str(config.path),
+        lake = lake_of(config.lake)
+        presence = Presence(lake.root, config=str(config.path),
                             metrics=config.metrics.listen, version=__version__, now=self.clock(),
-                            storage=open_storage(config.lake.root))
+                            storage=lake.storage)
         try:
             others = presence.claim()
         except LakeExportError as exc:
@@ -171,7 +174,7 @@ class Daemon:
         self.notifier.reloading("reloading configuration")
         try:
             new = self.loader(str(self.config.path))
-            same_root = new.lake.root == self.config.lake.root
+            same_root = new.lake == self.config.lake
             manager = self.manager if same_root else self._manager(new)
             self._sync(manager, new)  # refuses e.g. an archived name reused for another source
         except LakeExportError as exc:
@@ -189,11 +192,11 @@ class Daemon:
             old, self._backend = self._backend, self._new_backend(new)
             if old is not None:
                 old.retire()  # closes once its running exports end
-            log.info("config.exporter_rebuilt", ksqldb=new.ksqldb.url, lake=str(new.lake.root))
+            log.info("config.exporter_rebuilt", ksqldb=new.ksqldb.url, lake=new.lake.where)
         # The new config is current before any job of it can run: a feed the reload adds runs
         # at once, and its run checks the registry against self.config.
         previous, self.config = self.config, new
-        if new.lake.root != previous.lake.root and self.presence is not None:
+        if new.lake != previous.lake and self.presence is not None:
             self.presence.release()
             self.presence = None
             self._claim_presence(new)
@@ -311,8 +314,15 @@ class Daemon:
 
     # -- helpers ---------------------------------------------------------------------------
 
+    @staticmethod
+    def _lake(config: Config) -> tuple[Path, Storage]:
+        lake = lake_of(config.lake)
+        return lake.root, lake.storage
+
     def _manager(self, config: Config) -> FeedManager:
-        return FeedManager(config.lake.root, now=self.clock, lock_wait=config.scheduler.lock_wait)
+        lake = lake_of(config.lake)
+        return FeedManager(lake.root, now=self.clock, lock_wait=config.scheduler.lock_wait,
+                           storage=lake.storage)
 
     def _sync(self, manager: FeedManager, config: Config) -> None:
         """Sync the registry with ``config``; a ConfigError (a refused name reuse) propagates.
@@ -368,15 +378,15 @@ class Daemon:
             if not self._schedule(feed, new.scheduler.jitter, first_now=True):
                 continue
             self.metrics.add_feed(feed.name)
-            runs.seed_from_metadata(self.metrics, feed, new.lake.root)
+            runs.seed_from_metadata(self.metrics, feed, *self._lake(new))
             log.info("feed.scheduled" if initial else "feed.added", feed=feed.name,
                      kind=feed.kind, source=feed.source, schedule=str(feed.schedule))
         for feed in diff.changed:
             if self._schedule(feed, new.scheduler.jitter, first_now=False):
                 log.info("feed.rescheduled", feed=feed.name, schedule=str(feed.schedule))
-        if new.lake.root != old.lake.root:
+        if new.lake != old.lake:
             for feed in wanted.values():
-                runs.seed_from_metadata(self.metrics, feed, new.lake.root)
+                runs.seed_from_metadata(self.metrics, feed, *self._lake(new))
         self.feeds = wanted
         states = [e.state for e in self.manager.list()]
         self.metrics.set_feed_counts(

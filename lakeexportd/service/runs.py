@@ -30,7 +30,7 @@ from lakeexportd.export.exporter import ExportResult, Progress, new_run_id
 from lakeexportd.lake import layout
 from lakeexportd.lake.metadata import MetadataStore
 from lakeexportd.lake.metadata_model import StreamMetadata, TableMetadata
-from lakeexportd.lake.storage import open_storage
+from lakeexportd.lake.storage import Storage, open_storage
 from lakeexportd.service.metrics import Metrics, Result
 
 log = structlog.get_logger(__name__)
@@ -177,11 +177,12 @@ def lag_origin(result: ExportResult) -> float | None:
     return None if origin_ms is None else origin_ms / 1000
 
 
-def seed_from_metadata(metrics: Metrics, feed: Feed, root: Path) -> None:
+def seed_from_metadata(metrics: Metrics, feed: Feed, root: Path,
+                       storage: Storage | None = None) -> None:
     """Set last success, lag and versions from the feed's ``_metadata.json``, if it has one."""
     feed_dir = layout.feed_dir(root, feed.kind, feed.name)
     try:
-        doc = MetadataStore(open_storage(root)).load(feed_dir)
+        doc = MetadataStore(storage or open_storage(root)).load(feed_dir)
     except LakeExportError as exc:
         log.warning("feed.metadata_unreadable", feed=feed.name, error=str(exc))
         return

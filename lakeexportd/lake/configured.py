@@ -1,0 +1,36 @@
+"""The configured lake, opened in one place: ``lake_of(config.lake)`` gives its storage and root.
+
+A local lake is its folder on the local file system. An object-store lake is opened from its
+URL and ``lake.storage`` options (secrets already read from ``*_env``/``*_file`` by the config
+loader). Its root is still a ``Path``, so the layout's path arithmetic stays one code:
+``/bucket/prefix/streams/tx/...``. Nothing touches that path on local disk, because every
+read and write goes through the storage (a test pins that ``export/``, ``feeds/`` and
+``audit/`` make no file-system call). One ``ObjectStorage`` is kept per configured lake, so
+a daemon's lease observations and connections are shared by every run.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from pathlib import Path
+
+from lakeexportd.config.model import LakeSettings
+from lakeexportd.lake.storage import LOCAL, Storage, open_lake
+
+
+@dataclass(frozen=True)
+class ConfiguredLake:
+    storage: Storage
+    root: Path
+    where: str  # the folder or URL as configured, for messages
+
+
+@functools.cache
+def lake_of(settings: LakeSettings) -> ConfiguredLake:
+    """The storage and root of the configured lake (``ConfigError`` for bad store options)."""
+    if settings.url is None:
+        assert settings.root is not None  # the config loader gives one or the other
+        return ConfiguredLake(LOCAL, settings.root, settings.where)
+    lake = open_lake(settings.url, dict(settings.storage))
+    return ConfiguredLake(lake.storage, Path(lake.root), settings.where)

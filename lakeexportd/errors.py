@@ -154,6 +154,10 @@ class KsqlDBProtocolError(TransientError):
     """ksqlDB sent something that is not its wire format (bad JSON, wrong row length)."""
 
 
+class StoreUnavailable(TransientError):
+    """The lake's object store could not be reached (network, endpoint, throttling)."""
+
+
 class FeedLocked(TransientError):
     """Another process holds the feed's lock; this run is skipped."""
 

@@ -170,6 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_validate(sub)
     _add_run(sub)
     _add_export(sub)
+    from lakeexportd.cli import check_store as cli_check_store
     from lakeexportd.cli import feeds as cli_feeds  # operations
     from lakeexportd.cli import files as cli_files
     from lakeexportd.cli import metadata as cli_metadata
@@ -181,6 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_files.register(sub)
     cli_verify.register(sub)
     cli_status.register(sub)
+    cli_check_store.register(sub)
     return parser
 
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lakeexportd.config.model import LakeSettings
+from lakeexportd.errors import ConfigError, StoreUnavailable
 from lakeexportd.lake.storage import LOCAL, Storage, open_lake
 
 
@@ -24,6 +25,31 @@ class ConfiguredLake:
     storage: Storage
     root: Path
     where: str  # the folder or URL as configured, for messages
+
+
+def check_store(lake: ConfiguredLake) -> None:
+    """Refuse a store without create-if-absent and If-Match: exactly-once stands on them.
+
+    ``ConfigError`` (exit 78) names the store and what it lacks, or the refused credentials;
+    ``StoreUnavailable`` (exit 75, retried by systemd) when it cannot be reached at all.
+    Writes and removes one scratch object under the lake's root.
+    """
+    try:
+        problems = lake.storage.check_conditional_writes(lake.root)
+    except PermissionError as exc:
+        raise ConfigError(f"the lake store {lake.where} refused lakeexportd's credentials "
+                          f"({exc.strerror}): check lake.storage and the *_env/*_file "
+                          "secrets it names") from exc
+    except OSError as exc:
+        raise StoreUnavailable(f"the lake store {lake.where} cannot be reached "
+                               f"({exc.strerror or exc}): check lake.storage.endpoint and "
+                               "the network") from exc
+    if problems:
+        raise ConfigError(
+            f"the lake store {lake.where} cannot hold exactly-once: {'; '.join(problems)}. "
+            "lakeexportd needs conditional writes (create-if-absent and If-Match): use a store "
+            "or an S3-compatible server that enforces them"
+        )
 
 
 @functools.cache

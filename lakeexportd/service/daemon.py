@@ -41,7 +41,7 @@ from lakeexportd.config.load import load_config
 from lakeexportd.config.model import Config, Feed
 from lakeexportd.errors import ConfigError, LakeExportError
 from lakeexportd.feeds.manager import FeedManager
-from lakeexportd.lake.configured import lake_of
+from lakeexportd.lake.configured import check_store, lake_of
 from lakeexportd.lake.presence import DaemonInfo, Presence
 from lakeexportd.lake.storage import Storage
 from lakeexportd.service import runs, scheduling
@@ -106,6 +106,8 @@ class Daemon:
 
     def start(self) -> None:
         """Serve metrics, schedule the active feeds, tell systemd we are ready."""
+        if self.config.lake.url is not None:  # an object store: are its fences real? (DESIGN 11)
+            check_store(lake_of(self.config.lake))
         self._backend = self._new_backend(self.config)
         self._sync(self.manager, self.config)  # a ConfigError here is an invalid start: 78
         others = self._claim_presence(self.config)

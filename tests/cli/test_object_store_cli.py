@@ -42,6 +42,7 @@ def setup(kind: str, bucket: Bucket, sandbox: Sandbox, tmp_path: Path) -> tuple[
         plain = {"endpoint": bucket.config["endpoint"],
                  "account_name": bucket.config["account_name"]}
     options = ", ".join(f"{k}: '{v}'" for k, v in plain.items())
+    tmp_path.mkdir(parents=True, exist_ok=True)
     config = tmp_path / "lakeexportd.yaml"
     config.write_text(
         f"ksqldb: {{url: '{sandbox.url}', max_retries: 1}}\n"
@@ -100,3 +101,31 @@ def test_a_wrong_secret_fails_the_export_with_the_store_named_and_no_secret(
     done = cli({**env, "LAKE_SECRET": wrong}, "export", "-c", str(config), "tx")
     assert done.returncode != 0
     assert "az://" in done.stderr and wrong not in done.stdout + done.stderr
+
+
+def test_check_store_passes_real_servers_and_a_local_folder_and_refuses_careless_stores(
+    sandbox: Sandbox, tmp_path: Path, s3_bucket: Bucket, azure_container: Bucket,
+) -> None:
+    """check-store: moto and Azurite enforce both fences; an S3 store configured without
+    conditional puts is refused with 78 naming it, and so is the daemon's start."""
+    for kind, bucket in (("s3", s3_bucket), ("azure", azure_container)):
+        config, env, _ = setup(kind, bucket, sandbox, tmp_path / kind)
+        done = cli(env, "check-store", "-c", str(config))
+        assert done.returncode == 0, done.stderr
+        assert f"{bucket.url}/lake: object store: create-if-absent ok, If-Match ok" in done.stdout
+    local = tmp_path / "local.yaml"
+    local.write_text(f"ksqldb: {{url: '{sandbox.url}'}}\nlake: {{root: '{tmp_path / 'lake'}'}}\n")
+    done = cli(dict(os.environ), "check-store", "-c", str(local))
+    assert done.returncode == 0 and "local folder (flock)" in done.stdout
+    assert [p.name for p in (tmp_path / "lake").iterdir()] == []  # the scratch file is gone
+
+    config, env, _ = setup("s3", s3_bucket, sandbox, tmp_path / "careless")
+    text = config.read_text().replace("allow_http: true", "allow_http: true, "
+                                      "conditional_put: disabled")
+    config.write_text(text)
+    done = cli(env, "check-store", "-c", str(config))
+    assert done.returncode == 78, done.stderr
+    assert f"the lake store {s3_bucket.url}/lake cannot hold exactly-once" in done.stderr
+    assert "create-if-absent" in done.stderr
+    daemon = cli(env, "run", "-c", str(config))
+    assert daemon.returncode == 78 and "cannot hold exactly-once" in daemon.stderr

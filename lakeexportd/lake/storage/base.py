@@ -179,6 +179,14 @@ class Storage(Protocol):
         """Remove a directory and everything in it."""
         ...
 
+    def check_conditional_writes(self, root: PurePath) -> list[str]:
+        """What this store fails to enforce of create-if-absent and If-Match (empty: both).
+
+        Writes and removes one scratch file under the lake's ``root``. Errors other than a
+        missing fence (no access, no network) raise ``OSError``.
+        """
+        ...
+
     # -- locks ------------------------------------------------------------------------------
     def try_lock(
         self, path: PurePath, *, file_mode: int, note: bytes = b"", shared: bool = False,

@@ -252,6 +252,32 @@ class LocalStorage:
     def delete_tree(self, path: PurePath) -> None:
         shutil.rmtree(path)
 
+    def check_conditional_writes(self, root: PurePath) -> list[str]:
+        # On disk the fences are ours: compare-then-rename under the feed's flock. What can
+        # fail is the folder itself: not writable, or a file system without flock.
+        path = root / f".lakeexportd-check-{secrets.token_hex(8)}"
+        problems = []
+        try:
+            self.make_dirs(root, 0o750)
+            first = self.publish(path, b"1", file_mode=0o600, expected=None)
+            try:
+                self.publish(path, b"2", file_mode=0o600, expected=None)
+                problems.append("create-if-absent is not refused")
+            except PreconditionFailed:
+                pass
+            self.publish(path, b"3", file_mode=0o600, expected=first)
+            held = self.try_lock(path.with_name(path.name + ".lock"), file_mode=0o600)
+            if held is None or self.try_lock(path.with_name(path.name + ".lock"),
+                                             file_mode=0o600) is not None:
+                problems.append("flock does not exclude a second holder on this file system")
+            if held is not None:
+                held.release()
+        finally:
+            for leftover in (path, path.with_name(path.name + ".lock")):
+                with contextlib.suppress(OSError):
+                    os.unlink(leftover)
+        return problems
+
     # -- locks ------------------------------------------------------------------------------
     def try_lock(
         self, path: PurePath, *, file_mode: int, note: bytes = b"", shared: bool = False,

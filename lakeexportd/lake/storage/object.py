@@ -281,8 +281,10 @@ def _mapped(shown: str, scrub: Callable[[str], str]) -> Iterator[None]:
         raise PreconditionFailed(errno.ESTALE, "changed since it was read", shown) from exc
     except (obx.PermissionDeniedError, obx.UnauthenticatedError) as exc:
         raise PermissionError(errno.EACCES, scrub(str(exc)), shown) from exc
-    except obx.NotSupportedError as exc:
-        raise OSError(errno.EOPNOTSUPP, scrub(str(exc)), shown) from exc
+    except (obx.NotSupportedError, NotImplementedError) as exc:
+        # obstore raises the builtin NotImplementedError for a conditional put the store is
+        # configured without (S3 with conditional_put: disabled)
+        raise OSError(errno.EOPNOTSUPP, scrub(str(exc).split("\n")[0]), shown) from exc
     except obx.BaseError as exc:
         raise OSError(errno.EIO, scrub(str(exc)), shown) from exc
     except OSError as exc:
@@ -734,7 +736,7 @@ class ObjectStorage:
         return state is not None and not state.released and not self._stale(key, state)
 
     # -- self-test --------------------------------------------------------------------------
-    def check_conditional_writes(self) -> list[str]:
+    def check_conditional_writes(self, root: PurePath | None = None) -> list[str]:
         """What this store fails to enforce of create-if-absent and If-Match (empty: both).
 
         Writes, overwrites and deletes one scratch object under the root. Without both

@@ -154,7 +154,7 @@ _SECRET = re.compile(r".*(secret|token|password|account_key|access_key(?!_id)|sa
 
 
 def _lake(node: Node, base: Path, environ: Mapping[str, str]) -> LakeSettings:
-    node.check_keys(("root", "storage"), where="in lake")
+    node.check_keys(("root", "storage", "lease_ttl"), where="in lake")
     text = node.opt_string("root")
     if text is None:
         raise node.fail("root", "missing required key",
@@ -162,16 +162,19 @@ def _lake(node: Node, base: Path, environ: Mapping[str, str]) -> LakeSettings:
     url = _URL.fullmatch(text)
     options = node.section("storage")
     if url is None or url.group(1).lower() == "file":
-        if options.data:
-            raise node.fail("storage", "store options apply to object-store lakes only",
-                            "remove `storage:`, or make `root:` an s3://, az:// or gs:// URL")
+        for key in ("storage", "lease_ttl"):
+            if node.has(key):
+                raise node.fail(key, "applies to object-store lakes only (a local lake uses "
+                                "flock)", f"remove `{key}:`, or make `root:` an s3://, az:// "
+                                "or gs:// URL")
         if url is not None:  # file:///path
             return LakeSettings(root=Path(url.group(2)).resolve())
         return LakeSettings(root=node.path_value("root", base))
     if not url.group(2).strip("/"):
         raise node.fail("root", f"{show(text)} names no bucket or container",
                         "write e.g. s3://my-bucket/lake or az://my-container/lake")
-    return LakeSettings(url=text.rstrip("/"), storage=_store_options(options, base, environ))
+    return LakeSettings(url=text.rstrip("/"), storage=_store_options(options, base, environ),
+                        lease_ttl=node.duration("lease_ttl", 30.0, positive=True))
 
 
 def _store_options(

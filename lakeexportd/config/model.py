@@ -104,6 +104,7 @@ class LakeSettings:
     root: Path | None = None
     url: str | None = None
     storage: tuple[tuple[str, str], ...] = field(default=(), repr=False)
+    lease_ttl: float = 30.0  # object stores: how long a killed writer's lease blocks its feed
 
     @property
     def where(self) -> str:

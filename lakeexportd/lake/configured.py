@@ -58,5 +58,5 @@ def lake_of(settings: LakeSettings) -> ConfiguredLake:
     if settings.url is None:
         assert settings.root is not None  # the config loader gives one or the other
         return ConfiguredLake(LOCAL, settings.root, settings.where)
-    lake = open_lake(settings.url, dict(settings.storage))
+    lake = open_lake(settings.url, dict(settings.storage), lease_ttl=settings.lease_ttl)
     return ConfiguredLake(lake.storage, Path(lake.root), settings.where)

@@ -47,7 +47,8 @@ class Lake:
     root: PurePath
 
 
-def open_lake(root: str | PurePath, options: Mapping[str, str] | None = None) -> Lake:
+def open_lake(root: str | PurePath, options: Mapping[str, str] | None = None, *,
+              lease_ttl: float | None = None) -> Lake:
     """The storage holding the lake at ``root`` (a path, ``file://``, or an object-store URL).
 
     ``options`` are the store's options (``lake.storage``: endpoint, region, allow_http, ...);
@@ -67,7 +68,8 @@ def open_lake(root: str | PurePath, options: Mapping[str, str] | None = None) ->
             raise ConfigError(f"file:// lake roots must be local, not on {parts.netloc!r}")
         local = unquote(parts.path)
     elif scheme in SCHEMES:
-        storage = from_url(root, options)
+        storage = (from_url(root, options) if lease_ttl is None
+                   else from_url(root, options, lease_ttl=lease_ttl))
         return Lake(storage, storage.root)
     else:
         raise ConfigError(

@@ -57,9 +57,11 @@ def _validate(args: argparse.Namespace) -> int:
 
     from lakeexportd.config import load as config
     from lakeexportd.config.model import summarize
+    from lakeexportd.lake.configured import lake_of
     from lakeexportd.service import scheduling
 
     loaded = config.load_config(args.config or config.default_config_path())
+    lake_of(loaded.lake)  # the store's options too (offline: nothing is sent to it)
     print("\n".join(summarize(loaded)))
     now = dt.datetime.now(dt.UTC)
     for feed in loaded.feeds:

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import fields, replace
 from pathlib import Path
 from typing import cast
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from apscheduler.triggers.cron import CronTrigger
 
@@ -148,9 +148,46 @@ def _tls(node: Node, base: Path) -> TLSSettings:
 
 
 _URL = re.compile(r"([A-Za-z][A-Za-z0-9+.-]+)://(.*)")
-# Store options that are secrets: only ever read from `<key>_env` / `<key>_file`.
-_SECRET = re.compile(r".*(secret|token|password|account_key|access_key(?!_id)|sas_key"
-                     r"|private_key|credentials).*")
+OBJECT_SCHEMES = ("s3", "s3a", "gs", "az", "azure", "abfs", "abfss", "adl")
+"""URL schemes of object-store lakes (``lake.storage.object.SCHEMES`` but ``memory``; a test
+pins the two together: config cannot import the lake)."""
+
+_OPTION_PREFIXES = ("aws_", "azure_storage_", "azure_", "google_")
+# obstore's options whose value is a secret: read only from `<key>_env` / `<key>_file`.
+_SECRET_OPTIONS = frozenset({
+    "secret_access_key", "session_token", "token",  # S3
+    "account_key", "access_key", "master_key", "client_secret", "sas_key", "sas_token",
+    "bearer_token", "encryption_key", "fabric_session_token",  # Azure
+    "service_account_key",  # GCS
+})
+# obstore's options that name a file it reads itself: a path, not a secret (kept as written,
+# relative to the config file's folder), even where the name ends in `_file`.
+_PATH_OPTIONS = frozenset({
+    "web_identity_token_file", "container_authorization_token_file", "federated_token_file",
+    "application_credentials", "service_account", "service_account_path",
+})
+# Any other option whose name says secret is refused too (a future obstore option, an alias),
+# unless it names a place (fabric_token_service_url) or an identifier.
+_SECRET_WORDS = re.compile(r"secret|token|password|passwd|private_key|sas_")
+_NOT_SECRET = re.compile(r".*_(url|uri|endpoint|id)")
+
+
+def _option_name(key: str) -> str:
+    """obstore's short name of an option (``AWS_SECRET_ACCESS_KEY`` -> ``secret_access_key``)."""
+    name = key.lower()
+    for prefix in _OPTION_PREFIXES:
+        if name.startswith(prefix):
+            return name.removeprefix(prefix)
+    return name
+
+
+def is_secret_option(key: str) -> bool:
+    """Whether the store option ``key`` holds a credential (never written in the YAML)."""
+    name = _option_name(key)
+    if name in _PATH_OPTIONS:
+        return False
+    return name in _SECRET_OPTIONS or (bool(_SECRET_WORDS.search(name))
+                                       and not _NOT_SECRET.fullmatch(name))
 
 
 def _lake(node: Node, base: Path, environ: Mapping[str, str]) -> LakeSettings:
@@ -161,20 +198,34 @@ def _lake(node: Node, base: Path, environ: Mapping[str, str]) -> LakeSettings:
                         "add `root:` with the lake's folder, or an s3:// az:// gs:// URL")
     url = _URL.fullmatch(text)
     options = node.section("storage")
+    origin = f"{node.file}: {node.path}"
     if url is None or url.group(1).lower() == "file":
         for key in ("storage", "lease_ttl"):
             if node.has(key):
                 raise node.fail(key, "applies to object-store lakes only (a local lake uses "
                                 "flock)", f"remove `{key}:`, or make `root:` an s3://, az:// "
                                 "or gs:// URL")
-        if url is not None:  # file:///path
-            return LakeSettings(root=Path(url.group(2)).resolve())
-        return LakeSettings(root=node.path_value("root", base))
+        if url is None:
+            return LakeSettings(root=node.path_value("root", base), origin=origin)
+        parts = urlsplit(text)
+        if parts.netloc not in ("", "localhost") or not parts.path.startswith("/"):
+            raise node.fail("root", f"{show(text)} is not a local file:// URL",
+                            "write file:///absolute/path (three slashes), or the path itself")
+        return LakeSettings(root=Path(unquote(parts.path)).resolve(), origin=origin)
+    scheme = url.group(1).lower()
+    if scheme == "memory":
+        raise node.fail("root", "memory:// lakes live in one process and vanish with it",
+                        "give a folder or an s3://, az:// or gs:// URL (memory:// is for tests)")
+    if scheme not in OBJECT_SCHEMES:
+        raise node.fail("root", f"{scheme}:// is not a lake lakeexportd can open",
+                        "give a folder, file:///path, or one of "
+                        + ", ".join(f"{s}://" for s in OBJECT_SCHEMES))
     if not url.group(2).strip("/"):
         raise node.fail("root", f"{show(text)} names no bucket or container",
                         "write e.g. s3://my-bucket/lake or az://my-container/lake")
     return LakeSettings(url=text.rstrip("/"), storage=_store_options(options, base, environ),
-                        lease_ttl=node.duration("lease_ttl", 30.0, positive=True))
+                        lease_ttl=node.duration("lease_ttl", 30.0, positive=True),
+                        origin=origin)
 
 
 def _store_options(
@@ -183,17 +234,24 @@ def _store_options(
     """``lake.storage`` as obstore's option names and string values; a secret comes only from
     the environment (``<key>_env: VARIABLE``) or a file (``<key>_file: /path``)."""
     resolved: dict[str, str] = {}
+    given: dict[str, str] = {}  # option -> the key that gave it
     for key, value in node.data.items():
         if isinstance(value, dict | list) or value is None:
             raise node.fail(key, f"expected a single value, got {show(value)}",
                             "write one value per option, as the storage library names it")
-        if key.endswith("_env"):
+        name = key
+        if _option_name(key) in _PATH_OPTIONS:
+            path = node.path_value(key, base)
+            assert path is not None
+            resolved[name] = str(path)
+        elif key.endswith("_env"):
             name = key.removesuffix("_env")
-            variable = str(value)
-            if variable not in environ:
-                raise node.fail(key, f"environment variable {variable} is not set",
+            variable = node.require_string(key, "the name of an environment variable")
+            if not environ.get(variable):
+                raise node.fail(key, f"environment variable {variable} is "
+                                f"{'empty' if variable in environ else 'not set'}",
                                 f"export {variable} for lakeexportd (e.g. in the systemd "
-                                "unit's EnvironmentFile), or use `{name}_file:`")
+                                f"unit's EnvironmentFile), or use `{name}_file:`")
             resolved[name] = environ[variable]
         elif key.endswith("_file"):
             name = key.removesuffix("_file")
@@ -201,15 +259,22 @@ def _store_options(
             assert path is not None
             try:
                 resolved[name] = path.read_text(encoding="utf-8").strip()
-            except OSError as exc:
-                raise node.fail(key, f"cannot read {path} ({exc.strerror})",
-                                "point it at a file lakeexportd can read") from None
-        elif _SECRET.fullmatch(key.lower()):
+            except (OSError, UnicodeDecodeError) as exc:
+                reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+                raise node.fail(key, f"cannot read {path} ({reason})",
+                                "point it at a file lakeexportd's user can read") from None
+            if not resolved[name]:
+                raise node.fail(key, f"{path} is empty", f"write the {name} into the file")
+        elif is_secret_option(key):
             raise node.fail(key, "a secret written in the configuration file",
                             f"use `{key}_env: VARIABLE` or `{key}_file: /path/to/secret`, "
                             "or the store's standard credential chain")
         else:
             resolved[key] = str(value).lower() if isinstance(value, bool) else str(value)
+        if name in given:
+            raise node.fail(key, f"`{name}` is also given by `{given[name]}`",
+                            "keep only one of them")
+        given[name] = key
     return tuple(sorted(resolved.items()))
 
 

@@ -99,12 +99,14 @@ class KsqlDBSettings:
 class LakeSettings:
     """Where the lake lives: a local folder (``root``) or an object-store URL (``url``) with
     its store options (``storage``, secrets already read from their ``*_env``/``*_file``;
-    never shown: ``repr`` leaves them out). ``lake.storage.configured.lake_of`` opens it."""
+    never shown: ``repr`` leaves them out). ``lake.configured.lake_of`` opens it, in one
+    place. ``origin`` (``<file>: $.lake``) prefixes the errors of opening it."""
 
     root: Path | None = None
     url: str | None = None
     storage: tuple[tuple[str, str], ...] = field(default=(), repr=False)
     lease_ttl: float = 30.0  # object stores: how long a killed writer's lease blocks its feed
+    origin: str = field(default="", repr=False, compare=False)
 
     @property
     def where(self) -> str:

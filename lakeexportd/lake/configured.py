@@ -58,5 +58,10 @@ def lake_of(settings: LakeSettings) -> ConfiguredLake:
     if settings.url is None:
         assert settings.root is not None  # the config loader gives one or the other
         return ConfiguredLake(LOCAL, settings.root, settings.where)
-    lake = open_lake(settings.url, dict(settings.storage), lease_ttl=settings.lease_ttl)
+    try:  # offline: builds the client, sends nothing
+        lake = open_lake(settings.url, dict(settings.storage), lease_ttl=settings.lease_ttl)
+    except ConfigError as exc:  # an option obstore does not know or refuses (never its value)
+        where = f"{settings.origin}.storage: " if settings.origin else ""
+        raise ConfigError(f"{where}{exc}: name each option as obstore does (see the README, "
+                          "Lakes on object stores)") from None
     return ConfiguredLake(lake.storage, Path(lake.root), settings.where)

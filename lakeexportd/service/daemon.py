@@ -177,6 +177,8 @@ class Daemon:
         try:
             new = self.loader(str(self.config.path))
             same_root = new.lake == self.config.lake
+            if not same_root and new.lake.url is not None:
+                check_store(lake_of(new.lake))  # a new object store: the same check as at start
             manager = self.manager if same_root else self._manager(new)
             self._sync(manager, new)  # refuses e.g. an archived name reused for another source
         except LakeExportError as exc:

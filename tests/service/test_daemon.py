@@ -16,6 +16,7 @@ import structlog
 import yaml
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
+from objectstores import Bucket
 from scrape import value
 
 from lakeexportd.config.load import load_config
@@ -690,3 +691,31 @@ def test_a_rejected_value_fails_the_feed_once_then_holds_it_until_it_changes(
     assert value(reg, "lakeexportd_rejected_values_total", feed="orders", column="AMOUNT") == 3
     daemon.metrics.remove_feed("orders")
     assert value(reg, "lakeexportd_rejected_values_total", feed="orders", column="AMOUNT") is None
+
+
+def test_a_reload_onto_an_object_store_checks_its_conditional_writes_first(
+    make_daemon: Callable[..., Daemon], files: Files, s3_bucket: Bucket, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """SIGHUP onto a new object-store lake runs start's check: a store without conditional
+    writes keeps the old lake and feeds (reload failed, counted); a real one is taken."""
+    daemon = make_daemon([feed("orders")])
+    options = {k: str(v) for k, v in s3_bucket.config.items() if k != "secret_access_key"}
+    monkeypatch.setenv("LAKE_TEST_SECRET", str(s3_bucket.config["secret_access_key"]))
+    options.update(allow_http="true", secret_access_key_env="LAKE_TEST_SECRET")
+    careless = {**options, "conditional_put": "disabled"}
+    logs_dir = {"dir": str(tmp_path / "logs")}
+    files.write([feed("orders")], lake={"root": f"{s3_bucket.url}/lake", "storage": careless},
+                logging=logs_dir)
+    with structlog.testing.capture_logs() as logs:
+        assert not daemon.reload()
+    (failed,) = [e for e in logs if e["event"] == "config.reload_failed"]
+    assert f"the lake store {s3_bucket.url}/lake cannot hold exactly-once" in failed["reason"]
+    assert daemon.config.lake.root == files.root and daemon.config.lake.url is None
+    assert [job.id for job in daemon.scheduler.get_jobs()] == ["orders"]
+    assert value(daemon.metrics.registry, "lakeexportd_config_reloads_total",
+                 result="error") == 1
+    files.write([feed("orders")], lake={"root": f"{s3_bucket.url}/lake", "storage": options},
+                logging=logs_dir)
+    assert daemon.reload()
+    assert daemon.config.lake.url == f"{s3_bucket.url}/lake"

@@ -15,6 +15,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import obstore
 import pytest
 from lakecheck import assert_exactly_once, read_listed
 from objectstores import Bucket
@@ -113,10 +114,14 @@ def test_check_store_passes_real_servers_and_a_local_folder_and_refuses_careless
         done = cli(env, "check-store", "-c", str(config))
         assert done.returncode == 0, done.stderr
         assert f"{bucket.url}/lake: object store: create-if-absent ok, If-Match ok" in done.stdout
+        assert "ok  If-Match: a replace with a stale ETag is refused" in done.stdout
+        assert "ok  multipart upload: 2 parts" in done.stdout
+        assert obstore.list(bucket.store).collect() == []  # every scratch object is gone
     local = tmp_path / "local.yaml"
     local.write_text(f"ksqldb: {{url: '{sandbox.url}'}}\nlake: {{root: '{tmp_path / 'lake'}'}}\n")
     done = cli(dict(os.environ), "check-store", "-c", str(local))
-    assert done.returncode == 0 and "local folder (flock)" in done.stdout
+    assert done.returncode == 0 and "local folder: create-if-absent ok" in done.stdout
+    assert "ok  flock: a second holder of a lock is refused" in done.stdout
     assert [p.name for p in (tmp_path / "lake").iterdir()] == []  # the scratch file is gone
 
     config, env, _ = setup("s3", s3_bucket, sandbox, tmp_path / "careless")
@@ -129,3 +134,29 @@ def test_check_store_passes_real_servers_and_a_local_folder_and_refuses_careless
     assert "create-if-absent" in done.stderr
     daemon = cli(env, "run", "-c", str(config))
     assert daemon.returncode == 78 and "cannot hold exactly-once" in daemon.stderr
+
+
+def test_check_store_refuses_a_store_that_ignores_conditional_writes_in_process(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The CLI function on a memory:// lake whose PUTs drop If-None-Match and If-Match (an
+    S3-compatible server that ignores them): exit 78 naming the store and both failures."""
+    from lakeexportd import cli as main_cli
+    from lakeexportd.lake import configured
+
+    lake = open_lake("memory:///lake")
+    careless = configured.ConfiguredLake(lake.storage, Path(lake.root), "memory:///lake")
+    monkeypatch.setattr("lakeexportd.cli.check_store.lake_of", lambda settings: careless)
+    real_put = obstore.put
+
+    def careless_put(store: object, path: str, data: object, **kwargs: object) -> object:
+        kwargs.pop("mode", None)
+        return real_put(store, path, data, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(obstore, "put", careless_put)
+    config = tmp_path / "c.yaml"
+    config.write_text("ksqldb: {url: 'http://127.0.0.1:1'}\nlake: {root: lake}\n")
+    assert main_cli.main(["check-store", "-c", str(config)]) == 78
+    err = capsys.readouterr().err
+    assert "the lake store memory:///lake cannot hold exactly-once" in err
+    assert "create-if-absent is ignored" in err and "If-Match is ignored" in err

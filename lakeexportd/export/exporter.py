@@ -41,7 +41,7 @@ from lakeexportd.lake.configured import lake_of
 from lakeexportd.lake.locking import FeedLock
 from lakeexportd.lake.metadata import MetadataStore
 from lakeexportd.lake.metadata_model import StreamMetadata, Window
-from lakeexportd.lake.storage import open_storage
+from lakeexportd.lake.storage import Storage, open_storage
 
 __all__ = [
     "DataLakeExporter", "ExportResult", "Progress", "epoch_ms", "exporter_from_config",
@@ -59,7 +59,7 @@ def exporter_from_config(
     client = client_from_settings(config.ksqldb, observer=observer)
     lake = lake_of(config.lake)
     return DataLakeExporter(client, lake.root, lock_wait=config.scheduler.lock_wait,
-                            store=MetadataStore(lake.storage))
+                            storage=lake.storage)
 
 
 class DataLakeExporter:
@@ -72,11 +72,14 @@ class DataLakeExporter:
         *,
         lock_wait: float = 10.0,
         store: MetadataStore | None = None,
+        storage: Storage | None = None,
     ) -> None:
+        """``storage`` holds the lake at ``lake_root`` (``lake_of(config.lake)`` gives both; a
+        local folder when omitted); ``store`` overrides the metadata store built on it."""
         self.client = client
         self.root = lake_root
         self.lock_wait = lock_wait
-        self.store = store or MetadataStore(open_storage(lake_root))
+        self.store = store or MetadataStore(storage or open_storage(lake_root))
         self._kinds: dict[str, str] = {}  # source -> what DESCRIBE says it is
 
     def feed_dir(self, feed: Feed) -> Path:

@@ -46,7 +46,7 @@ def exporter(static: Sandbox, lake: Lake) -> Iterator[DataLakeExporter]:
     client = KsqlDBClient(CurlTransport(static.url), backoff_base=0.01, max_retries=2)
     try:
         yield DataLakeExporter(client, lake.root, lock_wait=2,  # type: ignore[arg-type]
-                               store=MetadataStore(lake.storage))
+                               storage=lake.storage)
     finally:
         client.close()
 
@@ -103,7 +103,7 @@ def test_a_broken_answer_leaves_no_object_and_the_next_run_is_exact(
         client = KsqlDBClient(CurlTransport(sb.url), backoff_base=0.01, max_retries=2)
         try:
             ex = DataLakeExporter(client, lake.root, lock_wait=2,  # type: ignore[arg-type]
-                                  store=MetadataStore(lake.storage))
+                                  storage=lake.storage)
             f = feed("tx", "TRANSACTION_FLATTENED")
             sb.inject(path="/query-stream", **fault)
             with pytest.raises(LakeExportError):

@@ -39,7 +39,8 @@ def _add_validate(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         "validate",
         help="check a configuration file and list its feeds",
         description="Load and check the configuration: print a summary of its feeds and exit 0,"
-        " or print the first problem and exit 78. With --source, also ask ksqlDB whether each "
+        " or print the first problem and exit 78. An object-store lake's options are checked "
+        "offline (check-store asks the store itself). With --source, also ask ksqlDB whether each "
         "feed's source exists and is the declared kind (exit 1 if not, 75 if ksqlDB is "
         "unreachable).",
     )
@@ -146,7 +147,8 @@ def _add_run(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="run the daemon: export every enabled feed on its schedule",
         description="Run until SIGTERM/SIGINT: export each enabled feed on its schedule, serve "
         "/metrics, /healthz and /readyz on metrics.listen, and reload the configuration on "
-        "SIGHUP. An invalid configuration at start exits 78.",
+        "SIGHUP. An invalid configuration at start exits 78, and so does an object-store "
+        "lake that does not enforce conditional writes (see check-store).",
     )
     add_config_argument(parser)
     parser.set_defaults(handler=_run)

@@ -37,7 +37,7 @@ def setup(kind: str, bucket: Bucket, sandbox: Sandbox, tmp_path: Path) -> tuple[
     if kind == "s3":
         secret, secret_key = SECRET, "secret_access_key"
         plain = {"endpoint": bucket.config["endpoint"], "region": bucket.config["region"],
-                 "access_key_id": bucket.config["access_key_id"]}
+                 "access_key_id_env": "LAKE_KEY_ID"}
     else:
         secret, secret_key = str(bucket.config["account_key"]), "account_key"
         plain = {"endpoint": bucket.config["endpoint"],
@@ -54,7 +54,9 @@ def setup(kind: str, bucket: Bucket, sandbox: Sandbox, tmp_path: Path) -> tuple[
         "  - {name: tx, source: TRANSACTION_FLATTENED, kind: stream}\n"
         "  - {name: users, source: USER_SUMMARY, kind: table}\n"
     )
-    return config, {**os.environ, "LAKE_SECRET": secret}, secret
+    env = {**os.environ, "LAKE_SECRET": secret,
+           "LAKE_KEY_ID": str(bucket.config.get("access_key_id", ""))}
+    return config, env, secret
 
 
 def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:

@@ -79,13 +79,18 @@ class MetadataReader:
         check_name(feed)
         kinds = self.feeds()
         if feed not in kinds:
-            raise UnknownFeed(f"unknown feed {feed!r}: no data under {self.root} and no registry "
-                              f"entry; feeds: {', '.join(kinds) or '(none)'}")
+            raise UnknownFeed(f"unknown feed {feed!r}: no data under "
+                              f"{self.store.storage.show(self.root)} and no registry entry; "
+                              f"feeds: {', '.join(kinds) or '(none)'}")
         return kinds[feed]
+
+    def feed_dir(self, feed: str) -> Path:
+        """The folder of a feed on disk or in the registry; ``UnknownFeed`` otherwise."""
+        return layout.feed_dir(self.root, self._kind(feed), feed)
 
     def read_metadata(self, feed: str) -> FeedMetadata | None:
         """The feed's document (None before its first export); unusable is ``LakeStateError``."""
-        return self.store.load(layout.feed_dir(self.root, self._kind(feed), feed))
+        return self.store.load(self.feed_dir(feed))
 
     def _state(self, feed: str) -> str:
         try:

@@ -21,8 +21,6 @@ from lakeexportd.cli.export import parse_time_ms
 from lakeexportd.cli.options import add_config_argument, plain
 from lakeexportd.config.load import default_config_path, load_config
 from lakeexportd.errors import EX_FAILED, EX_OK
-from lakeexportd.feeds.registry import UnknownFeed
-from lakeexportd.lake import layout
 from lakeexportd.lake.configured import lake_of
 
 
@@ -46,14 +44,10 @@ def run(args: argparse.Namespace) -> int:
     config = load_config(args.config or default_config_path())
     lake = lake_of(config.lake)
     reader = MetadataReader(lake.root, now=dt.datetime.now(dt.UTC), storage=lake.storage)
-    kinds = reader.feeds()
-    if args.feed not in kinds:
-        raise UnknownFeed(f"unknown feed {args.feed!r}: no data under {lake.where} and no "
-                          f"registry entry; feeds: {', '.join(kinds) or '(none)'}")
+    feed_dir = reader.feed_dir(args.feed)  # an unknown feed is UnknownFeed: exit 2
     as_of = None
     if args.as_of is not None:
         as_of = dt.datetime.fromtimestamp(parse_time_ms(args.as_of) / 1000, dt.UTC)
-    feed_dir = layout.feed_dir(reader.root, kinds[args.feed], args.feed)
     doc = reader.store.load(feed_dir)
     if doc is None:
         print(f"lakeexportd files: feed {args.feed!r} has not been exported yet: no files",

@@ -248,14 +248,9 @@ class AppendSink:
 
     def finish(self) -> list[WrittenFile]:
         """Close, fsync and rename every file to its final name; nothing is listed yet."""
+        self._close_all()
         if self._in_place:
             return self._finish_in_place()
-        failpoint("append.before_close")
-        for handle in self._open.values():
-            handle.flush()  # all last row groups queued first, so the lanes encode them together
-        for day in list(self._open):
-            self._close(day)
-        self._background.close()
         by_day: dict[int, list[tuple[ParquetFile, int]]] = {}
         for day, handle, size in self._closed:
             by_day.setdefault(day, []).append((handle, size))
@@ -291,14 +286,17 @@ class AppendSink:
         failpoint("append.after_finish")
         return written
 
-    def _finish_in_place(self) -> list[WrittenFile]:
-        """Complete every upload; the files already carry their final names."""
+    def _close_all(self) -> None:
+        """Write every last row group, close (and on object stores complete) every file."""
         failpoint("append.before_close")
         for handle in self._open.values():
-            handle.flush()
+            handle.flush()  # all last row groups queued first, so the lanes encode them together
         for day in list(self._open):
             self._close(day)
         self._background.close()
+
+    def _finish_in_place(self) -> list[WrittenFile]:
+        """The closed files already carry their final names: list them."""
         written = [
             WrittenFile(self._partition(day), handle.path.name, handle.rows, size,
                         handle.min_event_ms, handle.max_event_ms)

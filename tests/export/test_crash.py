@@ -85,6 +85,34 @@ def export(config: Path, feed: str, failpoint: str | None = None) -> subprocess.
     )
 
 
+def kill_then_rerun(
+    sandbox: Sandbox, config: Path, setup: Path, feed: str, point: str, before: int,
+    fault: dict[str, object] | None, orphans: str | None,
+) -> set[dt.date]:
+    """The matrix's sequence: maybe a run killed where it leaves orphans (``orphans``), the
+    ``before`` setup runs (``setup`` keeps 30 days, so later runs have old partitions to
+    drop), the run killed at ``point`` (with ``fault`` injected), then the rerun. Returns the
+    retention cutoffs the two runs may have used."""
+    if orphans is not None:
+        killed = export(config, feed, orphans)
+        assert killed.returncode == -signal.SIGKILL, killed.stderr
+    for _ in range(max(before, 0)):
+        done = export(setup, feed)
+        assert done.returncode == 0, done.stderr
+    if fault:
+        httpx.post(f"{sandbox.url}/_sandbox/faults", json={**fault, "path": "/query-stream"}).raise_for_status()
+    try:
+        killed = export(config, feed, point)
+    finally:
+        httpx.delete(f"{sandbox.url}/_sandbox/faults").raise_for_status()
+    assert killed.returncode == -signal.SIGKILL, f"{point} was never reached:\n{killed.stderr}"
+    cutoffs = {layout.retention_cutoff(dt.datetime.now(dt.UTC), 3)}
+    rerun = export(config, feed)
+    cutoffs.add(layout.retention_cutoff(dt.datetime.now(dt.UTC), 3))
+    assert rerun.returncode == 0, rerun.stderr
+    return cutoffs
+
+
 def check_lake(sandbox: Sandbox, lake: Path, feed: str, retention_since: set[dt.date],
                storage: Storage = LOCAL) -> None:
     if feed == "users":
@@ -114,24 +142,9 @@ def test_sigkill_then_rerun_keeps_every_row_exactly_once(sandbox: Sandbox, tmp_p
     feed, before, fault = MATRIX[point]
     lake = tmp_path / "lake"
     config = write_config(tmp_path / "lakeexportd.yaml", sandbox.url, lake)
-    if before == -1:  # leave orphans: a run killed after its files got their final names
-        killed = export(config, feed, LEAVE_ORPHANS_AT.get(point, LEAVE_ORPHANS[feed]))
-        assert killed.returncode == -signal.SIGKILL, killed.stderr
-    # Setup runs keep 30 days, so the runs below have old partitions to drop.
     setup = write_config(tmp_path / "setup.yaml", sandbox.url, lake, retention_days=30)
-    for _ in range(max(before, 0)):
-        assert export(setup, feed).returncode == 0
-    if fault:
-        httpx.post(f"{sandbox.url}/_sandbox/faults", json={**fault, "path": "/query-stream"}).raise_for_status()
-    try:
-        killed = export(config, feed, point)
-    finally:
-        httpx.delete(f"{sandbox.url}/_sandbox/faults").raise_for_status()
-    assert killed.returncode == -signal.SIGKILL, f"{point} was never reached:\n{killed.stderr}"
-    cutoffs = {layout.retention_cutoff(dt.datetime.now(dt.UTC), 3)}
-    rerun = export(config, feed)
-    cutoffs.add(layout.retention_cutoff(dt.datetime.now(dt.UTC), 3))
-    assert rerun.returncode == 0, rerun.stderr
+    orphans = LEAVE_ORPHANS_AT.get(point, LEAVE_ORPHANS[feed]) if before == -1 else None
+    cutoffs = kill_then_rerun(sandbox, config, setup, feed, point, before, fault, orphans)
     check_lake(sandbox, lake, feed, cutoffs if feed == "tx_ret" else set())
 
 
@@ -197,26 +210,11 @@ def test_sigkill_on_s3_then_rerun_keeps_every_row_exactly_once(
     logs = f"\nlogging: {{dir: '{tmp_path / 'logs'}'}}\n"
     config = write_config(tmp_path / "lakeexportd.yaml", sandbox.url, root, lake_extra=extra)
     config.write_text(config.read_text() + logs)
-    if before == -1:  # leave orphans: a run killed after its objects were uploaded
-        killed = export(config, feed, OBJECT_ORPHANS[feed])
-        assert killed.returncode == -signal.SIGKILL, killed.stderr
     setup = write_config(tmp_path / "setup.yaml", sandbox.url, root, retention_days=30,
                          lake_extra=extra)
     setup.write_text(setup.read_text() + logs)
-    for _ in range(max(before, 0)):
-        done = export(setup, feed)
-        assert done.returncode == 0, done.stderr
-    if fault:
-        httpx.post(f"{sandbox.url}/_sandbox/faults", json={**fault, "path": "/query-stream"}).raise_for_status()
-    try:
-        killed = export(config, feed, point)
-    finally:
-        httpx.delete(f"{sandbox.url}/_sandbox/faults").raise_for_status()
-    assert killed.returncode == -signal.SIGKILL, f"{point} was never reached:\n{killed.stderr}"
-    cutoffs = {layout.retention_cutoff(dt.datetime.now(dt.UTC), 3)}
-    rerun = export(config, feed)
-    cutoffs.add(layout.retention_cutoff(dt.datetime.now(dt.UTC), 3))
-    assert rerun.returncode == 0, rerun.stderr
+    orphans = OBJECT_ORPHANS[feed] if before == -1 else None  # a run killed after its uploads
+    cutoffs = kill_then_rerun(sandbox, config, setup, feed, point, before, fault, orphans)
     lake = open_lake(root, {k: str(v) for k, v in options.items()})
     check_lake(sandbox, Path(lake.root), feed, cutoffs if feed == "tx_ret" else set(),
                lake.storage)

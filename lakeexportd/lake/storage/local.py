@@ -275,7 +275,7 @@ class LocalStorage:
         finally:
             for leftover in (path, path.with_name(path.name + ".lock")):
                 with contextlib.suppress(OSError):
-                    os.unlink(leftover)
+                    self.delete(leftover)
         return problems
 
     # -- locks ------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ operator (or the daemon) should do about it::
      |    +-- KsqlDBRequestError     ksqlDB refused the statement (4xx with error_code/message)
      |    +-- SchemaError            unsupported type, or an incompatible schema change
      |    +-- LakeStateError         the lake on disk is not what the metadata says
+     |         +-- CommitOutcomeUnknown  a commit's answer was lost and could not be read back
      |    +-- RejectedValueError     a row holds a value its column's type cannot keep exactly
      +-- TransientError         retry within the run, then wait for the next tick (exit 75)
           +-- KsqlDBUnavailable      connection failure, timeout, 429 or 5xx after the retries
@@ -136,6 +137,12 @@ class RejectedValueError(FeedError):
 
 class LakeStateError(FeedError):
     """Files in the lake disagree with what lakeexportd expects (corrupt metadata, stray paths)."""
+
+
+class CommitOutcomeUnknown(LakeStateError):
+    """A ``_metadata.json`` commit failed in a way that may still have landed (or land late),
+    and reading it back failed too: the run keeps its data files for the next run, whose load
+    sees whichever document is there and whose cleanup judges them by it."""
 
 
 class KsqlDBUnavailable(TransientError):

@@ -20,7 +20,13 @@ import pyarrow as pa
 import structlog
 
 from lakeexportd.config.model import Feed
-from lakeexportd.errors import ExportAborted, LakeExportError, RejectedValueError, SchemaError
+from lakeexportd.errors import (
+    CommitOutcomeUnknown,
+    ExportAborted,
+    LakeExportError,
+    RejectedValueError,
+    SchemaError,
+)
 from lakeexportd.failpoints import failpoint
 from lakeexportd.ksqldb import sql
 from lakeexportd.ksqldb.client import KsqlDBClient
@@ -134,8 +140,10 @@ class Run:
                 result = self._table(doc)
         except BaseException as exc:
             # Whatever a failed run left (temps a sink could not remove, files renamed before a
-            # failed commit) goes now, under the lock, rather than at the next run.
-            self._remove_unlisted()
+            # failed commit) goes now, under the lock, rather than at the next run; unless its
+            # commit may still land: then the next run judges the files by what is committed.
+            if not isinstance(exc, CommitOutcomeUnknown):
+                self._remove_unlisted()
             self._record_failure(doc, exc)
             raise
         return dataclasses.replace(result, orphans_removed=len(removed))

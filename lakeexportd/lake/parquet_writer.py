@@ -200,7 +200,7 @@ class ParquetFile:
             try:
                 writer.write_table(table, row_group_size=max(table.num_rows, 1))
             except (OSError, pa.ArrowException) as exc:
-                raise LakeStateError(f"cannot write {self.path}: {exc}") from exc
+                raise self._failed("write", exc) from exc
             failpoint(f"{self._prefix}.after_row_group")
 
         if self._background is None:
@@ -225,8 +225,15 @@ class ParquetFile:
                 self._storage.sync_file(self.path)
                 failpoint(f"{self._prefix}.after_file_fsync")
             except (OSError, pa.ArrowException) as exc:
-                raise LakeStateError(f"cannot finish {self.path}: {exc}") from exc
+                raise self._failed("finish", exc) from exc
         return self._storage.size(self.path)
+
+    def _failed(self, what: str, exc: BaseException) -> LakeStateError:
+        return LakeStateError(
+            f"cannot {what} {self._storage.show(self.path)}: {exc} (nothing of this run is "
+            "published; the next run writes these rows again once the lake's storage takes "
+            "writes)"
+        )
 
     def _close_sink(self, *, abort: bool = False) -> None:
         """Close the file under the writer (a writer given an open file leaves it open);

@@ -14,12 +14,13 @@ query, skips its first ``skip`` matches and acts on the next ``times`` ones:
 - ``land_then_answer``: forward the request, then reply ``status`` and ``body`` instead of
   the server's answer (a gateway error after the write landed: the client retries);
 - ``land_then_cut``: forward the request, then close the connection at once;
-- ``late``: hold the request until the client gives up, then forward it (the write lands
-  after its writer stopped waiting);
+- ``late``: hold the request until the client gives up (and ``gate`` is set, if given), then
+  forward it (the write lands after its writer stopped waiting);
 - ``hook``: forward as is; ``hook()`` (say, another writer replacing an object on the
   server, or new rules added) is called before a rule of any action forwards its request.
 
-Each rule counts what it matched and what it did (``Rule.fired``), and the proxy keeps every
+Each rule counts what it matched and what it did (``Rule.fired``; ``answered`` holds the
+server's statuses for what it forwarded, ``forwarded`` is set then), and the proxy keeps every
 request line it saw (``FaultProxy.seen``), so a test asserts that its fault really happened.
 Bodies pass through with ``Content-Length`` or ``Transfer-Encoding: chunked`` as sent, and
 connections are kept alive on both sides (obstore pools them).
@@ -90,8 +91,11 @@ class Rule:
     headers: dict[str, str] = field(default_factory=dict)
     after_bytes: int = 0  # cut: request body bytes read before the cut
     hook: Callable[[], None] | None = None
+    gate: threading.Event | None = None  # late: after the hang-up, also wait for this
     matched: int = 0
     fired: int = 0
+    forwarded: threading.Event = field(default_factory=threading.Event)  # set once forwarded
+    answered: list[int] = field(default_factory=list)  # the server's statuses, as forwarded
 
     def wants(self, method: str, target: str) -> bool:
         if method != self.method or not re.search(self.path, target):
@@ -147,9 +151,14 @@ class _Handler(BaseHTTPRequestHandler):
             body = self._read_body()
             if rule is not None and rule.action == "late":
                 self._wait_for_hang_up()
+                if rule.gate is not None:
+                    rule.gate.wait(GIVE_UP)
             if rule is not None and rule.hook is not None:
                 rule.hook()
             status, headers, answer = self._forward(method, target, body)
+            if rule is not None:
+                rule.answered.append(status)
+                rule.forwarded.set()
             if rule is not None and rule.action == "land_then_answer":
                 self._answer(rule.status, rule.headers, rule.body)
                 return

@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import datetime as dt
 import errno
+import threading
 from pathlib import Path, PurePath
 from typing import Any
 
 import pytest
+from faultproxy import FaultProxy, Rule
+from objectstores import Bucket
 from structlog.testing import capture_logs
 
 from lakeexportd.errors import CommitOutcomeUnknown, LakeStateError
@@ -216,3 +219,50 @@ def test_on_local_disk_a_failed_commit_is_not_published_again(tmp_path: Path) ->
     other.commit(tmp_path, _doc("intruder", 5000))
     with pytest.raises(LakeStateError, match="changed since it was loaded"):
         meta.commit(tmp_path, _doc("r2", 2000))
+
+
+@pytest.mark.parametrize(("kind", "order"), [
+    ("s3", "race"), ("s3", "late_refuses_the_second"),
+    ("azure", "late_refuses_the_second"), ("azure", "second_refuses_the_late"),
+])
+def test_on_real_servers_a_commit_landing_late_is_settled_once(
+    kind: str, order: str, request: pytest.FixtureRequest,
+) -> None:
+    """Through a proxy in front of moto or Azurite, the commit PUT is held until the client
+    gives up (a timeout) and forwarded only then: racing the read-back, or landing between
+    the read-back and the second publish (which the server then refuses), or after the
+    second publish (and the server refuses it). Each way the commit returns, the document is
+    this run's, exactly one PUT of it was accepted, and the next commit goes on from it."""
+    bucket: Bucket = request.getfixturevalue("s3_bucket" if kind == "s3" else "azure_container")
+    with FaultProxy(str(bucket.config["endpoint"])) as proxy:
+        options = {k: str(v) for k, v in bucket.config.items()}
+        options.update(endpoint=proxy.endpoint, allow_http="true", timeout="2s",
+                       max_retries="0")
+        lake = open_lake(f"{bucket.url}/lake", options)
+        feed_dir = Path(lake.root) / "streams" / "tx"
+        meta = md.MetadataStore(lake.storage)
+        assert meta.load(feed_dir) is None
+        meta.commit(feed_dir, _doc("r1", 1000))
+        path = r"/lake/streams/tx/_metadata\.json"
+        gate = None if order == "race" else threading.Event()
+        late = Rule("PUT", path, "late", gate=gate)
+        second = Rule("PUT", path, "hook")
+        if order == "late_refuses_the_second":  # the second publish lets the late one land first
+            second.hook = lambda: (gate.set(), late.forwarded.wait(10))  # type: ignore[union-attr]
+        proxy.add(late, second)
+        with capture_logs() as logs:
+            meta.commit(feed_dir, _doc("r2", 2000))
+        if gate is not None:
+            gate.set()  # second_refuses_the_late: only now does the late PUT go to the server
+        assert late.forwarded.wait(10) and late.fired == 1
+        assert [e["event"] for e in logs] == ["metadata.commit_settled"]
+        accepted = [s for s in late.answered + second.answered if s < 300]
+        assert len(accepted) == 1, (late.answered, second.answered)
+        if order == "late_refuses_the_second":
+            assert late.answered[0] < 300 and second.answered == [412]
+        elif order == "second_refuses_the_late":
+            assert second.answered[0] < 300 and late.answered == [412]
+        meta.commit(feed_dir, _doc("r3", 3000))
+        direct = {k: str(v) for k, v in bucket.config.items()} | {"allow_http": "true"}
+        doc = md.MetadataStore(open_lake(f"{bucket.url}/lake", direct).storage).load(feed_dir)
+        assert doc is not None and doc.exports[-1].run_id == "r3"

@@ -130,11 +130,15 @@ class _Handler(BaseHTTPRequestHandler):
     def setup(self) -> None:
         super().setup()
         self.upstream: http.client.HTTPConnection | None = None
+        self.server.proxy.opened(self.connection)
 
     def finish(self) -> None:
         if self.upstream is not None:
             self.upstream.close()
-        super().finish()
+        try:
+            super().finish()
+        finally:
+            self.server.proxy.closed(self.connection)
 
     def _relay(self) -> None:
         proxy = self.server.proxy
@@ -183,14 +187,14 @@ class _Handler(BaseHTTPRequestHandler):
             while True:
                 size_line = self.rfile.readline()
                 size = int(size_line.split(b";")[0].strip() or b"0", 16)
+                if size == 0:
+                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                        pass  # trailers, up to the empty line that ends the body
+                    return chunks
                 data = self.rfile.read(size)
                 self.rfile.readline()
                 if limit is not None and sum(map(len, chunks)) + size >= limit:
                     raise _Cut
-                if size == 0:
-                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
-                        pass  # trailers
-                    return chunks
                 chunks.append(data)
         length = int(self.headers.get("Content-Length", "0"))
         if limit is not None:
@@ -278,6 +282,7 @@ class FaultProxy:
         self.rules: list[Rule] = []
         self.seen: list[tuple[str, str]] = []
         self._guard = threading.Lock()
+        self._open: set[socket.socket] = set()  # client connections being served
         self._server = _Server(("127.0.0.1", 0), _Handler)
         self._server.proxy = self
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True,
@@ -314,7 +319,30 @@ class FaultProxy:
         self._thread.start()
         return self
 
+    def opened(self, connection: socket.socket) -> None:
+        with self._guard:
+            self._open.add(connection)
+
+    def closed(self, connection: socket.socket) -> None:
+        with self._guard:
+            self._open.discard(connection)
+
     def __exit__(self, *exc: object) -> None:
+        """Stop accepting, hang up on kept-alive clients, and wait for their handlers to
+        close their upstream connections (no socket is left to the garbage collector)."""
         self._server.shutdown()
         self._server.server_close()
         self._thread.join(timeout=10)
+        with self._guard:
+            still_open = list(self._open)
+        for connection in still_open:
+            try:
+                connection.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        end = time.monotonic() + 10
+        while time.monotonic() < end:
+            with self._guard:
+                if not self._open:
+                    return
+            time.sleep(0.01)

@@ -19,6 +19,7 @@ import pytest
 
 from lakeexportd.errors import ConfigError, LakeStateError
 from lakeexportd.lake import layout
+from lakeexportd.lake.locking import FeedLock
 from lakeexportd.lake.metadata import MetadataStore
 from lakeexportd.lake.metadata_codec import decode, encode
 from lakeexportd.lake.metadata_model import (
@@ -262,3 +263,48 @@ def test_the_codec_keeps_file_tiers_and_reads_documents_without_them() -> None:
     assert isinstance(old, StreamMetadata)
     assert [f.tier for f in old.partitions[0].files] == [None, None]
     assert old.bytes_per_tier() == {None: 12}
+
+
+def test_an_export_waiting_on_the_feed_lock_is_never_disturbed() -> None:
+    """While a batch holds the feed's lock, an export of the same feed waits for it (seen by
+    its lock's first poll); it then appends today's file and commits; the tiering run goes on
+    from the fresh document: the new file is kept, in the default class, and the old days
+    move."""
+    storage, root = memory_lake()
+    feed_dir, _ = build(storage, root, [9, 8, 0], files_per_day=1)
+    waiting, committed = threading.Event(), threading.Event()
+    today = layout.day_partition(NOW.date())
+    name = "data_20261206_130000.parquet"
+
+    def poll(seconds: float) -> None:
+        waiting.set()
+        threading.Event().wait(seconds)
+
+    def export() -> None:
+        with FeedLock(feed_dir, feed="tx", wait=30, storage=storage, sleep=poll):
+            store = MetadataStore(storage)
+            doc = store.load(feed_dir)
+            assert isinstance(doc, StreamMetadata) and doc.watermark_ms is not None
+            storage.publish(feed_dir / today / name, b"today's rows", file_mode=0o640)
+            store.commit(feed_dir, with_stream_files(doc, [WrittenFile(today, name, 1, 12)],
+                                                     watermark_ms=doc.watermark_ms + 1))
+        committed.set()
+
+    appender = threading.Thread(target=export)
+
+    def progress(partition: str, entry: FileEntry) -> None:
+        if not appender.is_alive() and not committed.is_set():
+            appender.start()  # the first batch holds the lock now
+            assert waiting.wait(10), "the export never found the feed locked"
+
+    result = Tierer(storage, root, lock_wait=30, batch_files=1).tier(
+        "tx", "STANDARD_IA", after_days=2, timezone="UTC", now=NOW, progress=progress)
+    appender.join(10)
+    assert committed.is_set() and result.files == 2
+    doc = listed(storage, feed_dir)
+    assert {p.path: p.tier for p in doc.partitions} == {
+        layout.day_partition(days_ago(9)): "STANDARD_IA",
+        layout.day_partition(days_ago(8)): "STANDARD_IA", today: None}
+    assert [f.name for f in doc.partitions[-1].files] == ["data_20261206_120000.parquet", name]
+    assert classes(storage, feed_dir)[f"{today}/{name}"] is None
+    assert storage.read_bytes(feed_dir / today / name) == b"today's rows"

@@ -20,6 +20,7 @@ import datetime as dt
 import sys
 import time
 
+from lakeexportd.audit.text_table import human_bytes
 from lakeexportd.cli.export import _SEVERITY, _select, _UsageError
 from lakeexportd.cli.options import add_config_argument, plain
 from lakeexportd.config.load import default_config_path, load_config
@@ -28,7 +29,7 @@ from lakeexportd.errors import EX_OK, EX_USAGE, LakeExportError
 from lakeexportd.lake import layout
 from lakeexportd.lake.configured import lake_of
 from lakeexportd.lake.metadata_model import FileEntry
-from lakeexportd.lake.tiering import Tierer, TierResult, describe_tiers
+from lakeexportd.lake.tiering import Tierer, TierResult, shown_tier
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -59,8 +60,8 @@ class _Progress:
         now = time.monotonic()
         if self.tty and now - self._last >= 0.2:
             self._last = now
-            sys.stderr.write(f"\r  tier {self.feed}: {self.files} files, "
-                             f"{self.bytes / 1_048_576:.1f} MiB rewritten ({partition}) ")
+            sys.stderr.write(f"\r  tier {self.feed}: {_count(self.files, 'file')}, "
+                             f"{human_bytes(self.bytes)} rewritten ({partition}) ")
             sys.stderr.flush()
 
     def done(self) -> None:
@@ -69,18 +70,24 @@ class _Progress:
             sys.stderr.flush()
 
 
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}{'' if number == 1 else 's'}"
+
+
 def report(result: TierResult) -> list[str]:
     """The lines printed for one feed's run."""
     verb = "would move" if result.dry_run else "moved"
     lines = []
     for move in result.moves:
-        lines.append(f"  {move.partition}: {len(move.files)} files, "
-                     f"{move.size_bytes / 1_048_576:.1f} MiB, {move.from_tiers} -> "
+        lines.append(f"  {move.partition}: {_count(len(move.files), 'file')}, "
+                     f"{human_bytes(move.size_bytes)}, {move.from_tiers} -> "
                      f"{result.storage_class}")
     partitions = len({m.partition for m in result.moves})
-    summary = (f"tier {result.feed}: {verb} {partitions} partitions, {result.files} files, "
-               f"{result.size_bytes / 1_048_576:.1f} MiB to {result.storage_class}; "
-               f"{'then' if result.dry_run else 'now'} {describe_tiers(result.bytes_per_tier)}")
+    tiers = sorted(result.bytes_per_tier.items(), key=lambda t: (t[0] is not None, t[0] or ""))
+    summary = (f"tier {result.feed}: {verb} {_count(partitions, 'partition')}, "
+               f"{_count(result.files, 'file')}, {human_bytes(result.size_bytes)} to "
+               f"{result.storage_class}; {'then' if result.dry_run else 'now'} "
+               + (", ".join(f"{shown_tier(t)} {human_bytes(n)}" for t, n in tiers) or "empty"))
     if result.stopped:
         summary += " (stopped by shutdown; the next run goes on)"
     if result.dry_run:

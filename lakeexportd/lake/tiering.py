@@ -232,13 +232,3 @@ def _after(doc: StreamMetadata, plan: list[Move], storage_class: str) -> dict[st
             out[f.tier] -= f.size_bytes
             out[storage_class] = out.get(storage_class, 0) + f.size_bytes
     return {tier: size for tier, size in out.items() if size}
-
-
-def describe_tiers(bytes_per_tier: dict[str | None, int]) -> str:
-    """``default 1.2 MiB, STANDARD_IA 30.5 MiB`` (default first)."""
-    order = sorted(bytes_per_tier, key=lambda t: (t is not None, t or ""))
-    return ", ".join(f"{shown_tier(t)} {_mib(bytes_per_tier[t])}" for t in order) or "empty"
-
-
-def _mib(size: int) -> str:
-    return f"{size / 1_048_576:.1f} MiB"

@@ -168,6 +168,8 @@ def test_tier_moves_old_days_in_place_and_readers_keep_reading(
     assert_exactly_once(read_every_object(lake), truth)
     assert_consistent(Path(lake.root), "stream", "tx", lake.storage)
 
+    if kind == "azure":
+        return  # what metadata prints does not depend on the store: shown once, on S3
     shown = cli(env, "metadata", "show", "tx", "-c", str(config), "--json")
     assert shown.returncode == 0, shown.stderr
     sizes = {k: lake.storage.size(Path(lake.root) / "streams/tx" / k) for k in before}
@@ -245,13 +247,18 @@ def test_tier_and_export_of_the_same_feed_at_once_both_succeed_without_disturbin
 
 
 def test_tier_refuses_a_feed_without_tiering_and_says_what_to_add(
-    sandbox: Sandbox, tmp_path: Path, s3_bucket: Bucket,
+    sandbox: Sandbox, tmp_path: Path, s3_bucket: Bucket, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
+    """The CLI's function in process: a named feed without tiering is a usage error (2)."""
+    from lakeexportd import cli as main_cli
+
     config, env, _ = setup("s3", s3_bucket, sandbox, tmp_path)
     text = config.read_text().replace("tiering: {after: 2d, class: STANDARD_IA}", "")
     config.write_text(text.replace("max_rows_per_file: 150,", "max_rows_per_file: 150"))
-    done = cli(env, "tier", "-c", str(config), "tx")
-    assert done.returncode == 2
-    assert "feed 'tx' has no `tiering:`; add `tiering: {after: 30d, class: ...}`" in done.stderr
-    every = cli(env, "tier", "-c", str(config))
-    assert every.returncode == 0 and "no feed has `tiering:`; nothing to do" in every.stdout
+    monkeypatch.setenv("LAKE_SECRET", env["LAKE_SECRET"])
+    assert main_cli.main(["tier", "-c", str(config), "tx"]) == 2
+    assert "feed 'tx' has no `tiering:`; add `tiering: {after: 30d, class: ...}`" in \
+        capsys.readouterr().err
+    assert main_cli.main(["tier", "-c", str(config)]) == 0
+    assert "no feed has `tiering:`; nothing to do" in capsys.readouterr().out

@@ -9,7 +9,6 @@ metrics, and never raises an ``Exception`` into the scheduler.
 from __future__ import annotations
 
 import datetime as dt
-import logging
 import threading
 import time
 from collections.abc import Callable
@@ -21,7 +20,7 @@ from lakeexportd.errors import LakeExportError
 from lakeexportd.lake import layout
 from lakeexportd.lake.tiering import Tierer, shown_tier
 from lakeexportd.service.metrics import Metrics, Result
-from lakeexportd.service.runs import classify
+from lakeexportd.service.runs import _LEVELS, classify
 
 log = structlog.get_logger(__name__)
 
@@ -29,12 +28,6 @@ TIER_EVERY = 86_400.0
 """The daemon tiers each feed with ``tiering`` once a day."""
 TIER_FIRST_DELAY = 60.0
 """... the first time this many seconds after the feed is scheduled (its export goes first)."""
-
-_LEVELS: dict[Result, int] = {
-    "skipped": logging.INFO, "aborted": logging.INFO, "transient": logging.WARNING,
-    "failed": logging.ERROR, "success": logging.INFO,
-}
-
 
 def run_tiering(
     tierer: Tierer, feed: Feed, now: dt.datetime, *, cancel: threading.Event, metrics: Metrics,

@@ -153,7 +153,11 @@ class Tierer:
             while not result.stopped:
                 with lock:
                     doc = store.load(feed_dir)
-                    assert isinstance(doc, StreamMetadata)
+                    if not isinstance(doc, StreamMetadata):
+                        raise LakeStateError(
+                            f"feed {feed!r}: {self.storage.show(feed_dir)}/_metadata.json "
+                            "went away during tiering; nothing more was moved. Restore it, "
+                            f"or rebuild it with `lakeexportd repair --rebuild {feed}`")
                     done, more = self._batch(doc, move.partition, storage_class, feed_dir,
                                              progress, cancel)
                     if done:

@@ -39,7 +39,9 @@ from lakeexportd.lake.metadata_update import with_file_tiers
 from lakeexportd.lake.storage import PreconditionFailed, Storage
 
 BATCH_FILES = 50
-BATCH_BYTES = 1024 * 1024 * 1024
+BATCH_BYTES = 256 * 1024 * 1024
+"""A batch holds the feed lock while it rewrites: small enough that an export waiting for the
+lock (scheduler.lock_wait, 10s by default) usually gets it."""
 DEFAULT_TIER = "default"
 """How the store's default class (S3 STANDARD, Azure Hot or the account's) is shown."""
 

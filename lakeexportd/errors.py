@@ -20,6 +20,9 @@ operator (or the daemon) should do about it::
           +-- FeedLocked             another writer holds the feed's lock
           +-- ExportAborted          shutdown stopped the run before it published anything
 
+``StoreUnreachable`` is no ``LakeExportError`` but the ``OSError`` the storage seam raises when
+an object store does not answer; whatever error it causes is a passing one (``exit_code``).
+
 Messages name the thing, the value and the fix. Foreign errors (httpx, OSError, Arrow) are
 translated with ``raise ... from exc`` in the one module that meets them.
 """
@@ -31,6 +34,45 @@ EX_FAILED = 1
 EX_USAGE = 2
 EX_TEMPFAIL = 75
 EX_CONFIG = 78
+
+
+class StoreUnreachable(OSError):
+    """The store did not answer, or kept failing through its client's retries (connection
+    refused or cut, timeouts, 5xx, throttling): a passing condition, not a broken lake."""
+
+
+def unreachable_cause(exc: BaseException) -> StoreUnreachable | None:
+    """The ``StoreUnreachable`` behind ``exc`` (itself, or in its chain of causes), if any."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, StoreUnreachable):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
+
+
+def store_error(doing: str, exc: OSError) -> LakeExportError:
+    """``exc``, met while ``doing`` (\"cannot read X\"), as the error to raise: a store that did
+    not answer is passing (``StoreUnavailable``, try again), anything else a ``LakeStateError``."""
+    if isinstance(exc, StoreUnreachable):
+        return StoreUnavailable(
+            f"{doing}: the store did not answer ({exc.strerror}); nothing was changed by this. "
+            "The daemon tries again at the feed's next run; a command can be run again once the "
+            "store answers (`lakeexportd check-store` tests it; check lake.storage's endpoint "
+            "and the network)"
+        )
+    return LakeStateError(f"{doing}: {exc}")
+
+
+def exit_code(exc: BaseException) -> int:
+    """The exit code for ``exc``: its own, but 75 (try again) when an unreachable store caused
+    it, since the same command succeeds once the store answers; refused configs stay 78."""
+    code = exc.exit_code if isinstance(exc, LakeExportError) else EX_FAILED
+    if code != EX_CONFIG and unreachable_cause(exc) is not None:
+        return EX_TEMPFAIL
+    return code
 
 
 class LakeExportError(Exception):

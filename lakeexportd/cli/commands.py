@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from lakeexportd import __version__
 from lakeexportd.cli.options import add_config_argument
-from lakeexportd.errors import EX_FAILED, EX_OK, LakeExportError
+from lakeexportd.errors import EX_FAILED, EX_OK, LakeExportError, exit_code, unreachable_cause
 from lakeexportd.lake.parquet_writer import use_lean_arrow_memory
 
 if TYPE_CHECKING:
@@ -85,7 +85,7 @@ def _check_sources(loaded: Config) -> int:
                 actual = client.describe(feed.source).kind
             except TransientError as exc:
                 print(f"validate --source: {exc}", file=sys.stderr)
-                return exc.exit_code
+                return exit_code(exc)
             except FeedError as exc:
                 print(f"feed {feed.name!r}: {exc}", file=sys.stderr)
                 worst = EX_FAILED
@@ -110,7 +110,8 @@ def _add_export(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         help="export feeds now (one run each), then exit",
         description="Run one export of each named feed (or --all enabled feeds) now. Shows "
         "progress on a terminal; exits 0 if all succeeded, 1 if one failed, 75 if one was "
-        "locked by another process or ksqlDB was unavailable, 78 on a configuration error.",
+        "locked by another process or ksqlDB or the lake's store did not answer, 78 on a "
+        "configuration error.",
     )
     cli_export.add_export_arguments(export)
     export.set_defaults(handler=cli_export.run_export)
@@ -205,7 +206,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return handler(args)
     except LakeExportError as exc:
         print(f"lakeexportd: error: {exc}", file=sys.stderr)
-        return exc.exit_code
+        return exit_code(exc)
+    except OSError as exc:  # a store or disk error no layer below put into words
+        if unreachable_cause(exc) is not None:
+            print(f"lakeexportd: error: the lake's store did not answer ({exc}); run the "
+                  "command again once it does (`lakeexportd check-store` tests the store; "
+                  "check lake.storage's endpoint and the network)", file=sys.stderr)
+        else:
+            print(f"lakeexportd: error: {exc}", file=sys.stderr)
+        return exit_code(exc)
     except KeyboardInterrupt:
         return EX_FAILED
 

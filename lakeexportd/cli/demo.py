@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 
 from lakeexportd.config.load import load_config
 from lakeexportd.config.model import Config
-from lakeexportd.errors import EX_FAILED, LakeExportError
+from lakeexportd.errors import EX_FAILED, LakeExportError, exit_code
 
 REPO = Path(__file__).resolve().parents[2]
 DEMO_CONFIG = REPO / "etc" / "demo.yaml"
@@ -60,7 +60,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = load_config(args.config)
     except LakeExportError as exc:
         print(f"demo: error: {exc}", file=sys.stderr)
-        return exc.exit_code
+        return exit_code(exc)
     port = sandbox_port(config)
     for host, number, what in (("127.0.0.1", port, "the sandbox ksqlDB (ksqldb.url)"),
                                (config.metrics.host, config.metrics.port,

@@ -22,7 +22,9 @@ from lakeexportd.errors import (
     EX_OK,
     EX_TEMPFAIL,
     EX_USAGE,
+    FeedLocked,
     LakeExportError,
+    exit_code,
 )
 from lakeexportd.export.exporter import DataLakeExporter, ExportResult, exporter_from_config
 from lakeexportd.feeds.manager import FeedManager
@@ -159,8 +161,8 @@ def run_export(args: argparse.Namespace) -> int:
                 result = exporter.export(feed, dt.datetime.now(dt.UTC), progress=progress)
             except LakeExportError as exc:
                 progress.done()
-                code = exc.exit_code
-                kind = "skipped" if code == EX_TEMPFAIL else "failed"
+                code = exit_code(exc)
+                kind = "skipped" if isinstance(exc, FeedLocked) else "failed"
                 print(f"export {feed.name}: {kind}: {exc}", file=sys.stderr)
                 worst = max(worst, code, key=_SEVERITY.__getitem__)
                 continue
@@ -197,7 +199,7 @@ def run_repair(args: argparse.Namespace) -> int:
                 removed = exporter.repair(feed, dry_run=args.dry_run)
             except LakeExportError as exc:
                 print(f"repair {feed.name}: failed: {exc}", file=sys.stderr)
-                worst = max(worst, exc.exit_code, key=_SEVERITY.__getitem__)
+                worst = max(worst, exit_code(exc), key=_SEVERITY.__getitem__)
                 continue
             verb = "would remove" if args.dry_run else "removed"
             print(f"repair {feed.name}: {verb} {len(removed)} unlisted files")
@@ -221,7 +223,7 @@ def _rebuild(exporter: DataLakeExporter, feeds: list[Feed], *, dry_run: bool, ye
             rebuilt = exporter.rebuild(feed, confirm=confirm)
         except LakeExportError as exc:
             print(f"repair {feed.name}: failed: {exc}", file=sys.stderr)
-            worst = max(worst, exc.exit_code, key=_SEVERITY.__getitem__)
+            worst = max(worst, exit_code(exc), key=_SEVERITY.__getitem__)
             continue
         if rebuilt is not None:
             print(f"repair {feed.name}: wrote _metadata.json ({rebuilt.files} files listed)")
@@ -290,7 +292,7 @@ def run_backfill(args: argparse.Namespace) -> int:
         result = exporter.backfill(feed, window, dt.datetime.now(dt.UTC), confirm=confirm)
     except LakeExportError as exc:
         print(f"backfill {feed.name}: failed: {exc}", file=sys.stderr)
-        return exc.exit_code
+        return exit_code(exc)
     finally:
         exporter.client.close()
     if result is None:

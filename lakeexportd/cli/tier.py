@@ -25,7 +25,7 @@ from lakeexportd.cli.export import _SEVERITY, _select, _UsageError
 from lakeexportd.cli.options import add_config_argument, plain
 from lakeexportd.config.load import default_config_path, load_config
 from lakeexportd.config.model import Feed
-from lakeexportd.errors import EX_OK, EX_USAGE, LakeExportError
+from lakeexportd.errors import EX_OK, EX_USAGE, LakeExportError, exit_code
 from lakeexportd.lake import layout
 from lakeexportd.lake.configured import lake_of
 from lakeexportd.lake.metadata_model import FileEntry
@@ -130,7 +130,7 @@ def run(args: argparse.Namespace) -> int:
         except LakeExportError as exc:
             progress.done()
             print(f"tier {feed.name}: failed: {exc}", file=sys.stderr)
-            worst = max(worst, exc.exit_code, key=_SEVERITY.__getitem__)
+            worst = max(worst, exit_code(exc), key=_SEVERITY.__getitem__)
             continue
         progress.done()
         print("\n".join(report(result)))

@@ -27,7 +27,7 @@ from lakeexportd.audit.report import MetadataReader
 from lakeexportd.cli.options import add_config_argument, plain
 from lakeexportd.config.load import default_config_path, load_config
 from lakeexportd.config.model import Config, Feed
-from lakeexportd.errors import EX_CONFIG, EX_FAILED, EX_OK, EX_TEMPFAIL, LakeExportError
+from lakeexportd.errors import EX_CONFIG, EX_FAILED, EX_OK, EX_TEMPFAIL, LakeExportError, exit_code
 from lakeexportd.feeds.registry import RegistryFiles, UnknownFeed, check_name
 from lakeexportd.ksqldb.client import KsqlDBClient, client_from_settings
 from lakeexportd.lake import layout
@@ -130,7 +130,7 @@ def _check(lake: ConfiguredLake, name: str, kind: layout.Kind, feed: Feed | None
             problems += list(checked.mismatches) if checked else []
     except LakeExportError as exc:
         say(f"{name}: {exc}")
-        out.update(exit=exc.exit_code, note=str(exc))
+        out.update(exit=exit_code(exc), note=str(exc))
         return out
     except (OSError, pa.ArrowException) as exc:  # one feed's unreadable file: report, go on
         say(f"{name}: cannot read the lake ({type(exc).__name__}: {exc})")

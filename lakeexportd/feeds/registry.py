@@ -24,7 +24,7 @@ from lakeexportd.config import build as config_build
 from lakeexportd.config.durations import format_duration
 from lakeexportd.config.model import BUILTIN, FEED_NAME, Feed, FeedDefaults, Tiering
 from lakeexportd.config.reader import Node
-from lakeexportd.errors import EX_USAGE, ConfigError, FeedError, LakeStateError
+from lakeexportd.errors import EX_USAGE, ConfigError, FeedError, LakeStateError, store_error
 from lakeexportd.lake import layout
 from lakeexportd.lake.locking import Lock
 from lakeexportd.lake.storage import LOCAL, Storage
@@ -266,7 +266,13 @@ class RegistryFiles:
     def names(self) -> list[str]:
         names: set[str] = set()
         for directory in (self.active, self.archived):
-            names.update(e.path.stem for e in self.storage.list_dir(directory)
+            try:
+                listed = self.storage.list_dir(directory)
+            except OSError as exc:
+                raise store_error(
+                    f"cannot list the feed registry {self.storage.show(directory)}", exc
+                ) from exc
+            names.update(e.path.stem for e in listed
                          if not e.is_dir and e.name.endswith(".json")
                          and FEED_NAME.fullmatch(e.path.stem))
         return sorted(names)

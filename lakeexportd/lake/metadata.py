@@ -18,7 +18,12 @@ from pathlib import Path
 
 import structlog
 
-from lakeexportd.errors import CommitOutcomeUnknown, LakeStateError
+from lakeexportd.errors import (
+    CommitOutcomeUnknown,
+    LakeStateError,
+    StoreUnreachable,
+    store_error,
+)
 from lakeexportd.lake import layout
 from lakeexportd.lake.metadata_codec import check_table, decode, encode, from_json, to_json
 from lakeexportd.lake.metadata_model import (
@@ -83,6 +88,11 @@ class MetadataStore:
         try:
             signature = self.storage.signature(path)
             doc = None if signature is None else decode(self.storage.read_bytes(path))
+        except StoreUnreachable as exc:
+            with self._guard:
+                self._seen.pop(path, None)
+            raise store_error(f"feed {feed_dir.name!r}: cannot read {self.storage.show(path)}",
+                              exc) from exc
         except (OSError, ValueError, TypeError, AttributeError) as exc:
             with self._guard:
                 self._seen.pop(path, None)

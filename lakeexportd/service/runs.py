@@ -25,6 +25,7 @@ from lakeexportd.errors import (
     LakeExportError,
     RejectedValueError,
     TransientError,
+    unreachable_cause,
 )
 from lakeexportd.export.exporter import ExportResult, Progress, new_run_id
 from lakeexportd.lake import layout
@@ -56,7 +57,7 @@ def classify(exc: BaseException) -> Result:
         return "skipped"
     if isinstance(exc, ExportAborted):
         return "aborted"
-    if isinstance(exc, TransientError):
+    if isinstance(exc, TransientError) or unreachable_cause(exc) is not None:
         return "transient"
     return "failed"
 

@@ -162,3 +162,33 @@ def test_check_store_refuses_a_store_that_ignores_conditional_writes_in_process(
     err = capsys.readouterr().err
     assert "the lake store memory:///lake cannot hold exactly-once" in err
     assert "create-if-absent is ignored" in err and "If-Match is ignored" in err
+
+
+COMMANDS_THAT_READ_THE_LAKE = (
+    ("status",), ("files", "tx"), ("metadata", "list"), ("feeds", "list"), ("verify",),
+    ("export", "--all"), ("repair",),
+)
+
+
+@pytest.mark.parametrize("kind", ["s3", "azure"])
+def test_a_store_that_does_not_answer_is_a_clear_exit_75_for_every_command(
+    kind: str, sandbox: Sandbox, tmp_path: Path, request: pytest.FixtureRequest,
+) -> None:
+    """Nothing listens at the endpoint: each command says the store did not answer, names it,
+    exits 75 (try again) and prints no traceback."""
+    from objectstores import free_port
+
+    bucket: Bucket = request.getfixturevalue("s3_bucket" if kind == "s3" else "azure_container")
+    config, env, _ = setup(kind, bucket, sandbox, tmp_path)
+    dead = f"http://127.0.0.1:{free_port()}"
+    if kind == "azure":
+        dead += f"/{bucket.config['account_name']}"
+    text = config.read_text().replace(str(bucket.config["endpoint"]), dead)
+    config.write_text(text.replace("allow_http: true", "allow_http: true, max_retries: 0"))
+    for command in COMMANDS_THAT_READ_THE_LAKE:
+        args = [*command, "-c", str(config)]
+        done = cli(env, *args)
+        assert done.returncode == 75, (args, done.stdout, done.stderr)
+        assert "Traceback" not in done.stderr, (args, done.stderr)
+        assert "did not answer" in done.stderr, (args, done.stderr)
+        assert bucket.url in done.stderr, (args, done.stderr)

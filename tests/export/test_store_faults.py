@@ -48,7 +48,13 @@ from faultproxy import (
 from lakecheck import NOW, assert_consistent, assert_exactly_once, feed, read_listed
 from objectstores import Bucket
 
-from lakeexportd.errors import EX_FAILED, EX_OK, CommitOutcomeUnknown, LakeExportError
+from lakeexportd.errors import (
+    EX_FAILED,
+    EX_OK,
+    EX_TEMPFAIL,
+    CommitOutcomeUnknown,
+    LakeExportError,
+)
 from lakeexportd.export.exporter import DataLakeExporter
 from lakeexportd.ksqldb.client import KsqlDBClient
 from lakeexportd.ksqldb.curl_stream import CurlTransport
@@ -194,12 +200,13 @@ def test_a_storm_longer_than_the_retries_fails_the_run_naming_feed_and_store(
     setup: Setup, fault: str,
 ) -> None:
     """Every data upload answered with the store's error (the bursts test covers every kind
-    on both stores; a storm fails alike whatever the kind): the run fails (exit 1), names the
+    on both stores; a storm fails alike whatever the kind): the run fails (exit 75: try again
+    later, the store is not broken), names the
     feed and the object's URL, publishes nothing and leaves no data object; a clean rerun
     then exports every row once."""
     rule, = setup.proxy.add(error_rule("PUT", DATA_PUT, ANSWERS[setup.kind][fault], times=None))
     done = setup.export("tx")
-    assert done.returncode == EX_FAILED, done.stderr
+    assert done.returncode == EX_TEMPFAIL, done.stderr
     assert rule.fired == 3  # the first attempt and max_retries: 2
     line = failure(done, "tx")
     assert f"cannot finish {setup.bucket.url}/lake/streams/tx/year=" in line
@@ -261,7 +268,7 @@ def test_a_lost_commit_answer_with_the_store_unreadable_keeps_the_landed_commit(
     lost, = setup.proxy.add(Rule("PUT", re.escape(f"/{key}"), "lose_answer", skip=1,
                                  hook=lambda: setup.proxy.add(*reads_fail)))
     done = setup.export("tx", retries=0)
-    assert done.returncode == EX_FAILED, done.stderr
+    assert done.returncode == EX_TEMPFAIL, done.stderr  # the store did not answer: try again
     assert lost.fired == 1 and reads_fail[0].fired >= 1
     assert "whether it landed is unknown" in failure(done, "tx")
     setup.proxy.clear()

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePath
 from urllib.parse import unquote, urlsplit
 
-from lakeexportd.errors import ConfigError
+from lakeexportd.errors import ConfigError, StoreUnreachable, unreachable_cause
 from lakeexportd.lake.storage.base import (
     ANY,
     Entry,
@@ -28,8 +28,8 @@ from lakeexportd.lake.storage.local import LocalStorage
 from lakeexportd.lake.storage.object import SCHEMES, ObjectStorage, from_url
 
 __all__ = ["ANY", "LOCAL", "Entry", "Held", "Lake", "LocalStorage", "ObjectStorage",
-           "PreconditionFailed", "Signature", "Storage", "Writable", "open_lake",
-           "open_storage"]
+           "PreconditionFailed", "Signature", "Storage", "StoreUnreachable", "Writable",
+           "open_lake", "open_storage", "unreachable_cause"]
 
 LOCAL = LocalStorage()
 """The local file system (stateless, so one instance serves every lake on disk)."""

@@ -124,7 +124,7 @@ import obstore.exceptions as obx
 import obstore.store
 import pyarrow as pa
 
-from lakeexportd.errors import ConfigError, LakeStateError
+from lakeexportd.errors import ConfigError, LakeStateError, StoreUnreachable
 from lakeexportd.failpoints import failpoint
 from lakeexportd.lake.storage.base import (
     ANY,
@@ -175,6 +175,7 @@ def _scrub(text: str, secrets_: Iterable[str] = ()) -> str:
     and any query string (pre-signed parameters), and masks every configured secret value.
     """
     text = _DEBUG_TAIL.sub("", text).strip()
+    text = re.sub(r"\s*\n\s*", " ", text)  # one line (a store's XML error body has several)
     text = _URL_QUERY.sub(r"\1?<redacted>", text)
     for value in secrets_:
         if len(value) >= 4:
@@ -310,13 +311,20 @@ def _mapped(shown: str, scrub: Callable[[str], str]) -> Iterator[None]:
         # obstore raises the builtin NotImplementedError for a conditional put the store is
         # configured without (S3 with conditional_put: disabled)
         raise OSError(errno.EOPNOTSUPP, scrub(str(exc).split("\n")[0]), shown) from exc
+    except obx.GenericError as exc:
+        # what object_store reports after its retries: refused or cut connections, timeouts,
+        # 5xx and throttling answers
+        raise StoreUnreachable(errno.EIO, scrub(str(exc)), shown) from exc
     except obx.BaseError as exc:
         raise OSError(errno.EIO, scrub(str(exc)), shown) from exc
     except OSError as exc:
         if type(exc) is not OSError or exc.filename is not None:
             raise  # already one of ours
-        # obstore's own IOErrors (a writer closed twice, ...)
-        raise OSError(exc.errno or errno.EIO, scrub(str(exc)), shown) from exc
+        # obstore's own IOErrors: a writer closed twice, ..., or (from a WritableFile) the
+        # store's answer after the client's retries, which object_store calls "Generic"
+        unreachable = str(exc).startswith("Generic ")
+        raise (StoreUnreachable if unreachable else OSError)(
+            exc.errno or errno.EIO, scrub(str(exc)), shown) from exc
 
 
 @dataclass(frozen=True)

@@ -76,6 +76,8 @@ def run(args: argparse.Namespace) -> int:
             "lag_s": summary.lag_s if summary else None,
             "next_run": min((s["next_run"] for _, s in scheduled if s["next_run"]), default=None),
             "running": any(s["running"] for _, s in scheduled),
+            # a daemon whose last run of it was skipped: another daemon or process holds it
+            "standby": [d.pid for d, s in scheduled if s.get("held_elsewhere")],
             "daemons": [d.pid for d, _ in scheduled],
             "error": summary.error if summary else None,
         })
@@ -93,6 +95,9 @@ def run(args: argparse.Namespace) -> int:
          for r in rows],
     ))
     for r in rows:
+        if r["standby"]:
+            pids = ", ".join(str(p) for p in r["standby"])
+            print(f"{r['feed']}: held by another daemon or process; standing by: pid {pids}")
         if r["error"]:
             print(f"{r['feed']}: {r['error']}")
     return EX_OK

@@ -212,8 +212,9 @@ def sweep(
 def remove_own(
     feed_dir: Path, doc: FeedMetadata | None, created: Iterable[Path], *, storage: Storage
 ) -> list[Path]:
-    """Remove the objects of ``created`` (written by this process's failed run) that ``doc``
-    (loaded after the failure) does not list; nothing else, whatever its age."""
+    """Remove the objects of ``created`` that ``doc`` (freshly loaded) does not list: ones
+    this process knows to be its own to remove (a failed run's uploads, the files its own
+    commit dropped); nothing else, whatever its age."""
     listed: set[str] = set()
     if isinstance(doc, StreamMetadata):
         listed = {f"{p.path}/{f.name}" for p in doc.partitions for f in p.files}

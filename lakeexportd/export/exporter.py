@@ -6,7 +6,9 @@ No scheduling, config loading or metrics serving here: the daemon and the CLI bu
 
 A run, under the feed's lock:
 
-1. load ``_metadata.json`` (unreadable: fail, never overwrite) and remove files it does not list;
+1. load ``_metadata.json`` (unreadable: fail, never overwrite) and remove files it does not list
+   (on an object store nothing here: unlisted objects older than ``orphan_grace`` go after
+   the run's own commit, see ``lake.cleanup``);
 2. streams ask for ``ROWTIME > watermark AND ROWTIME <= now - settle_delay``; tables scan;
 3. check the answer's columns against the recorded schema before writing anything;
 4. the sink writes hidden temp files and gives them their final names when the answer is

@@ -1,8 +1,10 @@
 """``lakeexportd status [FEED] [--json]``: what runs on this lake, at a glance.
 
 Per feed: state (registry), last run and its result and lag (``_metadata.json``), next run and
-whether it runs now (asked of each running daemon's ``/status``). On top: the daemons running
-on the lake (``<lake>/.daemons/``), with a warning when there is more than one. Read-only.
+whether it runs now (asked of each running daemon's ``/status``), and which daemons stand by
+for it (their last run found it held by another daemon or process). On top: the daemons
+running on the lake (``<lake>/.daemons/``), with a warning when there is more than one.
+Read-only.
 Exit 0; 2 for an unknown feed; 78 for a bad config.
 """
 

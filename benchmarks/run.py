@@ -12,6 +12,12 @@ the summaries must agree, so no candidate can win by writing less.
     python -m benchmarks.run            # 1M and 5M flat rows (naive at 1M), 200k nested rows
     python -m benchmarks.run --quick    # 200k flat rows only
     python -m benchmarks.run --sizes 1000000 --wires h1 --no-nested
+    python -m benchmarks.run --quick --no-s3
+
+At the smallest flat size over ``h1`` the same export also runs into a bucket on moto's S3
+server (``benchmarks/objectstore.py``): rows/s, upload MB/s (data objects' bytes / export
+time), peak RSS, and what moto itself costs (its CPU seconds, and the same bytes uploaded to
+moto, to a LocalStore and to a MemoryStore).
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.data import flat_body, nested_body
+from benchmarks.objectstore import MotoServer, UploadSplit, download, upload_split
 from benchmarks.server import CannedServer, Framing
 
 RESULTS = Path(__file__).parent / "results"
@@ -53,6 +60,25 @@ class Outcome:
     mb_per_s: float
     files: int
     row_groups: dict[str, int]
+    summary: dict[str, Any]
+
+
+@dataclass
+class S3Outcome:
+    """One export into an S3 bucket on moto; ``vs_local`` is against lakeexportd's h1 line."""
+
+    dataset: str
+    wire: str
+    rows: int
+    seconds: float
+    cpu_seconds: float
+    peak_rss_mb: float
+    rows_per_s: float
+    objects: int
+    object_mb: float
+    upload_mb_per_s: float
+    moto_cpu_seconds: float
+    vs_local: float | None
     summary: dict[str, Any]
 
 
@@ -88,12 +114,14 @@ def run_measured(
     return measured["seconds"], measured["cpu"], measured["maxrss_kib"] / 1024, err
 
 
-def lakeexportd_config(url: str, root: Path, path: Path, http2: bool = False) -> Path:
+def lakeexportd_config(url: str, root: Path, path: Path, http2: bool = False,
+                       lake: str | None = None) -> Path:
+    """A config for the bench feed; ``lake`` replaces the local ``lake:`` section."""
     path.write_text(
         f"ksqldb: {{url: \"{url}\", api: query-stream, max_retries: 0, read_timeout: 600s, "
         f"http2: {str(http2).lower()}}}\n"
-        f"lake: {{root: \"{root}\"}}\n"
-        f"feeds:\n  - {{name: {FEED}, source: BENCH, kind: stream, settle_delay: 0s}}\n"
+        + (lake or f"lake: {{root: \"{root}\"}}\n")
+        + f"feeds:\n  - {{name: {FEED}, source: BENCH, kind: stream, settle_delay: 0s}}\n"
     )
     return path
 
@@ -156,6 +184,76 @@ def run_candidate(name: str, dataset: str, wire: str, rows: int, body: Path, url
                    round(rss, 1),
                    round(rows / seconds), round(size / seconds / 1e6, 1), summary.pop("files"),
                    groups, summary)
+
+
+def run_s3(dataset: str, rows: int, url: str, work: Path, moto: MotoServer, round_: int,
+           local_seconds: float | None, keep: Path | None) -> S3Outcome:
+    """lakeexportd's export of the h1 body into a fresh bucket; the data objects are downloaded
+    (into ``keep`` when given, for ``upload_split``) and summarised like a local output."""
+    bucket = f"bench-{round_}-{time.time_ns()}"
+    moto.create_bucket(bucket)
+    config = lakeexportd_config(url, work, work / "bench-s3.yaml",
+                                lake=moto.lake_yaml(bucket, work / "s3-logs"))
+    argv = [PYTHON, "-m", "lakeexportd", "export", "-c", str(config), FEED]
+    env = {k: v for k, v in os.environ.items() if k != "LAKEEXPORTD_FAILPOINT"} | moto.env()
+    moto_before = moto.cpu_seconds()
+    seconds, cpu, rss, _ = run_measured(argv, env)
+    moto_cpu = moto.cpu_seconds() - moto_before
+    out = keep or work / "s3-download"
+    shutil.rmtree(out, ignore_errors=True)
+    objects, size = download(moto.store(bucket), f"lake/streams/{FEED}", out)
+    summary = summarise(out)
+    summary.pop("row_groups")
+    summary.pop("files")
+    if keep is None:
+        shutil.rmtree(out, ignore_errors=True)
+    return S3Outcome(dataset, "h1", summary["rows"], round(seconds, 3), round(cpu, 2),
+                     round(rss, 1), round(rows / seconds), objects, round(size / 1e6, 1),
+                     round(size / seconds / 1e6, 1), round(moto_cpu, 2),
+                     round(seconds / local_seconds, 2) if local_seconds else None, summary)
+
+
+def bench_s3(dataset: str, rows: int, body: Path, repeat: int, local: Outcome | None
+             ) -> tuple[S3Outcome, UploadSplit]:
+    """The best of ``repeat`` S3 exports, then the upload split of its data objects."""
+    best: S3Outcome | None = None
+    with CannedServer(body, WIRES["h1"]) as server, \
+            tempfile.TemporaryDirectory(prefix="bench-s3-") as tmp, MotoServer(Path(tmp)) as moto:
+        keep = Path(tmp) / "objects"
+        for round_ in range(repeat):
+            o = run_s3(dataset, rows, server.url, Path(tmp), moto, round_,
+                       local.seconds if local else None, keep if round_ == repeat - 1 else None)
+            print(f"  {dataset:<12} h1    lakeexportd s3 {o.seconds:5.2f}s wall "
+                  f"{o.cpu_seconds:7.2f}s cpu {o.peak_rss_mb:7.0f} MB moto cpu "
+                  f"{o.moto_cpu_seconds:.2f}s load {os.getloadavg()[0]:.1f}",
+                  file=sys.stderr, flush=True)
+            if local is not None and (o.rows != rows or o.summary != local.summary):
+                raise SystemExit(f"{dataset}: the S3 export wrote something else than the local "
+                                 f"one:\n{json.dumps(o.summary)}\n{json.dumps(local.summary)}")
+            if best is None or o.seconds < best.seconds:
+                best = o
+        split = upload_split(moto, sorted(keep.rglob("*.parquet")))
+    assert best is not None
+    return best, split
+
+
+def s3_table(o: S3Outcome, split: UploadSplit) -> str:
+    ratio = f"{o.vs_local:.2f}x" if o.vs_local else "n/a"
+    return "\n".join([
+        "| dataset      | wire  | store       |      rows | seconds |    rows/s | upload MB/s "
+        "| peak RSS MB | vs local | objects | object MB | export CPU s | moto CPU s |",
+        "|--------------|-------|-------------|-----------|---------|-----------|-------------"
+        "|-------------|----------|---------|-----------|--------------|------------|",
+        f"| {o.dataset:<12} | {o.wire:<5} | {'s3 (moto)':<11} | {o.rows:>9,} | {o.seconds:>7.2f} "
+        f"| {o.rows_per_s:>9,} | {o.upload_mb_per_s:>11.1f} | {o.peak_rss_mb:>11.0f} "
+        f"| {ratio:>8} | {o.objects:>7} | {o.object_mb:>9.1f} | {o.cpu_seconds:>12.2f} "
+        f"| {o.moto_cpu_seconds:>10.2f} |",
+        "",
+        f"upload alone, the same {split.mb} MB in {o.objects} objects one after the other "
+        "(obstore open_writer, 8 MiB parts, 4 in flight): "
+        f"moto {split.moto_s:.2f} s ({split.mb / split.moto_s:.0f} MB/s), "
+        f"LocalStore {split.local_s:.2f} s, MemoryStore {split.memory_s:.2f} s",
+    ])
 
 
 def check_equal(outcomes: list[Outcome], rows: int) -> None:
@@ -224,6 +322,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="largest N the naive export runs at (it holds every row as "
                              "Python objects)")
     parser.add_argument("--no-nested", action="store_true")
+    parser.add_argument("--no-s3", action="store_true",
+                        help="skip the export into moto's S3 server (smallest size, h1)")
     parser.add_argument("--wires", choices=list(WIRES), nargs="+",
                         help="framings (default: h1 and h2c at every size, large at the "
                              "smallest flat size)")
@@ -232,6 +332,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     sizes = [200_000] if args.quick else (args.sizes or [1_000_000, 5_000_000])
     outcomes: list[Outcome] = []
+    s3: tuple[S3Outcome, UploadSplit] | None = None
     started = time.perf_counter()
     for n in sizes:
         body = flat_body(n)
@@ -245,6 +346,10 @@ def main(argv: list[str] | None = None) -> None:
             flat += bench(f"flat {n // 1000}k", wire, n, body, candidates, args.repeat)
         check_equal(flat, n)
         outcomes += flat
+        if n == min(sizes) and "h1" in wires and not args.no_s3:
+            local = next((o for o in flat if o.candidate == "lakeexportd" and o.wire == "h1"),
+                         None)
+            s3 = bench_s3(f"flat {n // 1000}k", n, body, args.repeat, local)
     if not args.quick and not args.no_nested:
         n = 200_000
         # No floor or naive here: a native reader for nested ksqlDB rows is what is missing
@@ -253,6 +358,9 @@ def main(argv: list[str] | None = None) -> None:
             outcomes += bench(f"nested {n // 1000}k", wire, n, nested_body(n), ["lakeexportd"],
                               1)
     text = table(outcomes)
+    if s3 is not None:
+        text += "\n\nS3 (moto's server on 127.0.0.1), beside lakeexportd's local h1 line:\n\n"
+        text += s3_table(*s3)
     print(text)
     stamp = dt.datetime.now(dt.UTC)
     doc = {
@@ -262,6 +370,7 @@ def main(argv: list[str] | None = None) -> None:
         "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
         "total_seconds": round(time.perf_counter() - started, 1),
         "results": [asdict(o) for o in outcomes],
+        "s3": {"export": asdict(s3[0]), "upload_split": asdict(s3[1])} if s3 else None,
         "table": text.splitlines(),
     }
     doc["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]

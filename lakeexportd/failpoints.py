@@ -76,6 +76,10 @@ FAILPOINTS: dict[str, str] = {
     "cleanup.after_version_dir": "one unlisted version directory removed",
     "cleanup.after_staging": "the feed's staging directory removed",
     "cleanup.after_empty_dirs": "empty partition directories removed",
+    # storage tiering (lake/tiering.py)
+    "tier.after_object": "one data object rewritten in the colder class, not yet recorded",
+    "tier.before_commit": "a batch of objects rewritten, _metadata.json not yet committed",
+    "tier.after_commit": "a batch's classes recorded in _metadata.json, lock still held",
     # export run (exporter.py)
     "export.after_cleanup": "orphans of earlier runs removed, nothing queried yet",
     "export.after_header": "query answered with its header, no row written",

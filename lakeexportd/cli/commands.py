@@ -183,6 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     from lakeexportd.cli import files as cli_files
     from lakeexportd.cli import metadata as cli_metadata
     from lakeexportd.cli import status as cli_status
+    from lakeexportd.cli import tier as cli_tier
     from lakeexportd.cli import verify as cli_verify
 
     cli_feeds.register(sub)
@@ -191,13 +192,14 @@ def build_parser() -> argparse.ArgumentParser:
     cli_verify.register(sub)
     cli_status.register(sub)
     cli_check_store.register(sub)
+    cli_tier.register(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     use_lean_arrow_memory()  # bounded RSS for exports (see parquet_writer)
-    if args.command in ("export", "repair", "backfill"):
+    if args.command in ("export", "repair", "backfill", "tier"):
         # Results go to stdout, log events to stderr (structlog's default, stdout, mixed them).
         from lakeexportd.service import logs
 

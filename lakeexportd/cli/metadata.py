@@ -24,6 +24,8 @@ from lakeexportd.cli.options import add_config_argument, plain
 from lakeexportd.config.load import default_config_path, load_config
 from lakeexportd.errors import EX_FAILED, EX_OK
 from lakeexportd.lake.configured import lake_of
+from lakeexportd.lake.metadata_model import FeedMetadata, StreamMetadata
+from lakeexportd.lake.tiering import DEFAULT_TIER, shown_tier
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -79,13 +81,18 @@ def run(args: argparse.Namespace) -> int:
         infos = reader.get_partition_info(args.feed)
         if args.json:
             _dump([asdict(i) for i in infos])
-        else:
-            print(render(("PARTITION", "RECORDS", "SIZE", "FILES", "FIRST EVENT", "LAST EVENT",
-                          "CREATED", "CURRENT"),
-                         [(i.partition, f"{i.records:,}", human_bytes(i.size_bytes), i.files,
-                           i.min_event, i.max_event, i.created,
-                           None if i.current is None else ("yes" if i.current else ""))
-                          for i in infos], right=("RECORDS", "SIZE", "FILES")))
+            return EX_OK
+        headers: tuple[str, ...] = ("PARTITION", "RECORDS", "SIZE", "FILES", "FIRST EVENT",
+                                    "LAST EVENT", "CREATED", "CURRENT")
+        rows: list[tuple[object, ...]] = [
+            (i.partition, f"{i.records:,}", human_bytes(i.size_bytes), i.files, i.min_event,
+             i.max_event, i.created, None if i.current is None else ("yes" if i.current else ""))
+            for i in infos]
+        tiers = _partition_tiers(reader.read_metadata(args.feed))
+        if tiers:  # a tiered stream: which class each day is in
+            headers += ("TIER",)
+            rows = [(*row, tiers.get(str(row[0]), DEFAULT_TIER)) for row in rows]
+        print(render(headers, rows, right=("RECORDS", "SIZE", "FILES")))
         return EX_OK
     if args.action == "show":
         return _show(reader, args.feed, args.json)
@@ -106,6 +113,21 @@ def run(args: argparse.Namespace) -> int:
     return EX_FAILED if any(s.error for s in summaries) else EX_OK
 
 
+def _partition_tiers(doc: FeedMetadata | None) -> dict[str, str]:
+    """Partition -> its class, for a stream with at least one file moved (else empty)."""
+    if not isinstance(doc, StreamMetadata) or set(doc.bytes_per_tier()) <= {None}:
+        return {}
+    return {p.path: p.tier or DEFAULT_TIER for p in doc.partitions}
+
+
+def _bytes_per_tier(doc: FeedMetadata | None) -> dict[str, int] | None:
+    """A stream's listed bytes by storage class (``default``: the store's default class)."""
+    if not isinstance(doc, StreamMetadata):
+        return None
+    return {shown_tier(tier): size for tier, size in
+            sorted(doc.bytes_per_tier().items(), key=lambda t: (t[0] is not None, t[0] or ""))}
+
+
 def _status(reader: MetadataReader) -> int:
     broken = [s for s in reader.list_all_metadata() if s.error]
     for s in broken:
@@ -117,8 +139,10 @@ def _show(reader: MetadataReader, feed: str, as_json: bool) -> int:
     doc = reader.read_metadata(feed)  # raises on a broken file: exit 1 with the fix
     summary = reader.summary(feed)
     exports = list(doc.exports[-10:]) if doc else []
+    tiers = _bytes_per_tier(doc)
     if as_json:
-        _dump({**asdict(summary), "recent_exports": [asdict(e) for e in exports],
+        _dump({**asdict(summary), "bytes_per_tier": tiers,
+               "recent_exports": [asdict(e) for e in exports],
                "schema": [asdict(c) for c in doc.schema] if doc else []})
         return EX_OK
     for key, value in asdict(summary).items():
@@ -128,6 +152,9 @@ def _show(reader: MetadataReader, feed: str, as_json: bool) -> int:
             value = f"{human_bytes(value)} ({value:,} bytes)"
         if value is not None:
             print(f"{key + ':':<17}{value}")
+    if tiers:
+        print(f"{'tiers:':<17}" + ", ".join(f"{tier} {human_bytes(size)} ({size:,} bytes)"
+                                             for tier, size in tiers.items()))
     if doc is not None:
         print(f"{'columns:':<17}{', '.join(c.name for c in doc.schema)}")
     if exports:

@@ -34,7 +34,9 @@ from lakeexportd.config.model import (
     Secret,
     Security,
     Start,
+    Tiering,
     TLSSettings,
+    tier_classes,
 )
 from lakeexportd.config.reader import Node, show
 
@@ -43,7 +45,7 @@ KSQLDB_KEYS = ("url", "username", "password_env", "password_file", "connect_time
                "read_timeout", "max_retries", "http2", "api", "tls")
 DEFAULT_KEYS = tuple(f.name for f in fields(FeedDefaults))
 STREAM_ONLY = ("settle_delay", "start", "event_time", "timezone", "retention_days",
-               "max_open_partitions")
+               "max_open_partitions", "tiering")
 TABLE_ONLY = ("retention_versions",)
 FEED_KEYS = ("name", "source", "kind", "enabled", "event_time", *DEFAULT_KEYS)
 
@@ -63,6 +65,8 @@ def build_config(root: Node, path: Path, environ: Mapping[str, str]) -> Config:
     base = path.absolute().parent
     lake = _lake(root.section("lake", required=True), base, environ)
     defaults = _defaults(root.section("defaults"))
+    feeds = _feeds(root, defaults)
+    _check_tiering(root, lake)
     return Config(
         path=path.absolute(),
         ksqldb=_ksqldb(root.section("ksqldb", required=True), base, environ),
@@ -71,7 +75,7 @@ def build_config(root: Node, path: Path, environ: Mapping[str, str]) -> Config:
         defaults=defaults,
         metrics=_metrics(root.section("metrics")),
         logging=_logging(root.section("logging"), base, lake),
-        feeds=_feeds(root, defaults),
+        feeds=feeds,
     )
 
 
@@ -382,7 +386,55 @@ def _settings(node: Node, base: FeedDefaults) -> FeedDefaults:
                                          minimum=1),
         timezone=timezone,
         retention_days=retention_days if node.has("retention_days") else base.retention_days,
+        tiering=_tiering(node, base.tiering),
     )
+
+
+def _tiering(node: Node, base: Tiering | None) -> Tiering | None:
+    """``tiering: {after: 30d, class: STANDARD_IA}``; ``tiering: null`` turns a default off."""
+    if not node.has("tiering"):
+        return base
+    if node.data["tiering"] is None:
+        return None
+    tiering = node.section("tiering")
+    tiering.check_keys(("after", "class"), where="in tiering")
+    if not tiering.has("after"):
+        raise tiering.fail("after", "missing required key",
+                           "say how old a day partition gets before it moves, e.g. `after: 30d`")
+    seconds = tiering.duration("after", 0.0, positive=True)
+    days, rest = divmod(seconds, 86_400.0)
+    if rest or days < 1:
+        raise tiering.fail("after", f"{show(tiering.data['after'])} is not a whole number of "
+                           "days", "write whole days such as 30d (partitions are days)")
+    storage_class = tiering.require_string(
+        "class", "the colder class, e.g. STANDARD_IA (S3) or Cool (Azure Blob)")
+    return Tiering(after_days=int(days), storage_class=storage_class)
+
+
+def _check_tiering(root: Node, lake: LakeSettings) -> None:
+    """Every ``tiering`` (in ``defaults`` or a feed) names a class the lake's store has."""
+    scheme = None if lake.url is None else lake.url.split("://", 1)[0].lower()
+    allowed = tier_classes(scheme)
+    places = [root.section("defaults")]
+    for index, item in root.nodes("feeds"):
+        name = item.get("name") if isinstance(item, dict) else None
+        places.append(Node(item, f"$.feeds[{index}]", root.file, f" (feed {name!r})"))
+    for place in places:
+        if place.data.get("tiering") is None:
+            continue
+        if not allowed:
+            where = f"the lake is the local folder {lake.where}" if scheme is None \
+                else f"{scheme}:// lakes have no tiering yet (S3 and Azure Blob do)"
+            raise place.fail("tiering", f"storage tiering needs an object-store lake: {where}",
+                             "remove `tiering:`, or make lake.root an s3:// or az:// URL")
+        node = place.section("tiering")
+        chosen = node.data["class"]
+        if chosen not in allowed:
+            same = [c for c in allowed if c.lower() == str(chosen).lower()]
+            hint = f"did you mean {same[0]!r}? " if same else ""
+            raise node.fail("class", f"{show(chosen)} is not a class tiering moves to on "
+                            f"{scheme}:// lakes", f"{hint}use one of: {' | '.join(allowed)} "
+                            "(colder, yet read at once: paths and readers stay the same)")
 
 
 def _defaults(node: Node) -> FeedDefaults:
@@ -435,7 +487,8 @@ def build_feed(node: Node, defaults: FeedDefaults) -> Feed:
         # Stream-only settings keep their built-in values so stream defaults never alter tables.
         resolved = replace(resolved, settle_delay=BUILTIN.settle_delay, start=BUILTIN.start,
                            timezone=BUILTIN.timezone, retention_days=BUILTIN.retention_days,
-                           max_open_partitions=BUILTIN.max_open_partitions)
+                           max_open_partitions=BUILTIN.max_open_partitions,
+                           tiering=BUILTIN.tiering)
     else:
         resolved = replace(resolved, retention_versions=BUILTIN.retention_versions)
     return Feed(

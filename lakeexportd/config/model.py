@@ -139,6 +139,35 @@ class LoggingSettings:
     keep_months: int = 12
 
 
+S3_CLASSES: Final = ("STANDARD_IA", "ONEZONE_IA", "INTELLIGENT_TIERING", "GLACIER_IR")
+"""S3 storage classes ``tiering`` may move to: colder, yet read at once like STANDARD."""
+AZURE_TIERS: Final = ("Cool", "Cold")
+"""Azure Blob access tiers ``tiering`` may move to (Archive is offline: never)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Tiering:
+    """``tiering: {after: 30d, class: STANDARD_IA}``: closed day partitions older than
+    ``after_days`` move to ``storage_class`` in place (object-store lakes, streams only)."""
+
+    after_days: int
+    storage_class: str
+
+    def __str__(self) -> str:
+        return f"after {self.after_days}d to {self.storage_class}"
+
+
+def tier_classes(root_scheme: str | None) -> tuple[str, ...]:
+    """The classes ``tiering`` may name on a lake whose root has this URL scheme (``None``:
+    a local folder, which has none)."""
+    scheme = (root_scheme or "").lower()
+    if scheme in ("s3", "s3a"):
+        return S3_CLASSES
+    if scheme in ("az", "azure", "abfs", "abfss", "adl"):
+        return AZURE_TIERS
+    return ()
+
+
 @dataclass(frozen=True, slots=True)
 class FeedDefaults:
     """The ``defaults`` section: what every feed gets unless it says otherwise."""
@@ -153,6 +182,7 @@ class FeedDefaults:
     max_open_partitions: int = 32  # an open-file cap; memory is bounded by the sink budget
     timezone: str = "UTC"
     retention_days: int | None = None
+    tiering: Tiering | None = None
 
 
 BUILTIN: Final = FeedDefaults()
@@ -176,6 +206,7 @@ class Feed:
     event_time: str | None = None
     timezone: str = BUILTIN.timezone
     retention_days: int | None = BUILTIN.retention_days
+    tiering: Tiering | None = BUILTIN.tiering
     enabled: bool = True
 
     @property

@@ -22,7 +22,7 @@ from typing import Any, Final, Literal
 
 from lakeexportd.config import build as config_build
 from lakeexportd.config.durations import format_duration
-from lakeexportd.config.model import BUILTIN, FEED_NAME, Feed, FeedDefaults
+from lakeexportd.config.model import BUILTIN, FEED_NAME, Feed, FeedDefaults, Tiering
 from lakeexportd.config.reader import Node
 from lakeexportd.errors import EX_USAGE, ConfigError, FeedError, LakeStateError
 from lakeexportd.lake import layout
@@ -114,6 +114,8 @@ def feed_options(feed: Feed) -> dict[str, Any]:
         value = getattr(feed, f.name)
         if value is None:
             continue
+        if isinstance(value, Tiering):
+            value = {"after": f"{value.after_days}d", "class": value.storage_class}
         out[f.name] = format_duration(value) if f.name in _DURATIONS else value
     return out
 

@@ -1,7 +1,8 @@
 """The ``_metadata.json`` codec, both ways: ``to_json`` writes a document, ``from_json`` reads
 one back and checks its shape (a malformed file is a ``ValueError`` naming the JSON path).
 
-Totals are written from the listed files and ignored on reading, so they never drift.
+Totals are written from the listed files and ignored on reading, so they never drift; so is
+a partition's ``tier`` (each file records its own: ``null``/absent is the store's default).
 """
 
 from __future__ import annotations
@@ -45,6 +46,8 @@ def _file_json(f: FileEntry) -> dict[str, Any]:
         out["min_event_ms"] = f.min_event_ms
     if f.max_event_ms is not None:
         out["max_event_ms"] = f.max_event_ms
+    if f.tier is not None:
+        out["tier"] = f.tier
     return out
 
 
@@ -88,7 +91,7 @@ def to_json(doc: FeedMetadata) -> dict[str, Any]:
         out["watermark"] = {"rowtime_ms": doc.watermark_ms}
         out["partitions"] = [
             {"path": p.path, "records": p.records, "size_bytes": p.size_bytes,
-             "files": [_file_json(f) for f in p.files]}
+             "tier": p.tier, "files": [_file_json(f) for f in p.files]}
             for p in doc.partitions
         ]
     else:
@@ -150,6 +153,7 @@ def _files(raw: Any, where: str, check: Any) -> tuple[FileEntry, ...]:
         out.append(FileEntry(
             name, _get(f, "records", int, w), _get(f, "size_bytes", int, w),
             _opt(f, "min_event_ms", int, w), _opt(f, "max_event_ms", int, w),
+            _opt(f, "tier", str, w),
         ))
     if len({f.name for f in out}) != len(out):
         raise _Shape(f"{where}.files lists a name twice")

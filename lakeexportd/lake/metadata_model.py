@@ -39,6 +39,7 @@ class FileEntry:
     size_bytes: int
     min_event_ms: int | None = None
     max_event_ms: int | None = None
+    tier: str | None = None  # the storage class it was moved to; None: the store's default
 
 
 @dataclass(frozen=True)
@@ -59,10 +60,20 @@ class WrittenFile:
         )
 
 
+MIXED = "mixed"
+"""A partition's ``tier`` when its files are in different classes (a late file not moved yet)."""
+
+
 @dataclass(frozen=True)
 class Partition:
     path: str
     files: tuple[FileEntry, ...]
+
+    @property
+    def tier(self) -> str | None:
+        """The class of all its files (None: the store's default), or ``MIXED``."""
+        tiers = {f.tier for f in self.files}
+        return tiers.pop() if len(tiers) == 1 else (None if not tiers else MIXED)
 
     @property
     def records(self) -> int:
@@ -156,6 +167,14 @@ class StreamMetadata(_Common):
     @property
     def total_size_bytes(self) -> int:
         return sum(p.size_bytes for p in self.partitions)
+
+    def bytes_per_tier(self) -> dict[str | None, int]:
+        """Listed bytes by storage class (None: the store's default), from the files."""
+        out: dict[str | None, int] = {}
+        for partition in self.partitions:
+            for f in partition.files:
+                out[f.tier] = out.get(f.tier, 0) + f.size_bytes
+        return out
 
 
 @dataclass(frozen=True)

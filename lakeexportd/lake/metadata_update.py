@@ -128,6 +128,26 @@ def without_partitions_before(
     return dataclasses.replace(doc, partitions=kept), dropped
 
 
+def with_file_tiers(
+    doc: StreamMetadata, partition: str, names: Sequence[str], tier: str
+) -> StreamMetadata:
+    """Record that the files ``names`` of ``partition`` are now in storage class ``tier``."""
+    wanted = set(names)
+    partitions = []
+    for p in doc.partitions:
+        if p.path == partition:
+            missing = wanted - {f.name for f in p.files}
+            if missing:
+                raise LakeStateError(f"feed {doc.feed!r}: {partition}/{sorted(missing)[0]} is "
+                                     "not listed; its storage class is not recorded")
+            p = Partition(p.path, tuple(dataclasses.replace(f, tier=tier)
+                                        if f.name in wanted else f for f in p.files))
+        partitions.append(p)
+    if partition not in {p.path for p in doc.partitions}:
+        raise LakeStateError(f"feed {doc.feed!r}: partition {partition} is not listed")
+    return dataclasses.replace(doc, partitions=tuple(partitions))
+
+
 def next_version(doc: TableMetadata) -> int:
     """Versions are never reused, even when every older one was pruned."""
     return doc.last_version + 1

@@ -16,10 +16,15 @@ with, so a rescheduled or removed feed's running export finishes as configured b
 changed ``ksqldb`` section, lake root or lock wait builds a new exporter for later runs; the
 old client closes when its last run ends. ``stop()`` lets runs finish within
 ``scheduler.stop_grace``, then sets the cancel event: they abort without publishing.
+
+A stream feed with ``tiering`` also gets a daily job (``tier:<feed>``, first a minute after it
+is scheduled): ``service/tiering.py`` moves its old partitions to the colder class under the
+feed's lock, batch by batch, so it never runs at the same time as the feed's export.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import queue
 import signal
@@ -34,6 +39,7 @@ import structlog
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.jobstores.base import JobLookupError
 from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.triggers.interval import IntervalTrigger
 from prometheus_client import CollectorRegistry
 
 from lakeexportd import __version__
@@ -44,7 +50,8 @@ from lakeexportd.feeds.manager import FeedManager
 from lakeexportd.lake.configured import check_store, lake_of
 from lakeexportd.lake.presence import DaemonInfo, Presence
 from lakeexportd.lake.storage import Storage
-from lakeexportd.service import runs, scheduling
+from lakeexportd.lake.tiering import Tierer
+from lakeexportd.service import runs, scheduling, tiering
 from lakeexportd.service.backends import Backend, ExporterFactory, backend_key, build_exporter
 from lakeexportd.service.metrics import Metrics
 from lakeexportd.service.metrics_http import MetricsServer, MetricsServerError
@@ -358,6 +365,42 @@ class Daemon:
         if report.changed:
             log.info("feed.registry_synced", changes=report.lines())
 
+    def tier_feed(self, feed: Feed) -> str | None:
+        """The daily tiering job of ``feed`` (one with ``tiering``)."""
+        me = threading.get_ident()
+        with self._idle:
+            if self.state != "running" or not self._still_active(feed):
+                return None
+            self._running[me] = feed.name
+        try:
+            lake = lake_of(self.config.lake)
+            tierer = Tierer(lake.storage, lake.root, lock_wait=self.config.scheduler.lock_wait)
+            return tiering.run_tiering(tierer, feed, self.clock(), cancel=self.cancel,
+                                       metrics=self.metrics)
+        finally:
+            with self._idle:
+                del self._running[me]
+                self._idle.notify_all()
+
+    def _schedule_tiering(self, diff: scheduling.FeedDiff, jitter: float) -> None:
+        """A daily ``tier:<feed>`` job for each scheduled stream with ``tiering``, none else."""
+        for feed in (*diff.removed, *diff.added, *diff.changed):
+            job = f"tier:{feed.name}"
+            if feed in diff.removed or feed.tiering is None or feed.kind != "stream":
+                with contextlib.suppress(JobLookupError):
+                    self.scheduler.remove_job(job)
+                continue
+            first = utc_now() + dt.timedelta(seconds=tiering.TIER_FIRST_DELAY)
+            self.scheduler.add_job(
+                self.tier_feed, IntervalTrigger(seconds=tiering.TIER_EVERY, jitter=jitter or None,
+                                                timezone=dt.UTC),
+                args=[feed], id=job, name=job, max_instances=1, coalesce=True,
+                misfire_grace_time=int(tiering.TIER_EVERY), replace_existing=True,
+                next_run_time=first,
+            )
+            log.info("tier.scheduled", feed=feed.name, tiering=str(feed.tiering),
+                     first_run=first.isoformat(timespec="seconds"))
+
     def _still_active(self, feed: Feed) -> bool:
         """Re-read the registry before a run: the CLI may have disabled or archived the feed."""
         try:
@@ -398,6 +441,7 @@ class Daemon:
         for feed in diff.changed:
             if self._schedule(feed, new.scheduler.jitter, first_now=False):
                 log.info("feed.rescheduled", feed=feed.name, schedule=str(feed.schedule))
+        self._schedule_tiering(diff, new.scheduler.jitter)
         if new.lake != old.lake:
             for feed in wanted.values():
                 runs.seed_from_metadata(self.metrics, feed, *self._lake(new))

@@ -38,13 +38,16 @@ current_feed: contextvars.ContextVar[str | None] = contextvars.ContextVar(
 class _FeedState:
     """What the scrape-time gauges are computed from, for one feed."""
 
-    __slots__ = ("lag_origin", "last_success", "table_versions", "rejected_columns")
+    __slots__ = ("lag_origin", "last_success", "table_versions", "rejected_columns",
+                 "tier_bytes", "tier_results")
 
     def __init__(self) -> None:
         self.lag_origin: float | None = None  # epoch seconds the lag counts from
         self.last_success: float | None = None
         self.table_versions: int | None = None
         self.rejected_columns: set[str] = set()  # label values of rejected_values
+        self.tier_bytes: dict[str, int] = {}  # storage class ("default") -> bytes listed
+        self.tier_results: set[str] = set()  # label values of tier_runs
 
 
 class _ScrapeTimeCollector(Collector):
@@ -101,6 +104,11 @@ class Metrics:
             "exactly (a DECIMAL that would need rounding), by feed and column.",
             ["feed", "column"], registry=registry,
         )
+        self.tier_runs = Counter(
+            "lakeexportd_tier_runs", "Daily tiering runs by feed and result (feeds with "
+            "`tiering:`; aborted: stopped by shutdown between two objects).",
+            ["feed", "result"], registry=registry,
+        )
         self.up = Gauge("lakeexportd_up", "1 while the daemon runs.", registry=registry)
         self.ready = Gauge(
             "lakeexportd_ready", "1 when the config is loaded and the scheduler runs.",
@@ -141,6 +149,8 @@ class Metrics:
             metric.remove(feed)
         for column in state.rejected_columns:
             self.rejected.remove(feed, column)
+        for outcome in state.tier_results:
+            self.tier_runs.remove(feed, outcome)
 
     def rejected_value(self, feed: str, column: str) -> None:
         """Count a run that failed on a value ``column`` cannot hold exactly."""
@@ -150,6 +160,22 @@ class Metrics:
                 return
             state.rejected_columns.add(column)
         self.rejected.labels(feed=feed, column=column).inc()
+
+    def observe_tier_run(self, feed: str, result: Result) -> None:
+        """Count one finished tiering run of ``feed``."""
+        with self._lock:
+            state = self._feeds.get(feed)
+            if state is None:
+                return
+            state.tier_results.add(result)
+        self.tier_runs.labels(feed=feed, result=result).inc()
+
+    def set_tier_bytes(self, feed: str, per_tier: dict[str | None, int]) -> None:
+        """The feed's listed bytes per storage class (None: the store's default)."""
+        with self._lock:
+            state = self._feeds.get(feed)
+            if state is not None:
+                state.tier_bytes = {tier or "default": size for tier, size in per_tier.items()}
 
     def known(self, feed: str) -> bool:
         with self._lock:
@@ -229,8 +255,17 @@ class Metrics:
             "lakeexportd_table_versions", "Snapshot versions kept on disk (tables).",
             labels=["feed"],
         )
+        tiers = GaugeMetricFamily(
+            "lakeexportd_tier_bytes", "Bytes a stream lists per storage class ('default': the "
+            "store's own), as of its last tiering run or the daemon's start (feeds with "
+            "`tiering:`).", labels=["feed", "tier"],
+        )
         with self._lock:
             states = sorted(self._feeds.items())
+            tier_bytes = {feed: dict(state.tier_bytes) for feed, state in states}
+        for feed, per_tier in tier_bytes.items():
+            for tier, size in sorted(per_tier.items()):
+                tiers.add_metric([feed, tier], size)
         for feed, state in states:
             if state.lag_origin is not None:
                 lag.add_metric([feed], max(0.0, now - state.lag_origin))
@@ -238,7 +273,7 @@ class Metrics:
                 success.add_metric([feed], state.last_success)
             if state.table_versions is not None:
                 versions.add_metric([feed], state.table_versions)
-        yield from (lag, success, versions)
+        yield from (lag, success, versions, tiers)
 
 
 class RequestCounter:

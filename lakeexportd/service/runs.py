@@ -201,6 +201,8 @@ def seed_from_metadata(metrics: Metrics, feed: Feed, root: Path,
     metrics.set_progress(
         feed.name, last_success=last_success, lag_origin=origin, table_versions=versions
     )
+    if isinstance(doc, StreamMetadata) and feed.tiering is not None:
+        metrics.set_tier_bytes(feed.name, doc.bytes_per_tier())
 
 
 def _epoch(text: str) -> float | None:

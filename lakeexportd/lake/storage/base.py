@@ -187,6 +187,23 @@ class Storage(Protocol):
         """
         ...
 
+    # -- storage classes --------------------------------------------------------------------
+    @property
+    def storage_classes(self) -> frozenset[str]:
+        """The colder classes ``rewrite_in_class`` moves objects to (empty: none; a local
+        disk has no classes)."""
+        ...
+
+    def rewrite_in_class(self, path: PurePath, storage_class: str, *, size: int) -> None:
+        """Rewrite the object at ``path``, same name and bytes, in ``storage_class``.
+
+        ``size`` is the size the caller knows it by: an object of another size is refused
+        (``PreconditionFailed``) and left alone, and so is one replaced while it is read.
+        Until the new object is complete, readers see the old one whole.
+        ``OSError(EOPNOTSUPP)`` where the store has no such class.
+        """
+        ...
+
     # -- locks ------------------------------------------------------------------------------
     def try_lock(
         self, path: PurePath, *, file_mode: int, note: bytes = b"", shared: bool = False,

@@ -76,6 +76,13 @@ class LocalStorage:
     def show(self, path: PurePath) -> str:
         return str(path)
 
+    storage_classes: frozenset[str] = frozenset()
+    """A disk has no storage classes: tiering is for object stores."""
+
+    def rewrite_in_class(self, path: PurePath, storage_class: str, *, size: int) -> None:
+        raise OSError(errno.EOPNOTSUPP, "a local disk has no storage classes (tiering needs "
+                      "an object-store lake)", str(path))
+
     # -- reading ----------------------------------------------------------------------------
     def exists(self, path: PurePath) -> bool:
         return os.path.exists(path)

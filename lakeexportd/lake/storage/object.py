@@ -85,6 +85,18 @@ Errors
     ``PermissionError``, not supported -> ``OSError(EOPNOTSUPP)``, anything else ->
     ``OSError(EIO)``, each naming the location with ``show``.
 
+Storage classes (tiering)
+    ``rewrite_in_class`` moves an object to a colder class in place: object_store sets a
+    class only when it writes (the ``Storage-Class`` attribute: ``x-amz-storage-class`` on
+    S3, ``x-ms-access-tier`` on Azure), and has neither S3's CopyObject-onto-itself with a
+    new class nor Azure's Set Blob Tier. So the object is read and written again under the
+    same key with the same bytes and attributes: the GET is If-Match the ETag seen by a HEAD
+    whose size must be the listed one; up to ``part_size`` bytes go back in one PUT If-Match
+    that ETag, larger objects stream (GET chunks into a multipart upload, memory near
+    ``part_size * (concurrency + 1)``), checked unchanged right before the upload completes
+    (the feed's lease keeps lakeexportd's own writers off meanwhile). Readers see the old
+    object whole until the new one is. Cost: one read and one write per object.
+
 ``check_conditional_writes`` proves, on a scratch key, that the store enforces
 create-if-absent and If-Match (a store that ignores them breaks exactly-once and is refused).
 """
@@ -125,8 +137,21 @@ from lakeexportd.lake.storage.base import (
 )
 
 if TYPE_CHECKING:
-    from obstore import ObjectMeta, PutMode, PutResult, ReadableFile, UpdateVersion, WritableFile
+    from obstore import (
+        GetResult,
+        ObjectMeta,
+        PutMode,
+        PutResult,
+        ReadableFile,
+        UpdateVersion,
+        WritableFile,
+    )
     from obstore.store import ObjectStore
+
+S3_CLASSES = frozenset({"STANDARD_IA", "ONEZONE_IA", "INTELLIGENT_TIERING", "GLACIER_IR"})
+"""S3 storage classes colder than STANDARD that are still read at once (no restore)."""
+AZURE_TIERS = frozenset({"Cool", "Cold"})
+"""Azure Blob access tiers colder than Hot that are still online (Archive is not)."""
 
 DEFAULT_LEASE_TTL = 30.0
 """Seconds a lease lives without renewal (DESIGN.md section 11: renewed every ttl/3)."""
@@ -428,6 +453,16 @@ class ObjectStorage:
     def __repr__(self) -> str:
         return f"ObjectStorage({self.url!r})"
 
+    @property
+    def storage_classes(self) -> frozenset[str]:
+        """S3's instantly readable colder classes, Azure's Cool and Cold; none on GCS (not
+        built). The memory store (tests) takes S3's: it keeps the attribute as written."""
+        if isinstance(self.store, obstore.store.AzureStore):
+            return AZURE_TIERS
+        if isinstance(self.store, obstore.store.S3Store | obstore.store.MemoryStore):
+            return S3_CLASSES
+        return frozenset()
+
     # -- locations --------------------------------------------------------------------------
     def _key(self, path: PurePath) -> str:
         """The object key of ``path`` ("" for the root); refuses what is not under the root."""
@@ -569,6 +604,52 @@ class ObjectStorage:
 
     def sync_file(self, path: PurePath) -> None:
         """Nothing to do: a completed upload is durable."""
+
+    def rewrite_in_class(self, path: PurePath, storage_class: str, *, size: int) -> None:
+        """Same key, same bytes, new class: see "Storage classes" in the module doc."""
+        shown = self.show(path)
+        if storage_class not in self.storage_classes:
+            allowed = ", ".join(sorted(self.storage_classes)) or "none"
+            raise OSError(errno.EOPNOTSUPP, f"{storage_class!r} is not a class this store "
+                          f"moves objects to (it takes: {allowed})", shown)
+        key = self._key(path)
+        with self._errors(path):
+            meta = obstore.head(self.store, key)
+        if meta["size"] != size:
+            raise PreconditionFailed(errno.ESTALE, f"holds {meta['size']} bytes, not the "
+                                     f"{size} listed; left as it is", shown)
+        seen = _signature(meta)
+        with self._errors(path):
+            got = obstore.get(self.store, key, options={"if_match": str(seen[0])})
+            attributes: dict[str, str] = {name: value for name, value in got.attributes.items()
+                                          if name != "Storage-Class"}
+            attributes["Storage-Class"] = storage_class
+            if size <= self.part_size:
+                obstore.put(self.store, key, got.bytes(), attributes=attributes,
+                            mode=_update_mode(seen), use_multipart=False)
+            else:
+                self._stream_back(key, path, got, attributes, seen)
+        written = self.size(path)
+        if written != size:
+            raise OSError(errno.EIO, f"rewritten in {storage_class} with {written} bytes "
+                          f"instead of {size}: check the object", shown)
+
+    def _stream_back(self, key: str, path: PurePath, got: GetResult, attributes: dict[str, str],
+                     seen: Signature) -> None:
+        writer = obstore.open_writer(self.store, key, attributes=attributes,
+                                     buffer_size=self.part_size,
+                                     max_concurrency=self.upload_concurrency)
+        upload = _Upload(writer, self.show(path), self._scrub)
+        try:
+            for chunk in got.stream(min_chunk_size=self.part_size):
+                upload.write(chunk)
+            if self.signature(path) != seen:
+                raise PreconditionFailed(errno.ESTALE, "changed while it was rewritten; the "
+                                         "new copy was dropped", self.show(path))
+            upload.close()
+        except BaseException:
+            upload.abort()
+            raise
 
     def _copy_absent(self, source: str, target: str, target_path: PurePath) -> None:
         """Copy ``source`` to ``target`` unless ``target`` exists (``FileExistsError``)."""

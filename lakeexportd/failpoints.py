@@ -6,6 +6,11 @@ cut of the process (the page cache survives, which is what fsync ordering is abo
 
 ``name:enospc`` (or ``name:N:enospc``) raises ``OSError(ENOSPC)`` there instead: a disk that
 fills up at exactly that step, for the error paths a real full disk cannot hit on cue.
+
+``name:stop`` (or ``name:N:stop``) sends the process SIGSTOP there instead: it freezes at
+exactly that step (every thread, lease renewals included) until a SIGCONT, as a process
+paused by a debugger, a VM migration or a long GC would; a test sees state ``T`` in
+``/proc/<pid>/stat``. It stops once, at the Nth hit only.
 """
 
 from __future__ import annotations
@@ -102,6 +107,7 @@ def failpoint(name: str) -> None:
     if target != name:
         return
     enospc = "enospc" in options
+    stop = "stop" in options
     nth = next((int(o) for o in options if o.isdigit()), 1)
     with _guard:
         _hits[name] = _hits.get(name, 0) + 1
@@ -110,4 +116,8 @@ def failpoint(name: str) -> None:
         return
     if enospc:
         raise OSError(errno.ENOSPC, f"{os.strerror(errno.ENOSPC)} (injected at {name})")
+    if stop:
+        if count == nth:  # once: after the SIGCONT the process runs on normally
+            os.kill(os.getpid(), signal.SIGSTOP)
+        return
     os.kill(os.getpid(), signal.SIGKILL)

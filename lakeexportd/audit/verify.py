@@ -139,11 +139,13 @@ def verify_feed(
         return [Mismatch(feed, layout.METADATA_NAME,
                          f"missing while {len(leftovers)} data files exist; nothing will delete "
                          f"them: rebuild it with `lakeexportd repair --rebuild {feed}`")]
+    when = (" once older than lake.orphan_grace (a paused writer may still commit younger "
+            "ones)") if storage.leases else ""
     for path in leftovers:
         problems.append(
             Mismatch(feed, path.relative_to(feed_dir).as_posix(),
                      f"on disk but not listed (left by an interrupted run; `lakeexportd repair "
-                     f"{feed}` removes it, and its rows are exported again)")
+                     f"{feed}` removes it{when}, and its rows are exported again)")
         )
     staging = layout.staging_dir(root, feed)
     if kind == "table" and storage.list_dir(staging):

@@ -121,7 +121,11 @@ def _add_export(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         "or rebuild a lost _metadata.json",
         description="Remove every data file, temp file and table version that the feed's "
         "_metadata.json does not list: what an interrupted run left behind. Their rows are "
-        "exported again by the next run. Every feed when none is named. A feed folder that "
+        "exported again by the next run. On an object store only what is older than "
+        "lake.orphan_grace (default 1h) is removed: a writer that lost its lease while paused "
+        "may still commit younger objects; they are listed as kept, with their ages (by the "
+        "store's last-modified time against this host's clock). Every feed when none is "
+        "named. A feed folder that "
         "holds data but no _metadata.json is never cleaned: --rebuild FEED reconstructs the "
         "document from the Parquet files (rows and sizes from the footers, schema, the "
         "watermark from the largest ROWTIME, table versions from the folders), shows it and "

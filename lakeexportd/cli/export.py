@@ -13,6 +13,7 @@ import sys
 import time
 from typing import TextIO
 
+from lakeexportd.audit.text_table import human_age
 from lakeexportd.cli.options import add_config_argument
 from lakeexportd.config.load import default_config_path, load_config
 from lakeexportd.config.model import Config, Feed
@@ -196,15 +197,22 @@ def run_repair(args: argparse.Namespace) -> int:
     try:
         for feed in feeds:
             try:
-                removed = exporter.repair(feed, dry_run=args.dry_run)
+                swept = exporter.repair(feed, dry_run=args.dry_run)
             except LakeExportError as exc:
                 print(f"repair {feed.name}: failed: {exc}", file=sys.stderr)
                 worst = max(worst, exit_code(exc), key=_SEVERITY.__getitem__)
                 continue
             verb = "would remove" if args.dry_run else "removed"
-            print(f"repair {feed.name}: {verb} {len(removed)} unlisted files")
-            for path in removed:
+            print(f"repair {feed.name}: {verb} {len(swept.removed)} unlisted files")
+            for path in swept.removed:
                 print(f"  {path}")
+            if swept.kept:
+                verb = "would keep" if args.dry_run else "kept"
+                print(f"repair {feed.name}: {verb} {len(swept.kept)} unlisted files younger "
+                      f"than lake.orphan_grace ({human_age(exporter.orphan_grace)}): a paused "
+                      "writer may still commit them")
+                for path, age in swept.kept:
+                    print(f"  {path} (age {human_age(age)})")
     finally:
         exporter.client.close()
     return worst

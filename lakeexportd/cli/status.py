@@ -1,8 +1,10 @@
 """``lakeexportd status [FEED] [--json]``: what runs on this lake, at a glance.
 
 Per feed: state (registry), last run and its result and lag (``_metadata.json``), next run and
-whether it runs now (asked of each running daemon's ``/status``). On top: the daemons running
-on the lake (``<lake>/.daemons/``), with a warning when there is more than one. Read-only.
+whether it runs now (asked of each running daemon's ``/status``), and which daemons stand by
+for it (their last run found it held by another daemon or process). On top: the daemons
+running on the lake (``<lake>/.daemons/``), with a warning when there is more than one.
+Read-only.
 Exit 0; 2 for an unknown feed; 78 for a bad config.
 """
 
@@ -76,6 +78,8 @@ def run(args: argparse.Namespace) -> int:
             "lag_s": summary.lag_s if summary else None,
             "next_run": min((s["next_run"] for _, s in scheduled if s["next_run"]), default=None),
             "running": any(s["running"] for _, s in scheduled),
+            # a daemon whose last run of it was skipped: another daemon or process holds it
+            "standby": [d.pid for d, s in scheduled if s.get("held_elsewhere")],
             "daemons": [d.pid for d, _ in scheduled],
             "error": summary.error if summary else None,
         })
@@ -93,6 +97,9 @@ def run(args: argparse.Namespace) -> int:
          for r in rows],
     ))
     for r in rows:
+        if r["standby"]:
+            pids = ", ".join(str(p) for p in r["standby"])
+            print(f"{r['feed']}: held by another daemon or process; standing by: pid {pids}")
         if r["error"]:
             print(f"{r['feed']}: {r['error']}")
     return EX_OK

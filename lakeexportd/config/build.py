@@ -195,7 +195,7 @@ def is_secret_option(key: str) -> bool:
 
 
 def _lake(node: Node, base: Path, environ: Mapping[str, str]) -> LakeSettings:
-    node.check_keys(("root", "storage", "lease_ttl"), where="in lake")
+    node.check_keys(("root", "storage", "lease_ttl", "orphan_grace"), where="in lake")
     text = node.opt_string("root")
     if text is None:
         raise node.fail("root", "missing required key",
@@ -203,6 +203,9 @@ def _lake(node: Node, base: Path, environ: Mapping[str, str]) -> LakeSettings:
     url = _URL.fullmatch(text)
     options = node.section("storage")
     origin = f"{node.file}: {node.path}"
+    # Allowed on every root, so one config moves between a folder and a bucket; only object
+    # stores use it (on disk the flock excludes a paused writer: cleanup is immediate).
+    grace = node.duration("orphan_grace", 3600.0, positive=False)
     if url is None or url.group(1).lower() == "file":
         for key in ("storage", "lease_ttl"):
             if node.has(key):
@@ -210,12 +213,14 @@ def _lake(node: Node, base: Path, environ: Mapping[str, str]) -> LakeSettings:
                                 "flock)", f"remove `{key}:`, or make `root:` an s3://, az:// "
                                 "or gs:// URL")
         if url is None:
-            return LakeSettings(root=node.path_value("root", base), origin=origin)
+            return LakeSettings(root=node.path_value("root", base), orphan_grace=grace,
+                                origin=origin)
         parts = urlsplit(text)
         if parts.netloc not in ("", "localhost") or not parts.path.startswith("/"):
             raise node.fail("root", f"{show(text)} is not a local file:// URL",
                             "write file:///absolute/path (three slashes), or the path itself")
-        return LakeSettings(root=Path(unquote(parts.path)).resolve(), origin=origin)
+        return LakeSettings(root=Path(unquote(parts.path)).resolve(), orphan_grace=grace,
+                            origin=origin)
     scheme = url.group(1).lower()
     if scheme == "memory":
         raise node.fail("root", "memory:// lakes live in one process and vanish with it",
@@ -229,7 +234,7 @@ def _lake(node: Node, base: Path, environ: Mapping[str, str]) -> LakeSettings:
                         "write e.g. s3://my-bucket/lake or az://my-container/lake")
     return LakeSettings(url=text.rstrip("/"), storage=_store_options(options, base, environ),
                         lease_ttl=node.duration("lease_ttl", 30.0, positive=True),
-                        origin=origin)
+                        orphan_grace=grace, origin=origin)
 
 
 def _store_options(

@@ -106,6 +106,9 @@ class LakeSettings:
     url: str | None = None
     storage: tuple[tuple[str, str], ...] = field(default=(), repr=False)
     lease_ttl: float = 30.0  # object stores: how long a killed writer's lease blocks its feed
+    # Object stores: unlisted objects younger than this are left alone (a paused writer may
+    # still commit them); a local lake's flock makes cleanup immediate, so it is unused there.
+    orphan_grace: float = 3600.0
     origin: str = field(default="", repr=False, compare=False)
 
     @property

@@ -11,8 +11,9 @@ For a window ``(from, to]`` at or below the watermark, under the feed's lock:
 
 Each row of the window comes from ksqlDB only and each row outside it from the lake only, so
 the lake holds every row once, whatever it held in the window before (files lost, damaged or
-rows late). A crash before the commit leaves unlisted new files (the next run removes them);
-after it, unlisted old files (removed the same way). A listed file that is missing can only be
+rows late). A crash before the commit leaves unlisted new files (the next run removes them;
+on an object store, once older than ``orphan_grace``); after it, unlisted old files (removed
+the same way). A listed file that is missing can only be
 dropped when the window covers all its rows (its run's exported window): otherwise its rows
 outside the window would be lost, and the backfill refuses, naming the window to use.
 """
@@ -201,6 +202,12 @@ def run(client: KsqlDBClient, store: MetadataStore, feed: Feed, feed_dir: Path,
     )
     new = update.with_export(step, record)
     store.commit(feed_dir, new, file_mode=layout.modes(feed.security)[1])
-    cleanup.remove_orphans(feed_dir, new, kind="stream",  # the replaced files
+    if store.storage.leases:
+        # An object store: only the files this commit dropped; other unlisted objects may be
+        # a paused writer's, and wait for orphan_grace (the next run's sweep, or repair).
+        cleanup.remove_own(feed_dir, new, [feed_dir / p / f.name for p, f in the_plan.replaced],
                            storage=store.storage)
+    else:
+        cleanup.remove_orphans(feed_dir, new, kind="stream",  # the replaced files
+                               storage=store.storage)
     return Result(the_plan, sum(w.records for w in written), window_rows, len(written))

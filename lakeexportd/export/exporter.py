@@ -6,7 +6,9 @@ No scheduling, config loading or metrics serving here: the daemon and the CLI bu
 
 A run, under the feed's lock:
 
-1. load ``_metadata.json`` (unreadable: fail, never overwrite) and remove files it does not list;
+1. load ``_metadata.json`` (unreadable: fail, never overwrite) and remove files it does not list
+   (on an object store nothing here: unlisted objects older than ``orphan_grace`` go after
+   the run's own commit, see ``lake.cleanup``);
 2. streams ask for ``ROWTIME > watermark AND ROWTIME <= now - settle_delay``; tables scan;
 3. check the answer's columns against the recorded schema before writing anything;
 4. the sink writes hidden temp files and gives them their final names when the answer is
@@ -59,7 +61,7 @@ def exporter_from_config(
     client = client_from_settings(config.ksqldb, observer=observer)
     lake = lake_of(config.lake)
     return DataLakeExporter(client, lake.root, lock_wait=config.scheduler.lock_wait,
-                            storage=lake.storage)
+                            storage=lake.storage, orphan_grace=config.lake.orphan_grace)
 
 
 class DataLakeExporter:
@@ -73,12 +75,15 @@ class DataLakeExporter:
         lock_wait: float = 10.0,
         store: MetadataStore | None = None,
         storage: Storage | None = None,
+        orphan_grace: float = 3600.0,
     ) -> None:
         """``storage`` holds the lake at ``lake_root`` (``lake_of(config.lake)`` gives both; a
-        local folder when omitted); ``store`` overrides the metadata store built on it."""
+        local folder when omitted); ``store`` overrides the metadata store built on it.
+        ``orphan_grace``: on object stores, unlisted objects younger than this are kept."""
         self.client = client
         self.root = lake_root
         self.lock_wait = lock_wait
+        self.orphan_grace = orphan_grace
         self.store = store or MetadataStore(storage or open_storage(lake_root))
         self._kinds: dict[str, str] = {}  # source -> what DESCRIBE says it is
 
@@ -118,11 +123,22 @@ class DataLakeExporter:
             cancel=cancel or threading.Event(),
             progress=progress,
             run_id=run_id,
+            orphan_grace=self.orphan_grace,
         )
         dir_mode, _ = layout.modes(feed.security)
         with FeedLock(feed_dir, feed=feed.name, wait=self.lock_wait, dir_mode=dir_mode,
                       storage=self.store.storage) as lock:
-            return run.execute(fence=lock.check)
+            # Debug lines bracketing the time this run holds the feed (inside the lock).
+            log.debug("feed.lock_acquired", feed=feed.name, run_id=run.run_id)
+            if lock.previous_holder is not None:
+                log.warning("feed.lease_taken_over", feed=feed.name, run_id=run.run_id,
+                            previous_owner=lock.previous_holder,
+                            hint="its holder stopped renewing it for a whole lease_ttl (died, "
+                            "hung or cut off); this daemon runs the feed now")
+            try:
+                return run.execute(fence=lock.check)
+            finally:
+                log.debug("feed.lock_releasing", feed=feed.name, run_id=run.run_id)
 
     def _check_kind(self, feed: Feed, cancel: threading.Event | None = None) -> None:
         """The declared kind must be what ksqlDB says the source is (once per source).
@@ -207,18 +223,20 @@ class DataLakeExporter:
                     records=rebuilt.doc.total_records)
         return rebuilt
 
-    def repair(self, feed: Feed, *, dry_run: bool = False) -> list[Path]:
-        """Remove (or only list) every file of ``feed`` its ``_metadata.json`` does not list."""
+    def repair(self, feed: Feed, *, dry_run: bool = False) -> cleanup.Sweep:
+        """Remove (or only list) every file of ``feed`` its ``_metadata.json`` does not list;
+        on an object store only those older than ``orphan_grace`` (the rest is kept)."""
         feed_dir = self.feed_dir(feed)
         dir_mode, _ = layout.modes(feed.security)
+        storage = self.store.storage
         with FeedLock(feed_dir, feed=feed.name, wait=self.lock_wait, dir_mode=dir_mode,
-                      storage=self.store.storage):
+                      storage=storage):
             doc = self.store.load(feed_dir)
             staging = layout.staging_dir(self.root, feed.name) if feed.kind == "table" else None
-            removed = cleanup.remove_orphans(
+            swept = cleanup.sweep(
                 feed_dir, doc, kind=feed.kind, staging_dir=staging, dry_run=dry_run,
-                storage=self.store.storage,
+                storage=storage, grace=self.orphan_grace if storage.leases else 0.0,
             )
-        if removed and not dry_run:
-            log.info("metadata.repaired", feed=feed.name, removed=[str(p) for p in removed])
-        return removed
+        if swept.removed and not dry_run:
+            log.info("metadata.repaired", feed=feed.name, removed=[str(p) for p in swept.removed])
+        return swept

@@ -93,6 +93,7 @@ class Run:
         cancel: threading.Event,
         progress: Progress | None,
         run_id: str | None,
+        orphan_grace: float = 3600.0,
     ) -> None:
         self.client = client
         self.root = root
@@ -109,23 +110,24 @@ class Run:
         self.rows = 0
         self.columns: tuple[SchemaColumn, ...] = ()  # set from the answer's header
         self._fence: Callable[[], None] = lambda: None  # set by execute()
+        # Object stores: a writer that lost its lease while paused may still commit what it
+        # wrote, so unlisted objects are left for orphan_grace (local lakes: flock, no grace).
+        self.leases = store.storage.leases
+        self.orphan_grace = orphan_grace
+        self._sinks: list[AppendSink | SnapshotSink] = []  # what they created is this run's
 
     def execute(self, fence: Callable[[], None] = lambda: None) -> ExportResult:
         """Run it; ``fence`` is called right before every commit and raises when this run
         may no longer commit (its feed's lease was lost: another writer may hold it)."""
         self._fence = fence
         doc = self.store.load(self.feed_dir)
-        removed = cleanup.remove_orphans(
-            self.feed_dir, doc, kind=self.feed.kind, staging_dir=self.staging,
-            storage=self.store.storage,
-        )
-        if removed:
-            log.warning(
-                "metadata.orphans_removed",
-                feed=self.feed.name,
-                removed=[str(p) for p in removed],
-                hint="files of an interrupted run; their rows are exported again",
+        removed: list[Path] = []
+        if not self.leases:  # a local lake: the flock excludes every other writer
+            removed = cleanup.remove_orphans(
+                self.feed_dir, doc, kind=self.feed.kind, staging_dir=self.staging,
+                storage=self.store.storage,
             )
+            self._log_removed(removed)
         failpoint("export.after_cleanup")
         if doc is None:
             doc = update.new_document(self.feed.kind, feed=self.feed.name, source=self.feed.source)
@@ -146,7 +148,38 @@ class Run:
                 self._remove_unlisted()
             self._record_failure(doc, exc)
             raise
+        if self.leases:
+            removed = self._sweep_after_commit()
         return dataclasses.replace(result, orphans_removed=len(removed))
+
+    def _log_removed(self, removed: list[Path]) -> None:
+        if removed:
+            log.warning(
+                "metadata.orphans_removed",
+                feed=self.feed.name,
+                removed=[str(p) for p in removed],
+                hint="files of an interrupted run; their rows are exported again",
+            )
+
+    def _sweep_after_commit(self) -> list[Path]:
+        """Object stores, after this run's commit: unlisted objects older than the grace."""
+        try:
+            swept = cleanup.sweep(
+                self.feed_dir, self.store.load(self.feed_dir), kind=self.feed.kind,
+                staging_dir=self.staging, storage=self.store.storage, grace=self.orphan_grace,
+            )
+        except LakeExportError as exc:  # committed already: the run stands, the next sweeps
+            log.warning("metadata.orphans_not_removed", feed=self.feed.name, error=str(exc),
+                        hint="the next successful run or `lakeexportd repair` removes them")
+            return []
+        self._log_removed(swept.removed)
+        if swept.kept:
+            log.info("metadata.orphans_kept", feed=self.feed.name, count=len(swept.kept),
+                     youngest_s=round(min(age for _, age in swept.kept), 1),
+                     grace_s=self.orphan_grace,
+                     hint="unlisted objects younger than lake.orphan_grace are kept (a paused "
+                     "writer may still commit them); a later run removes them")
+        return swept.removed
 
     # -- streams ---------------------------------------------------------------------------
 
@@ -199,6 +232,7 @@ class Run:
                 max_rows_per_file=feed.max_rows_per_file,
                 storage=self.store.storage,
             ) as sink:
+                self._sinks.append(sink)
                 for batch in self._batches(result.batches()):
                     sink.write(batch)
                 return sink.finish()
@@ -208,6 +242,12 @@ class Run:
     def _table(self, doc: TableMetadata) -> ExportResult:
         feed = self.feed
         version = update.next_version(doc)
+        if self.leases:
+            # In place, a version folder no commit lists may exist (a failed or paused
+            # writer's, kept for orphan_grace): never write into it, take the next number.
+            version = max([version, *(n + 1 for e in self.store.storage.list_dir(self.feed_dir)
+                                      if e.is_dir
+                                      and (n := layout.version_number(e.name)) is not None)])
         scan_started = epoch_ms(self.now)
         with self.client.query(
             sql.table_scan(feed.source), batch_size=feed.batch_size, cancel=self.cancel
@@ -223,6 +263,7 @@ class Run:
                 max_rows_per_file=feed.max_rows_per_file,
                 storage=self.store.storage,
             ) as sink:
+                self._sinks.append(sink)
                 for batch in self._batches(result.batches()):
                     sink.write(batch)
                 written = sink.publish()
@@ -337,11 +378,22 @@ class Run:
         )
 
     def _remove_unlisted(self) -> None:
-        """Remove what the metadata on disk does not list (it is the truth, whatever failed)."""
+        """Remove what the metadata on disk does not list (it is the truth, whatever failed);
+        on object stores only what this run created (others' may still be committed)."""
         try:
+            doc = self.store.load(self.feed_dir)
+            if self.leases:
+                created = [path for sink in self._sinks for path in sink.created]
+                removed = cleanup.remove_own(self.feed_dir, doc, created,
+                                             storage=self.store.storage)
+                if removed:
+                    log.info("metadata.own_files_removed", feed=self.feed.name,
+                             run_id=self.run_id, removed=[str(p) for p in removed],
+                             hint="this failed run's own objects; no commit lists them")
+                return
             cleanup.remove_orphans(
                 self.feed_dir,
-                self.store.load(self.feed_dir),
+                doc,
                 kind=self.feed.kind,
                 staging_dir=self.staging,
                 storage=self.store.storage,
@@ -353,6 +405,10 @@ class Run:
         """Add the failed run to the history; the files and watermark stay as committed."""
         if not isinstance(exc, Exception):
             return
+        try:
+            self._fence()
+        except LakeExportError:
+            return  # the lease is lost: the feed is another writer's now, even its history
         record = self._record("failed", [], error=f"{type(exc).__name__}: {exc}"[:2000])
         try:
             # A fresh load: the commit guard wants one, and a commit that failed after its

@@ -2,13 +2,19 @@
 
 Everything here runs under the feed lock and only after (or instead of) a metadata commit:
 ``_metadata.json`` decides what is data, so a crash between the commit and the deletes only
-leaves unlisted files for the next ``remove_orphans``.
+leaves unlisted files for the next sweep. On a local lake the flock excludes every other
+writer, so a sweep removes whatever is unlisted (``remove_orphans``). On an object store a
+writer that lost its lease while paused may still commit what it wrote, so a sweep removes
+only what is older than ``orphan_grace`` (``sweep``), and a failed run removes at once only
+the objects it created itself (``remove_own``).
 """
 
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from lakeexportd.errors import LakeStateError
@@ -40,9 +46,33 @@ def _remove(storage: Storage, path: Path, base: Path, *, tree: bool = False) -> 
         storage.delete(path)
 
 
+@dataclass(frozen=True)
+class Found:
+    """One unlisted thing: a file, or a folder (version, staging) with ``newest`` its
+    newest object; ``modified_ns`` is the store's last-modified time (epoch ns)."""
+
+    path: Path
+    modified_ns: int
+
+    def age_s(self, now: float) -> float:
+        return now - self.modified_ns / 1e9
+
+
+@dataclass
+class Sweep:
+    """What one sweep removed (or, dry, would remove) and what it kept for the grace."""
+
+    removed: list[Path] = field(default_factory=list)
+    kept: list[tuple[Path, float]] = field(default_factory=list)  # (path, age in seconds)
+
+
+def _newest_ns(storage: Storage, directory: Path) -> int:
+    return max((e.mtime_ns for e in storage.walk_files(directory)), default=0)
+
+
 def _stream_orphans(
     storage: Storage, feed_dir: Path, doc: StreamMetadata | None
-) -> tuple[list[Path], list[Path]]:
+) -> tuple[list[Found], list[Found]]:
     listed = {f"{p.path}/{f.name}" for p in doc.partitions for f in p.files} if doc else set()
     temps, data = [], []
     for year in _subdirs(storage, feed_dir, _YEAR):
@@ -53,16 +83,16 @@ def _stream_orphans(
                     if entry.is_dir:
                         continue  # not a name lakeexportd writes: never touched
                     if layout.is_temp_name(entry.name):
-                        temps.append(day / entry.name)
+                        temps.append(Found(day / entry.name, entry.mtime_ns))
                     elif (layout.is_data_file_name(entry.name)
                           and f"{partition}/{entry.name}" not in listed):
-                        data.append(day / entry.name)
+                        data.append(Found(day / entry.name, entry.mtime_ns))
     return temps, data
 
 
 def _table_orphans(
     storage: Storage, feed_dir: Path, doc: FeedMetadata | None
-) -> tuple[list[Path], list[Path], list[Path]]:
+) -> tuple[list[Found], list[Found], list[Found]]:
     listed = {v.path: {f.name for f in v.files} for v in getattr(doc, "versions", ())}
     temps, data, versions = [], [], []
     for entry in storage.list_dir(feed_dir):
@@ -70,13 +100,15 @@ def _table_orphans(
             continue
         path = feed_dir / entry.name
         if entry.name not in listed:
-            versions.append(path)
+            versions.append(Found(path, _newest_ns(storage, path)))
             continue
-        for name in _names(storage, path):
-            if layout.is_temp_name(name):
-                temps.append(path / name)
-            elif layout.is_snapshot_file_name(name) and name not in listed[entry.name]:
-                data.append(path / name)
+        for item in storage.list_dir(path):
+            if item.is_dir:
+                continue
+            if layout.is_temp_name(item.name):
+                temps.append(Found(path / item.name, item.mtime_ns))
+            elif layout.is_snapshot_file_name(item.name) and item.name not in listed[entry.name]:
+                data.append(Found(path / item.name, item.mtime_ns))
     return temps, data, versions
 
 
@@ -89,56 +121,118 @@ def remove_orphans(
     dry_run: bool = False,
     storage: Storage = LOCAL,
 ) -> list[Path]:
-    """Remove (or with ``dry_run`` only list) every data file and dir ``doc`` does not list.
+    """Remove (or with ``dry_run`` only list) every data file and dir ``doc`` does not list,
+    whatever its age (a local lake: the feed's flock excludes every other writer)."""
+    return sweep(feed_dir, doc, kind=kind, staging_dir=staging_dir, dry_run=dry_run,
+                 storage=storage).removed
 
-    Never touches ``_metadata.json``, ``.lock``, names it does not recognise, or anything
-    outside ``feed_dir`` and ``staging_dir``.
+
+def sweep(
+    feed_dir: Path,
+    doc: FeedMetadata | None,
+    *,
+    kind: layout.Kind,
+    staging_dir: Path | None = None,
+    dry_run: bool = False,
+    storage: Storage = LOCAL,
+    grace: float = 0.0,
+    now: float | None = None,
+) -> Sweep:
+    """Remove (or with ``dry_run`` only list) what ``doc`` does not list and was last
+    modified at least ``grace`` seconds before ``now`` (epoch seconds, default: this host's
+    clock against the store's last-modified times); younger things are kept and reported.
+
+    ``grace`` is for object stores, where a writer that lost its lease while paused may still
+    be about to commit the objects it wrote (DESIGN.md section 11). Never touches
+    ``_metadata.json``, the lock or lease, names it does not recognise, or anything outside
+    ``feed_dir`` and ``staging_dir``.
     """
     if doc is not None and doc.kind != kind:
         raise LakeStateError(f"{feed_dir}: metadata says kind {doc.kind!r}, expected {kind!r}")
+    now = time.time() if now is None else now
     try:
-        temps: list[Path] = []
-        data: list[Path] = []
-        versions: list[Path] = []
+        temps: list[Found] = []
+        data: list[Found] = []
+        versions: list[Found] = []
         if kind == "stream":
             stream_doc = doc if isinstance(doc, StreamMetadata) else None
             temps, data = _stream_orphans(storage, feed_dir, stream_doc)
         else:
             temps, data, versions = _table_orphans(storage, feed_dir, doc)
         meta_tmp = feed_dir / layout.temp_name(layout.METADATA_NAME)
-        if storage.exists(meta_tmp):
-            temps.insert(0, meta_tmp)
-        staging = []
+        if storage.exists(meta_tmp):  # local lakes only (object stores PUT in one step)
+            temps.insert(0, Found(meta_tmp, 0))
+        staging: list[Found] = []
         if staging_dir is not None and storage.exists(staging_dir):
             # Empty after a good publish: nothing to report (and removed unless dry_run).
             if storage.list_dir(staging_dir):
-                staging = [staging_dir]
+                staging = [Found(staging_dir, _newest_ns(storage, staging_dir))]
             elif not dry_run:
                 storage.remove_dir(staging_dir)
         if doc is None and (data or versions):
             raise MetadataMissingError(feed_dir, len(data) + len(versions))
-        found = temps + data + versions + staging
-        if dry_run or not found:
-            return found
+        result = Sweep()
+
+        def due(found: list[Found]) -> list[Path]:
+            old = []
+            for item in found:
+                age = item.age_s(now)
+                if grace > 0 and age < grace:
+                    result.kept.append((item.path, age))
+                else:
+                    old.append(item.path)
+            return old
+
+        temp_paths, data_paths = due(temps), due(data)
+        version_paths, staging_paths = due(versions), due(staging)
+        result.removed = temp_paths + data_paths + version_paths + staging_paths
+        if dry_run or not result.removed:
+            return result
         failpoint("cleanup.before")
-        for path in temps:
+        for path in temp_paths:
             _remove(storage, path, feed_dir)
             failpoint("cleanup.after_temp")
-        for path in data:
+        for path in data_paths:
             _remove(storage, path, feed_dir)
             failpoint("cleanup.after_data_file")
-        for path in versions:
+        for path in version_paths:
             _remove(storage, path, feed_dir, tree=True)
             failpoint("cleanup.after_version_dir")
-        if staging_dir is not None and staging:
+        if staging_dir is not None and staging_paths:
             _remove(storage, staging_dir, staging_dir.parent, tree=True)
             failpoint("cleanup.after_staging")
         if kind == "stream" and storage.exists(feed_dir):
             _remove_empty_partitions(storage, feed_dir, doc)
             failpoint("cleanup.after_empty_dirs")
-        return found
+        return result
     except OSError as exc:
         raise LakeStateError(f"cannot clean up {feed_dir}: {exc}") from exc
+
+
+def remove_own(
+    feed_dir: Path, doc: FeedMetadata | None, created: Iterable[Path], *, storage: Storage
+) -> list[Path]:
+    """Remove the objects of ``created`` that ``doc`` (freshly loaded) does not list: ones
+    this process knows to be its own to remove (a failed run's uploads, the files its own
+    commit dropped); nothing else, whatever its age."""
+    listed: set[str] = set()
+    if isinstance(doc, StreamMetadata):
+        listed = {f"{p.path}/{f.name}" for p in doc.partitions for f in p.files}
+    elif doc is not None:
+        listed = {f"{v.path}/{f.name}" for v in getattr(doc, "versions", ())
+                  for f in v.files}
+    removed = []
+    try:
+        for path in created:
+            storage.check_inside(feed_dir, path.parent)
+            relative = path.relative_to(feed_dir).as_posix()
+            if relative not in listed and storage.delete(path):
+                removed.append(path)
+    except OSError as exc:
+        raise LakeStateError(f"cannot remove the files of a failed run in {feed_dir}: "
+                             f"{exc} (removed after orphan_grace by a later run or repair)"
+                             ) from exc
+    return removed
 
 
 class MetadataMissingError(LakeStateError):

@@ -52,6 +52,9 @@ class Lock:
         self._monotonic = monotonic
         self._sleep = sleep
         self._held: Held | None = None
+        # Object stores: the owner (host:pid:token) of the unreleased lease this acquisition
+        # took over after its ttl, i.e. a holder that died or hung; None otherwise.
+        self.previous_holder: str | None = None
 
     def acquire(self) -> None:
         storage = self._storage
@@ -72,6 +75,7 @@ class Lock:
                 raise self._busy(f" (pid {text})" if text.isdigit() else "")
             self._sleep(self._poll)
         self._held = held
+        self.previous_holder = getattr(held, "took_over", None)
         if self._failpoints:
             failpoint(f"{self._failpoints}.after_acquire")
 

@@ -46,8 +46,10 @@ def _directory(root: Path) -> Path:
 
 
 def _read(storage: Storage, path: Path) -> DaemonInfo | None:
+    """The entry's daemon: the lock's note (the file on disk; on an object store the note
+    inside the lease document, which also carries the lease's owner, epoch and ttl)."""
     try:
-        data = json.loads(storage.read_bytes(path))
+        data = json.loads(storage.lock_note(path))
         return DaemonInfo(**{k: data[k] for k in DaemonInfo.__dataclass_fields__})
     except (OSError, ValueError, KeyError, TypeError):
         return None  # being written, or not ours: not a daemon we can describe

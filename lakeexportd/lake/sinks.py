@@ -126,6 +126,8 @@ class AppendSink:
         self._in_place = not storage.atomic_rename
         self._collisions: dict[int, int] = {}  # day -> the run's _NN there (in place)
         self._parts: dict[int, int] = {}  # day -> files opened there (in place)
+        # In place: every object this sink created, for its run to remove should it fail.
+        self.created: list[Path] = []
 
     def __enter__(self) -> AppendSink:
         return self
@@ -234,6 +236,8 @@ class AppendSink:
             row_group_rows=self._rg_rows, row_group_bytes=self._rg_bytes,
             failpoint_prefix="append", background=self._background, storage=self._storage,
         )
+        if self._in_place:  # only once created: a name found taken is someone else's
+            self.created.append(handle.path)
         self._open[day] = handle
         return handle
 

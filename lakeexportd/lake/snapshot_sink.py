@@ -62,6 +62,8 @@ class SnapshotSink:
         # Without an atomic rename (object stores) the version is written where it stays, under
         # final names: _metadata.json's current_version is the only completeness signal there.
         self._in_place = not storage.atomic_rename
+        # In place: every object this sink created, for its run to remove should it fail.
+        self.created: list[Path] = []
         self._target = self.feed_dir / layout.version_dir_name(version)
         if self._in_place:
             if storage.exists(self._target):
@@ -101,6 +103,8 @@ class SnapshotSink:
             row_group_rows=self._rg_rows, row_group_bytes=self._rg_bytes,
             failpoint_prefix="snapshot", background=self._background, storage=self._storage,
         )
+        if self._in_place:  # only once created: a name found taken is someone else's
+            self.created.append(path)
         return self._current
 
     def write(self, batch: pa.RecordBatch) -> None:

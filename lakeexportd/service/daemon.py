@@ -104,6 +104,9 @@ class Daemon:
         self.state = "new"  # new -> running -> stopping -> stopped
         self._backend: Backend | None = None
         self._running: dict[int, str] = {}  # thread id -> feed, for stop() to wait on
+        # Feeds whose last run was skipped: another process (a daemon on the same lake, a CLI
+        # run) held their lock or lease. /status says so; the holder runs them.
+        self._held_elsewhere: set[str] = set()
         self._idle = threading.Condition()
         self.registry_poll = registry_poll
         self.manager = self._manager(config)
@@ -152,7 +155,8 @@ class Daemon:
             job = self.scheduler.get_job(name) if self.scheduler.running else None
             when = getattr(job, "next_run_time", None)
             feeds[name] = {"next_run": when.astimezone(dt.UTC).isoformat() if when else None,
-                           "running": name in running}
+                           "running": name in running,
+                           "held_elsewhere": name in self._held_elsewhere}
         info = self.presence.info if self.presence is not None else None
         return {"state": self.state, "pid": info.pid if info else None,
                 "host": info.host if info else None, "started": info.started if info else None,
@@ -313,10 +317,16 @@ class Daemon:
             self._running[me] = feed.name
         backend.acquire()
         try:
-            return runs.run_export(
+            outcome = runs.run_export(
                 backend.exporter, feed, self.clock(), cancel=self.cancel, metrics=self.metrics,
                 wall_clock=lambda: self.clock().timestamp(), holds=self.holds,
             )
+            with self._idle:
+                if outcome == "skipped":
+                    self._held_elsewhere.add(feed.name)
+                elif outcome is not None:
+                    self._held_elsewhere.discard(feed.name)
+            return outcome
         finally:
             with self._idle:
                 del self._running[me]

@@ -464,10 +464,10 @@ def test_unlisted_files_are_removed_by_the_next_run_and_by_repair(static: Sandbo
     for path in stray:
         path.write_bytes(b"PAR1")
     (tmp_path / "tables/users/version=v9").mkdir()
-    assert sorted(ex.repair(f, dry_run=True)) == sorted(stray)
+    assert sorted(ex.repair(f, dry_run=True).removed) == sorted(stray)
     assert all(p.exists() for p in stray)
-    assert sorted(ex.repair(f)) == sorted(stray)
-    assert ex.repair(t) == [tmp_path / "tables/users/version=v9"]
+    assert sorted(ex.repair(f).removed) == sorted(stray)
+    assert ex.repair(t).removed == [tmp_path / "tables/users/version=v9"]
     partition.joinpath("data_20991231_000000.parquet").write_bytes(b"PAR1")
     ex.export(f, NOW + dt.timedelta(minutes=1))
     assert not partition.joinpath("data_20991231_000000.parquet").exists()

@@ -335,6 +335,7 @@ class _LeaseState:
     ttl: float
     released: bool
     note: bytes
+    owner: str = ""
 
 
 class _Lease:
@@ -344,9 +345,10 @@ class _Lease:
 
     def __init__(
         self, storage: ObjectStorage, key: str, shown: str, result: PutResult, *,
-        epoch: int, owner: str, note: bytes, written_at: float,
+        epoch: int, owner: str, note: bytes, written_at: float, took_over: str | None = None,
     ) -> None:
         self._storage = storage
+        self.took_over = took_over  # the owner of the unreleased lease this one replaced
         self._key = key
         self._shown = shown
         self._mode = _update_mode(_signature(result))
@@ -752,16 +754,18 @@ class ObjectStorage:
         meta = got.meta
         if meta["e_tag"] is None:
             _signature(meta)  # raises: no ETag, no leases
-        epoch, ttl, released, note = 0, self.lease_ttl, False, b""
+        epoch, ttl, released, note, owner = 0, self.lease_ttl, False, b"", "?"
         try:  # an unreadable lease (damaged, foreign) is a held one, taken over after a ttl
             document = json.loads(data)
             epoch = int(document["epoch"])
             ttl = float(document["ttl_s"]) if float(document["ttl_s"]) > 0 else ttl
             released = document.get("released") is True
             note = str(document.get("note", "")).encode("utf-8", "surrogateescape")
-        except (ValueError, KeyError, TypeError):
+            owner = str(document.get("owner", "?"))
+        except (ValueError, KeyError, TypeError, AttributeError):
             pass
-        return _LeaseState(str(meta["e_tag"]), meta["version"], epoch, ttl, released, note)
+        return _LeaseState(str(meta["e_tag"]), meta["version"], epoch, ttl, released, note,
+                           owner)
 
     def _stale(self, key: str, state: _LeaseState) -> bool:
         """Whether this process has seen ``state``'s ETag unchanged for a whole ttl."""
@@ -808,7 +812,8 @@ class ObjectStorage:
             with self._seen_guard:
                 self._seen.pop(key, None)
             return _Lease(self, key, shown, result, epoch=state.epoch + 1, owner=owner,
-                          note=note, written_at=started)
+                          note=note, written_at=started,
+                          took_over=None if state.released else state.owner)
         return None
 
     def lock_note(self, path: PurePath) -> bytes:

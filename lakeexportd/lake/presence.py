@@ -6,6 +6,10 @@ which the kernel drops when the process dies, however it dies). A reader learns 
 entry is live with ``Storage.is_locked``: locked means its daemon still runs. Reading takes no
 lock it keeps and writes nothing, so ``lakeexportd status`` stays read-only. A starting daemon
 removes entries whose lock it can take: they are provably leftovers of daemons that died.
+
+On an object store an entry is a lease, and a lease proves its holder dead only to a process
+that has watched it unchanged for a whole ttl: at start every entry looks live. So there a
+running daemon calls ``sweep`` every ttl, and removes the entries it has seen go stale.
 """
 
 from __future__ import annotations
@@ -98,12 +102,25 @@ class Presence:
         return [d for d in live_daemons(directory.parent, storage)
                 if d.pid != self.info.pid or d.host != self.info.host]
 
-    def _remove_stale(self, directory: Path) -> None:
+    def _remove_stale(self, directory: Path) -> list[Path]:
+        removed = []
         for entry in self._storage.list_dir(directory):
             path = Path(entry.path)
             if (_ENTRY.fullmatch(entry.name) and path != self.path
                     and not self._storage.is_locked(path)):
                 self._storage.delete(path)
+                removed.append(path)
+        return removed
+
+    def sweep(self) -> list[Path]:
+        """Remove the entries of daemons that died (on an object store: whose lease this
+        process has seen unchanged for a ttl); the entries removed."""
+        if self._held is None:
+            return []
+        try:
+            return self._remove_stale(self.path.parent)
+        except OSError as exc:
+            raise LakeStateError(f"cannot sweep {self.path.parent} ({exc})") from exc
 
     def release(self) -> None:
         if self._held is None:

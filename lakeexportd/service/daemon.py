@@ -57,6 +57,7 @@ from lakeexportd.service.metrics import Metrics
 from lakeexportd.service.metrics_http import MetricsServer, MetricsServerError
 from lakeexportd.service.sdnotify import Notifier
 
+PRESENCE_SWEEP = "presence-sweep"  # the job removing dead daemons' entries (object stores)
 log = structlog.get_logger(__name__)
 
 Clock = Callable[[], dt.datetime]
@@ -162,6 +163,19 @@ class Daemon:
                 "host": info.host if info else None, "started": info.started if info else None,
                 "feeds": feeds}
 
+    def _sweep_presence(self) -> None:
+        presence = self.presence
+        if presence is None:
+            return
+        try:
+            removed = presence.sweep()
+        except LakeExportError as exc:
+            log.warning("daemon.presence_sweep_failed", reason=str(exc))
+            return
+        for path in removed:
+            log.info("daemon.stale_entry_removed", entry=str(path),
+                     hint="a daemon that stopped renewing its entry for a lease ttl")
+
     def _claim_presence(self, config: Config) -> list[DaemonInfo]:
         """Register this daemon in ``<lake>/.daemons/``; log the others found there."""
         lake = lake_of(config.lake)
@@ -175,6 +189,16 @@ class Daemon:
                       hint="`lakeexportd status` will not see this daemon")
             return []
         self.presence = presence
+        if lake.storage.leases:  # entries of dead daemons go once seen stale for a ttl
+            every = max(config.lake.lease_ttl, 1.0)
+            self.scheduler.add_job(
+                self._sweep_presence, IntervalTrigger(seconds=every, timezone=dt.UTC),
+                id=PRESENCE_SWEEP, name=PRESENCE_SWEEP, max_instances=1, coalesce=True,
+                replace_existing=True,
+            )
+        else:
+            with contextlib.suppress(JobLookupError):
+                self.scheduler.remove_job(PRESENCE_SWEEP)
         for other in others:
             log.warning("daemon.another_on_lake", other_pid=other.pid, other_host=other.host,
                         other_started=other.started, other_config=other.config,

@@ -273,6 +273,19 @@ def test_three_daemons_run_each_feed_once_at_a_time_and_a_standby_takes_over_a_k
     wait_for(lambda: any(e["event"] == "export.finished" and e["run_id"] == takeover["run_id"]
                          for e in lake.events(standby)), 30, "the standby's run of tx")
 
+    # A survivor removes the killed daemon's presence entry once it has watched it unchanged
+    # for a ttl, and `lakeexportd status` stops listing the dead daemon.
+    entry = f"_{victim.proc.pid}.json"
+    wait_for(lambda: any(e["event"] == "daemon.stale_entry_removed" and e["entry"].endswith(entry)
+                         for d in survivors for e in lake.events(d)), 30,
+             "a survivor removing the killed daemon's presence entry")
+    shown = subprocess.run([sys.executable, "-m", "lakeexportd", "status", "-c",
+                            str(daemons[0].config)], env={**os.environ, **lake.env},
+                           capture_output=True, text=True, timeout=60)
+    assert shown.returncode == 0, shown.stderr
+    assert f"pid {victim.proc.pid} " not in shown.stdout, shown.stdout
+    assert f"{len(survivors)} daemons run on this lake" in shown.stdout, shown.stdout
+
     lake.sandbox.clear_faults()
     generate_until_exported(lake, 40, table=True)
     for daemon in survivors:

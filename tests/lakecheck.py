@@ -102,3 +102,19 @@ class Recorder:
 
     def retry(self, endpoint: str) -> None:
         self.retries.append(endpoint)
+
+
+class StreamTruth:
+    """What the readers' tests ask of ``truth``, a stream's rows as the wire carries them."""
+
+    truth: pa.Table
+
+    def days(self) -> list[tuple[int, int, int]]:
+        """The UTC days of the rows' ROWTIME, as the partitions name them."""
+        stamps = self.truth.column("ROWTIME").to_pylist()
+        dates = {dt.datetime.fromtimestamp(ms / 1000, dt.UTC).date() for ms in stamps}
+        return sorted((d.year, d.month, d.day) for d in dates)
+
+    def by_id(self, column: str) -> list[Any]:
+        """``column``'s values in TRANSACTION_ID order."""
+        return self.truth.sort_by("TRANSACTION_ID").column(column).to_pylist()

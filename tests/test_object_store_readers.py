@@ -31,7 +31,7 @@ from typing import Any
 import obstore
 import pyarrow as pa
 import pytest
-from lakecheck import exporter, wire_truth
+from lakecheck import StreamTruth, exporter, wire_truth
 from objectstores import Azurite, Bucket, MotoS3, azure_container_on, s3_bucket_on
 
 from lakeexportd.sandbox import Sandbox
@@ -66,21 +66,12 @@ class StoreLake:
 
 
 @dataclass
-class Lakes:
+class Lakes(StreamTruth):
     s3: StoreLake
     azure: StoreLake
     truth: pa.Table  # the stream's rows, as the wire carries them
     users: pa.Table  # the table's rows now (its current version)
     bin_dir: Path  # holds a ``lakeexportd`` that runs this checkout's CLI
-
-    def days(self) -> list[tuple[int, int, int]]:
-        """The UTC days of the rows' ROWTIME, as the partitions name them."""
-        stamps = self.truth.column("ROWTIME").to_pylist()
-        dates = {dt.datetime.fromtimestamp(ms / 1000, dt.UTC).date() for ms in stamps}
-        return sorted((d.year, d.month, d.day) for d in dates)
-
-    def by_id(self, column: str) -> list[Any]:
-        return self.truth.sort_by("TRANSACTION_ID").column(column).to_pylist()
 
     def user_counts(self) -> dict[str, int]:
         return dict(zip(self.users.column("USER_ID").to_pylist(),

@@ -15,7 +15,7 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 import pytest
-from lakecheck import NOW, exporter, feed, wire_truth
+from lakecheck import NOW, StreamTruth, exporter, feed, wire_truth
 from pyspark import SparkContext
 from pyspark.sql import SparkSession
 
@@ -38,7 +38,7 @@ def snippet(reader: str) -> str:
     return dict(zip(READERS, blocks))[reader]
 
 
-class Lake:
+class Lake(StreamTruth):
     def __init__(self, root: Path, truth: pa.Table, users: pa.Table) -> None:
         self.root, self.truth, self.users = root, truth, users
 
@@ -46,15 +46,6 @@ class Lake:
         namespace: dict[str, Any] = {}
         exec(compile(code.replace('"data_lake"', repr(str(self.root))), "README.md", "exec"), namespace)
         return namespace
-
-    def days(self) -> list[tuple[int, int, int]]:
-        """The UTC days of the rows' ROWTIME, as the partitions name them."""
-        stamps = self.truth.column("ROWTIME").to_pylist()
-        dates = {dt.datetime.fromtimestamp(ms / 1000, dt.UTC).date() for ms in stamps}
-        return sorted((d.year, d.month, d.day) for d in dates)
-
-    def by_id(self, column: str) -> list[Any]:
-        return self.truth.sort_by("TRANSACTION_ID").column(column).to_pylist()
 
 
 @pytest.fixture(scope="module")

@@ -241,13 +241,12 @@ class Run:
 
     def _table(self, doc: TableMetadata) -> ExportResult:
         feed = self.feed
-        version = update.next_version(doc)
-        if self.leases:
-            # In place, a version folder no commit lists may exist (a failed or paused
-            # writer's, kept for orphan_grace): never write into it, take the next number.
-            version = max([version, *(n + 1 for e in self.store.storage.list_dir(self.feed_dir)
-                                      if e.is_dir
-                                      and (n := layout.version_number(e.name)) is not None)])
+        # A version folder no commit lists may exist (on object stores a failed or paused
+        # writer's, kept for orphan_grace; anywhere one holding a file lakeexportd does not
+        # write, which cleanup leaves): never write into it, take the next number.
+        version = max([update.next_version(doc),
+                       *(n + 1 for e in self.store.storage.list_dir(self.feed_dir)
+                         if e.is_dir and (n := layout.version_number(e.name)) is not None)])
         scan_started = epoch_ms(self.now)
         with self.client.query(
             sql.table_scan(feed.source), batch_size=feed.batch_size, cancel=self.cancel

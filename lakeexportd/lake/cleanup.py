@@ -196,7 +196,7 @@ def sweep(
             _remove(storage, path, feed_dir)
             failpoint("cleanup.after_data_file")
         for path in version_paths:
-            _remove(storage, path, feed_dir, tree=True)
+            _remove_version(storage, path, feed_dir)
             failpoint("cleanup.after_version_dir")
         if staging_dir is not None and staging_paths:
             _remove(storage, staging_dir, staging_dir.parent, tree=True)
@@ -207,6 +207,19 @@ def sweep(
         return result
     except OSError as exc:
         raise LakeStateError(f"cannot clean up {feed_dir}: {exc}") from exc
+
+
+def _remove_version(storage: Storage, path: Path, feed_dir: Path) -> bool:
+    """Remove a version folder's snapshot and temp files, then the folder if that emptied it.
+
+    A name lakeexportd does not write stays, and with it the folder (True: it is gone).
+    """
+    storage.check_inside(feed_dir, path)
+    for entry in storage.list_dir(path):
+        if not entry.is_dir and (layout.is_snapshot_file_name(entry.name)
+                                 or layout.is_temp_name(entry.name)):
+            storage.delete(path / entry.name)
+    return storage.remove_dir(path)
 
 
 def remove_own(
@@ -276,7 +289,8 @@ def delete_versions(
             path = feed_dir / version.path
             storage.check_inside(feed_dir, path)
             if storage.exists(path):
-                for i, name in enumerate(_names(storage, path)):
+                names = [n for n in _names(storage, path) if layout.is_snapshot_file_name(n)]
+                for i, name in enumerate(names):  # a name lakeexportd does not write stays
                     storage.delete(path / name)
                     if i == 0:
                         failpoint("prune.mid_version")
@@ -304,8 +318,10 @@ def delete_partitions(
             path = feed_dir / partition.path
             storage.check_inside(feed_dir, path)
             if storage.exists(path):
-                for i, entry in enumerate(storage.list_dir(path)):
-                    _remove(storage, path / entry.name, feed_dir, tree=entry.is_dir)
+                names = [e.name for e in storage.list_dir(path) if not e.is_dir and (
+                    layout.is_data_file_name(e.name) or layout.is_temp_name(e.name))]
+                for i, name in enumerate(names):  # a name lakeexportd does not write stays
+                    _remove(storage, path / name, feed_dir)
                     if i == 0:
                         failpoint("retention.mid_partition")
                 storage.remove_dir(path)

@@ -559,6 +559,37 @@ def test_retention_days_drops_old_partitions_in_the_same_commit(static: Sandbox,
     assert_consistent(tmp_path, "stream", "tx")
 
 
+def test_a_file_lakeexportd_does_not_write_is_never_deleted(static: Sandbox, tmp_path: Path) -> None:
+    """An operator's file in an unlisted version folder, in a version being pruned and in an
+    expired day partition stays, with its folder; the table's next run takes a new number and
+    the lake stays consistent around them."""
+    ex = exporter(static.url, tmp_path)
+    users = feed("users", "USER_SUMMARY", kind="table", retention_versions=1)
+    ex.export(users, NOW)
+    folder = tmp_path / "tables/users"
+    (folder / "version=v1" / "NOTES.txt").write_text("kept by the operator")  # pruned next
+    (folder / "version=v2").mkdir()  # an interrupted run's unlisted version, with a note
+    (folder / "version=v2" / "README").write_text("not lakeexportd's")
+    assert ex.export(users, NOW + dt.timedelta(minutes=1)).version == 3
+    assert (folder / "version=v1" / "NOTES.txt").read_text() == "kept by the operator"
+    assert not list((folder / "version=v1").glob("*.parquet"))  # its snapshot files went
+    assert (folder / "version=v2" / "README").read_text() == "not lakeexportd's"
+    assert [v["version"] for v in metadata(tmp_path, "table", "users")["versions"]] == [3]
+    assert read_listed(tmp_path, "table", "users").num_rows == static.arrow("USER_SUMMARY").num_rows
+
+    latest = max(static.arrow("TRANSACTION_FLATTENED").column("ROWTIME").to_pylist())
+    now = dt.datetime.fromtimestamp(latest / 1000 + 3600, dt.UTC)
+    ex.export(feed("tx", "TRANSACTION_FLATTENED", settle_delay=0.0), now)
+    oldest = metadata(tmp_path, "stream", "tx")["partitions"][0]["path"]
+    note = tmp_path / "streams/tx" / oldest / "checked.txt"
+    note.write_text("audited")
+    ex.export(feed("tx", "TRANSACTION_FLATTENED", settle_delay=0.0, retention_days=2), now)
+    assert oldest not in [p["path"] for p in metadata(tmp_path, "stream", "tx")["partitions"]]
+    assert note.read_text() == "audited"
+    assert not list(note.parent.glob("*.parquet"))
+    assert_consistent(tmp_path, "stream", "tx")
+
+
 @pytest.mark.parametrize("name", ["../escape", "a/b", "..", ".hidden", ""])
 def test_feed_names_cannot_escape_the_lake(tmp_path: Path, name: str) -> None:
     """A feed name that would leave its folder is refused before any path is built."""

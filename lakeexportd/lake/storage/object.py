@@ -35,14 +35,16 @@ Durability
 
 ``create``
     Streams through obstore's ``WritableFile`` (a multipart upload in ``part_size`` parts,
-    ``upload_concurrency`` in flight: memory stays near ``part_size * (concurrency + 1)``
-    per open file, whatever the file's size). The object appears only when ``close``
+    ``upload_concurrency`` in flight, for a file larger than one part; a smaller one goes in
+    one PUT at ``close``: memory stays near ``part_size * (concurrency + 1)`` per open file,
+    whatever the file's size). The object appears only when ``close``
     completes the upload; a writer that dies leaves an incomplete upload, invisible, that a
     bucket lifecycle rule should abort. Multipart completion cannot be made conditional
     through obstore, so ``create`` checks the name with a HEAD first: between the check and
     the completion another writer could take the name. That is acceptable because one
     writer per feed holds the feed's lease, as on disk. ``_Upload.abort`` drops an upload
-    without ever making the object visible (the sinks do not call it yet).
+    without ever making the object visible (a sink's ``abort`` calls it, through
+    ``parquet_writer``).
 
 ``promote``
     No rename: a server-side copy, then the source is deleted. The copy is made with
@@ -50,40 +52,42 @@ Durability
     the memory store, and S3 when ``copy_if_not_exists`` is configured (``multipart`` on
     AWS). Plain S3 says "not supported"; then (remembered for the store's life) the target
     is checked with a HEAD and copied over, the same documented race as ``create``. S3
-    copies one object of at most 5 GiB. DESIGN.md wants data objects written under their
-    final names directly, which a later sink change can do (``create`` the final name).
+    copies one object of at most 5 GiB. The sinks do not promote on object stores: they
+    ``create`` each data object under its final name (DESIGN.md section 11).
 
 ``rename_dir`` and ``atomic_rename``
     A directory is renamed object by object (copy, then delete the sources): not one step,
     so a reader can see a half-moved version. ``atomic_rename`` is ``False`` here (``True``
-    on disk): on object stores a table version should be written in place, with
-    ``current_version`` in ``_metadata.json`` the only completeness signal, and the
-    snapshot sink should skip its staging rename when the flag is ``False``.
+    on disk): so on object stores the snapshot sink writes a table version in place, with
+    ``current_version`` in ``_metadata.json`` the only completeness signal.
 
 Locks are leases
     ``try_lock`` writes a lease object (JSON: owner, epoch, ttl, renewal time, note) with
-    ``mode="create"``. When it exists, a contender takes it over (If-Match, epoch + 1) only
-    when it was released, or when this process has seen the same ETag for a whole ttl on
-    its own monotonic clock: clocks between machines are never compared. The observations
-    are kept in the storage object, so a caller that polls ``try_lock`` (``lake.locking``)
-    takes a dead holder's lease after one ttl. ``release`` cannot delete conditionally
-    (object_store has no conditional DELETE), and an unconditional delete could remove a
-    successor's lease; so it overwrites the lease If-Match with a released tombstone, which
-    the next contender takes over at once. Lease objects, like lock files on disk, are never
-    deleted. ``_Lease.renew`` rewrites it If-Match (same epoch) and ``remaining`` says how
-    long the holder may still act. Every lease write carries a random token: S3's ETag is
-    the MD5 of the bytes, and a renewal with the same bytes would keep the very ETag a
-    contender is timing. The wiring step must add a thread that renews every ttl/3, and
-    abort a run before its commit when a renewal fails or ``remaining`` reaches zero (the
-    conditional commit of ``_metadata.json`` fences a writer that is wrong anyway). Shared
-    locks do not exist on object stores.
+    ``mode="create"``. When it exists, a contender takes it over (If-Match, epoch + 1) only when
+    it was released, or when this process has seen the same ETag for a whole ttl on its own
+    monotonic clock: clocks between machines are never compared. The observations are kept in
+    the storage object, so a caller that polls ``try_lock`` (``lake.locking``) takes a dead
+    holder's lease after one ttl. ``release`` cannot delete conditionally (object_store has no
+    conditional DELETE), and an unconditional delete could remove a successor's lease; so it
+    overwrites the lease If-Match with a released tombstone, which the next contender takes over
+    at once. A feed's lease object, like a lock file on disk, is never deleted (daemon presence
+    entries are: by their daemon when it stops, and by ``presence`` once seen stale for a ttl).
+    ``_Lease.renew`` rewrites it If-Match (same epoch) and ``remaining`` says how long the
+    holder may still act. Every lease write carries a random token: S3's ETag is the MD5 of the
+    bytes, and a renewal with the same bytes would keep the very ETag a contender is timing. A
+    held lease renews itself on a thread every ttl/3, and a run checks it (``Lock.check``) right
+    before each commit, so it stops when a renewal failed or ``remaining`` reached zero (the
+    conditional commit of ``_metadata.json`` fences a writer that is wrong anyway). Shared locks
+    do not exist on object stores.
 
 Errors
     obstore's errors become the ``OSError`` subclasses the seam promises: not found ->
     ``FileNotFoundError``, already exists -> ``FileExistsError`` (``PreconditionFailed`` in
     ``publish``), precondition -> ``PreconditionFailed``, permission or authentication ->
-    ``PermissionError``, not supported -> ``OSError(EOPNOTSUPP)``, anything else ->
-    ``OSError(EIO)``, each naming the location with ``show``.
+    ``PermissionError``, not supported -> ``OSError(EOPNOTSUPP)``, what object_store reports
+    after its retries (refused or cut connections, timeouts, 5xx, throttling) ->
+    ``StoreUnreachable`` (an ``OSError``, EIO: a passing error, exit 75), anything else ->
+    ``OSError(EIO)``, each naming the location with ``show``, on one line.
 
 Storage classes (tiering)
     ``rewrite_in_class`` moves an object to a colder class in place: object_store sets a

@@ -15,7 +15,12 @@ import pyarrow.parquet as pq
 
 from lakeexportd.lake import layout
 from lakeexportd.lake.metadata import MetadataStore
-from lakeexportd.lake.metadata_model import FeedMetadata, FileEntry, StreamMetadata, TableMetadata
+from lakeexportd.lake.metadata_model import (
+    FeedMetadata,
+    TableMetadata,
+    listed_files,
+    listed_paths,
+)
 from lakeexportd.lake.storage import LOCAL, Storage
 
 
@@ -29,13 +34,6 @@ class Mismatch:
 
     def __str__(self) -> str:
         return f"{self.feed}: {self.path}: {self.problem}"
-
-
-def listed_files(doc: FeedMetadata) -> list[tuple[str, FileEntry]]:
-    """(relative directory, entry) of every file the document lists."""
-    if isinstance(doc, StreamMetadata):
-        return [(p.path, f) for p in doc.partitions for f in p.files]
-    return [(v.path, f) for v in doc.versions for f in v.files]
 
 
 def check_files(
@@ -91,7 +89,7 @@ def unlisted(
     feed_dir: Path, doc: FeedMetadata | None, *, storage: Storage = LOCAL
 ) -> list[Path]:
     """Data files, temps and version directories under ``feed_dir`` that ``doc`` does not list."""
-    listed = {f"{d}/{e.name}" for d, e in listed_files(doc)} if doc else set()
+    listed = listed_paths(doc)
     versions = {v.path for v in doc.versions} if isinstance(doc, TableMetadata) else set()
     found = []
     for entry in storage.list_dir(feed_dir):

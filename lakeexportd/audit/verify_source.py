@@ -27,11 +27,11 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from lakeexportd.audit.report import iso_ms
-from lakeexportd.audit.verify import Mismatch, listed_files
+from lakeexportd.audit.verify import Mismatch
 from lakeexportd.ksqldb import sql
 from lakeexportd.ksqldb.client import KsqlDBClient
 from lakeexportd.lake import layout
-from lakeexportd.lake.metadata_model import StreamMetadata, TableMetadata, Window
+from lakeexportd.lake.metadata_model import StreamMetadata, TableMetadata, Window, listed_files
 from lakeexportd.lake.storage import LOCAL, Storage
 
 DEFAULT_WINDOWS = 100  # every window `exports` keeps (KEEP_EXPORTS)

@@ -33,7 +33,7 @@ from lakeexportd.ksqldb.client import KsqlDBClient, client_from_settings
 from lakeexportd.lake import layout
 from lakeexportd.lake.configured import ConfiguredLake, lake_of
 from lakeexportd.lake.metadata import MetadataStore
-from lakeexportd.lake.metadata_model import StreamMetadata, TableMetadata
+from lakeexportd.lake.metadata_model import StreamMetadata, TableMetadata, listed_files
 
 _SEVERITY = {EX_OK: 0, EX_TEMPFAIL: 1, EX_FAILED: 2, EX_CONFIG: 3}
 
@@ -145,7 +145,7 @@ def _check(lake: ConfiguredLake, name: str, kind: layout.Kind, feed: Feed | None
     if problems and checked is not None and checked.skipped:
         say(f"{name}: source {checked.skipped}")
     if not problems:
-        files = len(verify.listed_files(doc)) if doc else 0
+        files = len(listed_files(doc)) if doc else 0
         extra = ""
         if checked is not None:
             extra = f", source: {checked.skipped}" if checked.skipped else \

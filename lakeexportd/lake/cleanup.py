@@ -20,7 +20,13 @@ from pathlib import Path
 from lakeexportd.errors import LakeStateError
 from lakeexportd.failpoints import failpoint
 from lakeexportd.lake import layout
-from lakeexportd.lake.metadata_model import FeedMetadata, Partition, StreamMetadata, Version
+from lakeexportd.lake.metadata_model import (
+    FeedMetadata,
+    Partition,
+    StreamMetadata,
+    Version,
+    listed_paths,
+)
 from lakeexportd.lake.storage import LOCAL, Storage
 
 _YEAR = re.compile(r"year=\d{4}")
@@ -48,8 +54,8 @@ def _remove(storage: Storage, path: Path, base: Path, *, tree: bool = False) -> 
 
 @dataclass(frozen=True)
 class Found:
-    """One unlisted thing: a file, or a folder (version, staging) with ``newest`` its
-    newest object; ``modified_ns`` is the store's last-modified time (epoch ns)."""
+    """One unlisted thing: a file, or a folder (version, staging); ``modified_ns`` is the
+    store's last-modified time (epoch ns) of the file, or of a folder's newest object."""
 
     path: Path
     modified_ns: int
@@ -73,7 +79,7 @@ def _newest_ns(storage: Storage, directory: Path) -> int:
 def _stream_orphans(
     storage: Storage, feed_dir: Path, doc: StreamMetadata | None
 ) -> tuple[list[Found], list[Found]]:
-    listed = {f"{p.path}/{f.name}" for p in doc.partitions for f in p.files} if doc else set()
+    listed = listed_paths(doc)
     temps, data = [], []
     for year in _subdirs(storage, feed_dir, _YEAR):
         for month in _subdirs(storage, year, _MONTH):
@@ -209,17 +215,15 @@ def sweep(
         raise LakeStateError(f"cannot clean up {feed_dir}: {exc}") from exc
 
 
-def _remove_version(storage: Storage, path: Path, feed_dir: Path) -> bool:
-    """Remove a version folder's snapshot and temp files, then the folder if that emptied it.
-
-    A name lakeexportd does not write stays, and with it the folder (True: it is gone).
-    """
+def _remove_version(storage: Storage, path: Path, feed_dir: Path) -> None:
+    """Remove a version folder's snapshot and temp files, then the folder if that emptied it
+    (a name lakeexportd does not write stays, and with it the folder)."""
     storage.check_inside(feed_dir, path)
     for entry in storage.list_dir(path):
         if not entry.is_dir and (layout.is_snapshot_file_name(entry.name)
                                  or layout.is_temp_name(entry.name)):
             storage.delete(path / entry.name)
-    return storage.remove_dir(path)
+    storage.remove_dir(path)
 
 
 def remove_own(
@@ -228,12 +232,7 @@ def remove_own(
     """Remove the objects of ``created`` that ``doc`` (freshly loaded) does not list: ones
     this process knows to be its own to remove (a failed run's uploads, the files its own
     commit dropped); nothing else, whatever its age."""
-    listed: set[str] = set()
-    if isinstance(doc, StreamMetadata):
-        listed = {f"{p.path}/{f.name}" for p in doc.partitions for f in p.files}
-    elif doc is not None:
-        listed = {f"{v.path}/{f.name}" for v in getattr(doc, "versions", ())
-                  for f in v.files}
+    listed = listed_paths(doc)
     removed = []
     try:
         for path in created:

@@ -201,3 +201,15 @@ class TableMetadata(_Common):
 
 
 FeedMetadata = StreamMetadata | TableMetadata
+
+
+def listed_files(doc: FeedMetadata) -> list[tuple[str, FileEntry]]:
+    """(relative directory, entry) of every file the document lists."""
+    if isinstance(doc, StreamMetadata):
+        return [(p.path, f) for p in doc.partitions for f in p.files]
+    return [(v.path, f) for v in doc.versions for f in v.files]
+
+
+def listed_paths(doc: FeedMetadata | None) -> set[str]:
+    """``directory/name`` of every file the document lists (none without a document)."""
+    return {f"{d}/{f.name}" for d, f in listed_files(doc)} if doc is not None else set()

@@ -16,14 +16,14 @@ import pytest
 from lakecheck import NOW, assert_exactly_once, feed, read_listed
 from objectstores import Bucket
 
-from lakeexportd.audit.verify import listed_files, verify_feed
+from lakeexportd.audit.verify import verify_feed
 from lakeexportd.errors import LakeExportError
 from lakeexportd.export.exporter import DataLakeExporter
 from lakeexportd.ksqldb.client import KsqlDBClient
 from lakeexportd.ksqldb.curl_stream import CurlTransport
 from lakeexportd.lake import layout
 from lakeexportd.lake.metadata import MetadataStore
-from lakeexportd.lake.metadata_model import StreamMetadata
+from lakeexportd.lake.metadata_model import StreamMetadata, listed_files
 from lakeexportd.lake.storage import Lake, open_lake
 from lakeexportd.sandbox import Sandbox
 

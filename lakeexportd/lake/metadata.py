@@ -55,13 +55,7 @@ from lakeexportd.lake.metadata_update import (
     with_table_version,
     without_partitions_before,
 )
-from lakeexportd.lake.storage import (
-    LOCAL,
-    LocalStorage,
-    PreconditionFailed,
-    Signature,
-    Storage,
-)
+from lakeexportd.lake.storage import LOCAL, PreconditionFailed, Signature, Storage
 
 log = structlog.get_logger(__name__)
 
@@ -138,7 +132,7 @@ class MetadataStore:
         except OSError as exc:  # PreconditionFailed included: a retry refused by our own PUT
             with self._guard:
                 self._seen.pop(path, None)  # settled below, or load() again
-            if isinstance(self.storage, LocalStorage):  # a rename: no answer to lose
+            if self.storage.atomic_rename:  # a local rename: no answer to lose
                 if isinstance(exc, PreconditionFailed):
                     raise changed from exc
                 raise LakeStateError(f"could not commit {where}: {exc}") from exc

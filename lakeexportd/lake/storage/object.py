@@ -609,8 +609,15 @@ class ObjectStorage:
         key = self._key(path)
         if self._head(key, path) is not None:
             raise FileExistsError(errno.EEXIST, "already exists", self.show(path))
+        return self._upload(key, path)
+
+    def _upload(self, key: str, path: PurePath,
+                attributes: dict[str, str] | None = None) -> _Upload:
+        """A streamed upload to ``key``: one PUT at ``close`` up to ``part_size``, else
+        multipart with ``upload_concurrency`` parts in flight."""
         with self._errors(path):
-            writer = obstore.open_writer(self.store, key, buffer_size=self.part_size,
+            writer = obstore.open_writer(self.store, key, attributes=attributes,
+                                         buffer_size=self.part_size,
                                          max_concurrency=self.upload_concurrency)
         return _Upload(writer, self.show(path), self._scrub)
 
@@ -648,10 +655,7 @@ class ObjectStorage:
 
     def _stream_back(self, key: str, path: PurePath, got: GetResult, attributes: dict[str, str],
                      seen: Signature) -> None:
-        writer = obstore.open_writer(self.store, key, attributes=attributes,
-                                     buffer_size=self.part_size,
-                                     max_concurrency=self.upload_concurrency)
-        upload = _Upload(writer, self.show(path), self._scrub)
+        upload = self._upload(key, path, attributes)
         try:
             for chunk in got.stream(min_chunk_size=self.part_size):
                 upload.write(chunk)

@@ -25,7 +25,7 @@ from lakeexportd.config.load import default_config_path, load_config
 from lakeexportd.errors import EX_FAILED, EX_OK
 from lakeexportd.lake.configured import lake_of
 from lakeexportd.lake.metadata_model import FeedMetadata, StreamMetadata
-from lakeexportd.lake.tiering import DEFAULT_TIER, shown_tier
+from lakeexportd.lake.tiering import DEFAULT_TIER, shown_bytes_per_tier, shown_tier
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -117,15 +117,14 @@ def _partition_tiers(doc: FeedMetadata | None) -> dict[str, str]:
     """Partition -> its class, for a stream with at least one file moved (else empty)."""
     if not isinstance(doc, StreamMetadata) or set(doc.bytes_per_tier()) <= {None}:
         return {}
-    return {p.path: p.tier or DEFAULT_TIER for p in doc.partitions}
+    return {p.path: shown_tier(p.tier) for p in doc.partitions}
 
 
 def _bytes_per_tier(doc: FeedMetadata | None) -> dict[str, int] | None:
     """A stream's listed bytes by storage class (``default``: the store's default class)."""
     if not isinstance(doc, StreamMetadata):
         return None
-    return {shown_tier(tier): size for tier, size in
-            sorted(doc.bytes_per_tier().items(), key=lambda t: (t[0] is not None, t[0] or ""))}
+    return shown_bytes_per_tier(doc.bytes_per_tier())
 
 
 def _status(reader: MetadataReader) -> int:

@@ -29,7 +29,7 @@ from lakeexportd.errors import EX_OK, EX_USAGE, LakeExportError, exit_code
 from lakeexportd.lake import layout
 from lakeexportd.lake.configured import lake_of
 from lakeexportd.lake.metadata_model import FileEntry
-from lakeexportd.lake.tiering import Tierer, TierResult, shown_tier
+from lakeexportd.lake.tiering import Tierer, TierResult, shown_bytes_per_tier
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -83,11 +83,11 @@ def report(result: TierResult) -> list[str]:
                      f"{human_bytes(move.size_bytes)}, {move.from_tiers} -> "
                      f"{result.storage_class}")
     partitions = len({m.partition for m in result.moves})
-    tiers = sorted(result.bytes_per_tier.items(), key=lambda t: (t[0] is not None, t[0] or ""))
+    tiers = shown_bytes_per_tier(result.bytes_per_tier)
     summary = (f"tier {result.feed}: {verb} {_count(partitions, 'partition')}, "
                f"{_count(result.files, 'file')}, {human_bytes(result.size_bytes)} to "
                f"{result.storage_class}; {'then' if result.dry_run else 'now'} "
-               + (", ".join(f"{shown_tier(t)} {human_bytes(n)}" for t, n in tiers) or "empty"))
+               + (", ".join(f"{t} {human_bytes(n)}" for t, n in tiers.items()) or "empty"))
     if result.stopped:
         summary += " (stopped by shutdown; the next run goes on)"
     if result.dry_run:

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import datetime as dt
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -48,6 +48,12 @@ DEFAULT_TIER = "default"
 
 def shown_tier(tier: str | None) -> str:
     return DEFAULT_TIER if tier is None else tier
+
+
+def shown_bytes_per_tier(per_tier: Mapping[str | None, int]) -> dict[str, int]:
+    """Bytes per class as shown (``default`` for the store's own), the default first."""
+    ordered = sorted(per_tier.items(), key=lambda item: (item[0] is not None, item[0] or ""))
+    return {shown_tier(tier): size for tier, size in ordered}
 
 
 @dataclass(frozen=True)

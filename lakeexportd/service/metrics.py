@@ -170,12 +170,12 @@ class Metrics:
             state.tier_results.add(result)
         self.tier_runs.labels(feed=feed, result=result).inc()
 
-    def set_tier_bytes(self, feed: str, per_tier: dict[str | None, int]) -> None:
-        """The feed's listed bytes per storage class (None: the store's default)."""
+    def set_tier_bytes(self, feed: str, per_tier: dict[str, int]) -> None:
+        """The feed's listed bytes per storage class, as shown (``default``: the store's)."""
         with self._lock:
             state = self._feeds.get(feed)
             if state is not None:
-                state.tier_bytes = {tier or "default": size for tier, size in per_tier.items()}
+                state.tier_bytes = dict(per_tier)
 
     def known(self, feed: str) -> bool:
         with self._lock:

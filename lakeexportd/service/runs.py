@@ -32,6 +32,7 @@ from lakeexportd.lake import layout
 from lakeexportd.lake.metadata import MetadataStore
 from lakeexportd.lake.metadata_model import StreamMetadata, TableMetadata
 from lakeexportd.lake.storage import Storage, open_storage
+from lakeexportd.lake.tiering import shown_bytes_per_tier
 from lakeexportd.service.metrics import Metrics, Result
 
 log = structlog.get_logger(__name__)
@@ -203,7 +204,7 @@ def seed_from_metadata(metrics: Metrics, feed: Feed, root: Path,
         feed.name, last_success=last_success, lag_origin=origin, table_versions=versions
     )
     if isinstance(doc, StreamMetadata) and feed.tiering is not None:
-        metrics.set_tier_bytes(feed.name, doc.bytes_per_tier())
+        metrics.set_tier_bytes(feed.name, shown_bytes_per_tier(doc.bytes_per_tier()))
 
 
 def _epoch(text: str) -> float | None:

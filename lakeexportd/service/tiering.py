@@ -18,7 +18,7 @@ import structlog
 from lakeexportd.config.model import Feed
 from lakeexportd.errors import LakeExportError
 from lakeexportd.lake import layout
-from lakeexportd.lake.tiering import Tierer, shown_tier
+from lakeexportd.lake.tiering import Tierer, shown_bytes_per_tier
 from lakeexportd.service.metrics import Metrics, Result
 from lakeexportd.service.runs import _LEVELS, classify
 
@@ -54,10 +54,11 @@ def run_tiering(
             return outcome
         outcome = "aborted" if result.stopped else "success"
         metrics.observe_tier_run(feed.name, outcome)
-        metrics.set_tier_bytes(feed.name, result.bytes_per_tier)
+        per_tier = shown_bytes_per_tier(result.bytes_per_tier)
+        metrics.set_tier_bytes(feed.name, per_tier)
         log.info("tier.finished", feed=feed.name, result=outcome,
                  storage_class=tiering.storage_class,
                  partitions=len({m.partition for m in result.moves}), files=result.files,
                  bytes=result.size_bytes, duration_s=round(monotonic() - started, 3),
-                 bytes_per_tier={shown_tier(t): n for t, n in result.bytes_per_tier.items()})
+                 bytes_per_tier=per_tier)
         return outcome

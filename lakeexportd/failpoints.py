@@ -87,6 +87,9 @@ FAILPOINTS: dict[str, str] = {
     "export.before_commit": "files published under final names, metadata not committed",
     "export.after_commit": "metadata committed, old versions or partitions not yet deleted",
     "export.after_prune": "run complete, lock still held",
+    # Delta feeds (export/delta_run.py, lake/delta.py)
+    "delta.after_create": "the Delta table created (version 0), no data file written",
+    "delta.after_log_commit": "the Delta log commit landed, _metadata.json not yet rewritten",
     # feed lock
     "lock.after_acquire": "feed lock held, nothing done yet",
     "lock.before_release": "work done, lock about to be released",

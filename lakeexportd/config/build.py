@@ -34,6 +34,7 @@ from lakeexportd.config.model import (
     Secret,
     Security,
     Start,
+    TableFormat,
     Tiering,
     TLSSettings,
     tier_classes,
@@ -387,6 +388,7 @@ def _settings(node: Node, base: FeedDefaults) -> FeedDefaults:
         timezone=timezone,
         retention_days=retention_days if node.has("retention_days") else base.retention_days,
         tiering=_tiering(node, base.tiering),
+        format=cast(TableFormat, node.choice("format", ("parquet", "delta"), base.format)),
     )
 
 
@@ -491,6 +493,11 @@ def build_feed(node: Node, defaults: FeedDefaults) -> Feed:
                            tiering=BUILTIN.tiering)
     else:
         resolved = replace(resolved, retention_versions=BUILTIN.retention_versions)
+    if resolved.format == "delta" and resolved.tiering is not None:
+        raise node.fail("format", "`tiering` is for Parquet feeds: a Delta table's files are "
+                        "listed by its log, and moving them is not built",
+                        "remove `tiering:` from this feed (or set `tiering: null` on it when it "
+                        "comes from defaults), or use `format: parquet`")
     return Feed(
         name=name,
         source=source.upper(),

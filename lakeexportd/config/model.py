@@ -37,6 +37,7 @@ Start = Literal["earliest", "now"]
 Security = Literal["raw", "anonymized", "aggregated"]
 Api = Literal["auto", "query-stream", "query"]
 LogLevel = Literal["debug", "info", "warning", "error"]
+TableFormat = Literal["parquet", "delta"]
 
 
 class Secret:
@@ -183,6 +184,7 @@ class FeedDefaults:
     timezone: str = "UTC"
     retention_days: int | None = None
     tiering: Tiering | None = None
+    format: TableFormat = "parquet"
 
 
 BUILTIN: Final = FeedDefaults()
@@ -207,6 +209,7 @@ class Feed:
     timezone: str = BUILTIN.timezone
     retention_days: int | None = BUILTIN.retention_days
     tiering: Tiering | None = BUILTIN.tiering
+    format: TableFormat = BUILTIN.format
     enabled: bool = True
 
     @property

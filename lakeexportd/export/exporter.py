@@ -35,7 +35,8 @@ import structlog
 from lakeexportd.config.model import Config, Feed
 from lakeexportd.errors import FeedError, LakeStateError
 from lakeexportd.export import backfill as backfills
-from lakeexportd.export.run import ExportResult, Progress, Run, epoch_ms, new_run_id
+from lakeexportd.export.delta_run import new_run
+from lakeexportd.export.run import ExportResult, Progress, epoch_ms, new_run_id
 from lakeexportd.ksqldb.client import KsqlDBClient, client_from_settings
 from lakeexportd.ksqldb.retry import RequestObserver
 from lakeexportd.lake import cleanup, layout, rebuild
@@ -113,7 +114,7 @@ class DataLakeExporter:
             raise ValueError("now must be timezone-aware")
         feed_dir = self.feed_dir(feed)
         self._check_kind(feed, cancel)
-        run = Run(
+        run = new_run(
             client=self.client,
             root=self.root,
             store=self.store,

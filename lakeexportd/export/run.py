@@ -24,13 +24,14 @@ from lakeexportd.errors import (
     CommitOutcomeUnknown,
     ExportAborted,
     LakeExportError,
+    LakeStateError,
     RejectedValueError,
     SchemaError,
 )
 from lakeexportd.failpoints import failpoint
 from lakeexportd.ksqldb import sql
 from lakeexportd.ksqldb.client import KsqlDBClient
-from lakeexportd.lake import cleanup, layout
+from lakeexportd.lake import cleanup, delta, layout
 from lakeexportd.lake import metadata_update as update
 from lakeexportd.lake.metadata import MetadataStore
 from lakeexportd.lake.metadata_model import (
@@ -121,6 +122,11 @@ class Run:
         may no longer commit (its feed's lease was lost: another writer may hold it)."""
         self._fence = fence
         doc = self.store.load(self.feed_dir)
+        if delta.is_delta(self.store.storage, self.feed_dir):
+            raise LakeStateError(
+                f"feed {self.feed.name!r} is a Delta table ({self.store.storage.show(self.feed_dir)})"
+                " but is configured `format: parquet`: a feed's format cannot change in place. "
+                "Set `format: delta` back, or export Parquet under a new feed name")
         removed: list[Path] = []
         if not self.leases:  # a local lake: the flock excludes every other writer
             removed = cleanup.remove_orphans(

@@ -44,6 +44,7 @@ class SnapshotSink:
         row_group_rows: int = ROW_GROUP_ROWS,
         row_group_bytes: int = ROW_GROUP_BYTES,
         storage: Storage = LOCAL,
+        in_place: bool | None = None,
     ) -> None:
         self.schema = schema
         self._storage = storage
@@ -61,7 +62,8 @@ class SnapshotSink:
         self._published = False
         # Without an atomic rename (object stores) the version is written where it stays, under
         # final names: _metadata.json's current_version is the only completeness signal there.
-        self._in_place = not storage.atomic_rename
+        # So are a Delta table's files on any store: its log, not a rename, commits them.
+        self._in_place = not storage.atomic_rename if in_place is None else in_place
         # In place: every object this sink created, for its run to remove should it fail.
         self.created: list[Path] = []
         self._target = self.feed_dir / layout.version_dir_name(version)
@@ -71,6 +73,11 @@ class SnapshotSink:
                     f"{storage.show(self._target)} already exists but this run builds version "
                     f"{version}; run `lakeexportd repair` to remove versions no commit lists"
                 )
+            try:
+                storage.make_dirs(self._target, self._dir_mode)
+            except OSError as exc:
+                raise LakeStateError(f"cannot create {storage.show(self._target)}: {exc}") \
+                    from exc
             return
         try:
             if storage.exists(self.staging):

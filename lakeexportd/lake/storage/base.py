@@ -94,6 +94,11 @@ class Storage(Protocol):
         """``path`` as an operator finds it (a file name, a URL) for messages."""
         ...
 
+    def table_location(self, path: PurePath) -> tuple[str, dict[str, str]]:
+        """The URI and the options with which a table-format library (delta-rs) opens the
+        folder ``path``: the same store, named the way object_store names its options."""
+        ...
+
     # -- reading ----------------------------------------------------------------------------
     def exists(self, path: PurePath) -> bool: ...
 

@@ -76,6 +76,9 @@ class LocalStorage:
     def show(self, path: PurePath) -> str:
         return str(path)
 
+    def table_location(self, path: PurePath) -> tuple[str, dict[str, str]]:
+        return str(Path(path).absolute()), {}
+
     storage_classes: frozenset[str] = frozenset()
     """A disk has no storage classes: tiering is for object stores."""
 

@@ -447,6 +447,7 @@ class ObjectStorage:
         upload_concurrency: int = DEFAULT_UPLOAD_CONCURRENCY,
         redact: Iterable[str] = (),
         monotonic: Callable[[], float] = time.monotonic,
+        table_options: Mapping[str, str] | None = None,
     ) -> None:
         if not root.is_absolute():
             raise ValueError(f"the root location must be absolute, not {root}")
@@ -458,6 +459,7 @@ class ObjectStorage:
         self.upload_concurrency = upload_concurrency
         self.monotonic = monotonic
         self._redact = tuple(value for value in redact if value)
+        self._table_options = dict(table_options or {})
         self._copy_if_absent = True  # until the store says it cannot
         self._seen: dict[str, tuple[str, float]] = {}  # lease key -> (ETag, first seen)
         self._seen_guard = threading.Lock()
@@ -497,6 +499,14 @@ class ObjectStorage:
         if not key:
             return self.url
         return f"{self.url}{key}" if self.url.endswith("/") else f"{self.url}/{key}"
+
+    def table_location(self, path: PurePath) -> tuple[str, dict[str, str]]:
+        """delta-rs speaks object_store too: the same URL and the same option names (the
+        store's and its HTTP client's; credentials it reads from the same environment)."""
+        if isinstance(self.store, obstore.store.MemoryStore):
+            raise LakeStateError("a memory:// lake lives in this process's obstore only: "
+                                 "table formats (Delta) need a real store")
+        return self.show(path), dict(self._table_options)
 
     def _scrub(self, text: str) -> str:
         return _scrub(text, self._redact)
@@ -1004,5 +1014,10 @@ def from_url(
                 raise
             raise ConfigError(f"cannot open the lake root {shown}: obstore refused the store "
                               f"options {sorted(options)}") from None
+    table_options = {}
+    if scheme != "memory":
+        config, client, _ = _split_options(options)
+        table_options = {**config, **client}
     return ObjectStorage(store, url=shown, root=root, lease_ttl=lease_ttl, part_size=part_size,
-                         upload_concurrency=upload_concurrency, redact=secret_values)
+                         upload_concurrency=upload_concurrency, redact=secret_values,
+                         table_options=table_options)

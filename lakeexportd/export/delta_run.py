@@ -1,0 +1,257 @@
+"""One export run of a ``format: delta`` feed: the Delta log is the commit point.
+
+The steps of a stream run: read the feed's transaction version from the log (the watermark),
+query the window after it, write the files with the same sinks as Parquet feeds, check the
+log has not moved, commit the files with the transaction at the new watermark (no retries:
+a commit that lost a race publishes nothing), then write ``_metadata.json`` as a summary of
+the log. A table run is the same with one overwrite commit, then a vacuum that keeps the
+newest ``retention_versions`` snapshots readable.
+
+Killed anywhere, nothing is lost or doubled: before the log commit the files are unlisted
+(the next vacuum removes them after the grace), after it the next run starts from the log's
+watermark, whatever ``_metadata.json`` says.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pyarrow as pa
+import structlog
+
+from lakeexportd.errors import CommitOutcomeUnknown, LakeExportError, LakeStateError
+from lakeexportd.export.run import ExportResult, Run, epoch_ms
+from lakeexportd.failpoints import failpoint
+from lakeexportd.ksqldb import sql
+from lakeexportd.lake import delta, layout
+from lakeexportd.lake import metadata_update as update
+from lakeexportd.lake.delta import DeltaFeed
+from lakeexportd.lake.metadata_model import (
+    FeedMetadata,
+    StreamMetadata,
+    TableMetadata,
+    Window,
+    WrittenFile,
+)
+from lakeexportd.lake.sinks import AppendSink, SnapshotSink
+
+log = structlog.get_logger(__name__)
+
+STREAM_TIME_TRAVEL_S = 7 * 86_400.0
+"""A Delta stream keeps files it dropped (compaction, retention) readable this long."""
+
+
+class DeltaRun(Run):
+    """``Run`` for Delta feeds; the Parquet cleanup never runs here (the log lists files)."""
+
+    def execute(self, fence: Callable[[], None] = lambda: None) -> ExportResult:
+        self._fence = fence
+        self.delta = DeltaFeed(self.store.storage, self.feed_dir, self.feed.name)
+        self._written: list[WrittenFile] = []
+        self._txn: int | None = None  # the transaction version this run commits
+        doc = self.store.load(self.feed_dir)
+        if doc is not None and not self.delta.exists() and _lists_files(doc):
+            raise LakeStateError(
+                f"feed {self.feed.name!r} holds Parquet files ({self.store.storage.show(self.feed_dir)})"
+                " but is configured `format: delta`: a feed's format cannot change in place. "
+                "Export Delta under a new feed name, or set `format: parquet` back")
+        if doc is None:
+            doc = update.new_document(self.feed.kind, feed=self.feed.name, source=self.feed.source)
+        failpoint("export.after_cleanup")
+        try:
+            if isinstance(doc, StreamMetadata):
+                return self._delta_stream(doc)
+            assert isinstance(doc, TableMetadata)
+            return self._delta_table(doc)
+        except BaseException as exc:
+            if not isinstance(exc, CommitOutcomeUnknown):
+                self._remove_own_unless_committed()
+            self._record_failure(doc, exc)
+            raise
+
+    # -- streams ---------------------------------------------------------------------------
+
+    def _delta_stream(self, doc: StreamMetadata) -> ExportResult:
+        feed = self.feed
+        table = self.delta.load()
+        # The log's transaction version is the watermark; without a table yet, the summary's
+        # (a first `start: now` run commits no table: it has no schema to create one with).
+        lower = self.delta.transaction_version(table) if table is not None else doc.watermark_ms
+        upper = epoch_ms(self.now) - round(feed.settle_delay * 1000)
+        window = Window(lower, upper)
+        written: list[WrittenFile] = []
+        if lower is None and feed.start == "now":
+            window = Window(upper, upper)
+            new = update.after_stream_run(doc, record=self._record("success", [], window=window),
+                                          written=[], columns=doc.schema, watermark_ms=upper,
+                                          now=self.now)
+            self._commit(new)
+            return self._result([], watermark_ms=upper, window_from_ms=None)
+        if lower is not None and upper <= lower:  # the clock has not passed the watermark
+            self._commit(update.with_export(doc, self._record("success", [], window=Window(
+                lower, lower))))
+            return self._result([], watermark_ms=lower, window_from_ms=lower)
+        query = sql.stream_window(feed.source, lower, upper)
+        with self.client.query(query, batch_size=feed.batch_size, cancel=self.cancel) as result:
+            self.columns = self._checked_columns(doc, result.schema)
+            files = delta.file_schema(result.schema, feed.name, kind="stream")
+            table = self._table_for(table, files, kind="stream")
+            with AppendSink(
+                self.feed_dir, files, run_start=self.now,
+                event_time=feed.event_time or "ROWTIME", timezone=feed.timezone,
+                security=feed.security, max_open_partitions=feed.max_open_partitions,
+                max_rows_per_file=feed.max_rows_per_file, storage=self.store.storage,
+            ) as sink:
+                self._sinks.append(sink)
+                for batch in self._batches(result.batches()):
+                    sink.write(delta.to_file_schema(batch, files))
+                written = sink.finish()
+        self._written = written
+        self._check_unmoved(table, lower)
+        failpoint("export.before_commit")
+        self._fence()
+        self._txn = upper
+        version = self.delta.commit(
+            table, written, kind="stream", schema=table.schema(), txn_version=upper,
+            run_id=self.run_id, extra={"watermark_ms": str(upper),
+                                       "window_from_ms": "" if lower is None else str(lower)})
+        log.info("delta.committed", feed=feed.name, run_id=self.run_id, version=version,
+                 files=len(written), rows=sum(w.records for w in written), watermark_ms=upper)
+        self._summarize(doc, written, window=window)
+        return self._result(written, watermark_ms=upper, window_from_ms=lower)
+
+    # -- tables ----------------------------------------------------------------------------
+
+    def _delta_table(self, doc: TableMetadata) -> ExportResult:
+        feed = self.feed
+        table = self.delta.load()
+        previous = self.delta.transaction_version(table) if table is not None else None
+        scan_started = epoch_ms(self.now)
+        if previous is not None and previous >= scan_started:
+            raise LakeStateError(
+                f"feed {feed.name!r}: the Delta log already holds a snapshot taken at "
+                f"{previous} ms, not older than this run's ({scan_started} ms); a newer "
+                "snapshot is never replaced by an older one (is a clock behind?)")
+        with self.client.query(
+            sql.table_scan(feed.source), batch_size=feed.batch_size, cancel=self.cancel
+        ) as result:
+            self.columns = self._checked_columns(doc, result.schema)
+            files = delta.file_schema(result.schema, feed.name, kind="table")
+            table = self._table_for(table, files, kind="table")
+            folder = max([table.version() + 1, *(
+                n + 1 for e in self.store.storage.list_dir(self.feed_dir)
+                if e.is_dir and (n := layout.version_number(e.name)) is not None)])
+            with SnapshotSink(
+                self.root, feed.name, files, version=folder, run_start=self.now,
+                security=feed.security, max_rows_per_file=feed.max_rows_per_file,
+                storage=self.store.storage, in_place=True,
+            ) as sink:
+                self._sinks.append(sink)
+                for batch in self._batches(result.batches()):
+                    sink.write(delta.to_file_schema(batch, files))
+                written = sink.publish()
+        self._written = written
+        self._check_unmoved(table, previous)
+        failpoint("export.before_commit")
+        self._fence()
+        self._txn = scan_started
+        version = self.delta.commit(table, written, kind="table", schema=table.schema(),
+                                    txn_version=scan_started, run_id=self.run_id)
+        log.info("delta.committed", feed=feed.name, run_id=self.run_id, version=version,
+                 files=len(written), rows=sum(w.records for w in written))
+        new = self._summarize(doc, written, version=version)
+        assert isinstance(new, TableMetadata)
+        failpoint("export.after_commit")
+        self._vacuum_table([v.version for v in new.versions])
+        failpoint("export.after_prune")
+        return self._result(written, version=version, versions_kept=len(new.versions),
+                            scan_started_ms=scan_started)
+
+    def _vacuum_table(self, keep: list[int]) -> None:
+        """Files only older snapshots read go; the grace covers readers in flight."""
+        table = self.delta.load()
+        if table is None:
+            return
+        try:
+            done = delta.vacuum(self.delta, table, retention_s=self.orphan_grace, dry_run=False,
+                                keep_versions=keep)
+        except LakeExportError as exc:  # committed already: the next run vacuums
+            log.warning("delta.vacuum_failed", feed=self.feed.name, error=str(exc))
+            return
+        if done.removed or done.leftovers:
+            log.info("delta.vacuumed", feed=self.feed.name, removed=len(done.removed),
+                     leftovers=len(done.leftovers), kept_versions=keep)
+
+    # -- shared steps ----------------------------------------------------------------------
+
+    def _table_for(self, table: delta.DeltaTable | None, files: pa.Schema, *,
+                   kind: str) -> delta.DeltaTable:
+        """The table to commit to: created on the first run, widened by added columns."""
+        if table is None:
+            table = self.delta.create(delta.table_schema(files, kind=kind), kind=kind)
+            failpoint("delta.after_create")
+            return table
+        return self.delta.add_columns(table, files)
+
+    def _check_unmoved(self, table: delta.DeltaTable, expected: int | None) -> None:
+        """The transaction version is still what this run started from (a table reloaded
+        after adding columns may have caught another writer's commit)."""
+        now = self.delta.transaction_version(table)
+        if now != expected:
+            raise delta.DeltaCommitRefused(
+                f"feed {self.feed.name!r}: another writer committed to the Delta log while this "
+                f"run was writing (its version moved from {expected} to {now}); nothing of this "
+                "run was published")
+
+    def _summarize(self, doc: FeedMetadata, written: list[WrittenFile], *,
+                   window: Window | None = None, version: int | None = None) -> FeedMetadata:
+        """Write ``_metadata.json`` from the log (a summary: never the commit point)."""
+        record = self._record("success", written, window=window, version=version)
+        table = self.delta.load()
+        assert table is not None
+        step = update.with_schema(doc, self.columns or doc.schema, self.now)
+        if isinstance(step, StreamMetadata):
+            new: FeedMetadata = delta.stream_summary(self.delta, table, step)
+        else:
+            assert isinstance(step, TableMetadata)
+            new = delta.table_summary(self.delta, table, step, keep=self.feed.retention_versions)
+        new = update.with_export(new, record)
+        try:
+            self._commit(new)
+        except LakeExportError as exc:
+            # The log holds the run: a summary that failed is rebuilt by the next run.
+            log.warning("delta.summary_not_written", feed=self.feed.name, error=str(exc),
+                        hint="the Delta log holds this run; the next run or `lakeexportd "
+                        "repair` rewrites _metadata.json from it")
+        if isinstance(new, StreamMetadata):
+            failpoint("export.after_commit")
+        return new
+
+    def _remove_own_unless_committed(self) -> None:
+        """A failed run removes the files it wrote, unless its commit reached the log."""
+        try:
+            if self._txn is not None:
+                table = self.delta.load()
+                if table is not None and self.delta.transaction_version(table) == self._txn:
+                    return  # the commit landed: the files are the table's now
+            for w in self._written:
+                self.store.storage.delete(self.feed_dir / w.partition / w.name
+                                          if w.partition else self.feed_dir / w.name)
+            for sink in self._sinks:
+                for path in sink.created:
+                    self.store.storage.delete(path)
+        except (LakeExportError, OSError):
+            pass  # left for the vacuum (after the grace)
+
+
+def _lists_files(doc: FeedMetadata) -> bool:
+    if isinstance(doc, StreamMetadata):
+        return bool(doc.partitions)
+    return bool(doc.versions)
+
+
+def new_run(**kwargs: object) -> Run:
+    """The run for the feed's format."""
+    feed = kwargs["feed"]
+    cls = DeltaRun if getattr(feed, "format", "parquet") == "delta" else Run
+    return cls(**kwargs)  # type: ignore[arg-type]

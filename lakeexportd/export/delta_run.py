@@ -52,8 +52,9 @@ class DeltaRun(Run):
         doc = self.store.load(self.feed_dir)
         if doc is not None and not self.delta.exists() and _lists_files(doc):
             raise LakeStateError(
-                f"feed {self.feed.name!r} holds Parquet files ({self.store.storage.show(self.feed_dir)})"
-                " but is configured `format: delta`: a feed's format cannot change in place. "
+                f"feed {self.feed.name!r} holds Parquet files "
+                f"({self.store.storage.show(self.feed_dir)}) but is configured `format: delta`: "
+                "a feed's format cannot change in place. "
                 "Export Delta under a new feed name, or set `format: parquet` back")
         if doc is None:
             doc = update.new_document(self.feed.kind, feed=self.feed.name, source=self.feed.source)
@@ -184,8 +185,8 @@ class DeltaRun(Run):
 
     # -- shared steps ----------------------------------------------------------------------
 
-    def _table_for(self, table: delta.DeltaTable | None, files: pa.Schema, *,
-                   kind: str) -> delta.DeltaTable:
+    def _table_for(self, table: delta.Table | None, files: pa.Schema, *,
+                   kind: str) -> delta.Table:
         """The table to commit to: created on the first run, widened by added columns."""
         if table is None:
             table = self.delta.create(delta.table_schema(files, kind=kind), kind=kind)
@@ -193,7 +194,7 @@ class DeltaRun(Run):
             return table
         return self.delta.add_columns(table, files)
 
-    def _check_unmoved(self, table: delta.DeltaTable, expected: int | None) -> None:
+    def _check_unmoved(self, table: delta.Table, expected: int | None) -> None:
         """The transaction version is still what this run started from (a table reloaded
         after adding columns may have caught another writer's commit)."""
         now = self.delta.transaction_version(table)

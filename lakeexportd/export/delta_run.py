@@ -112,12 +112,24 @@ class DeltaRun(Run):
         failpoint("export.before_commit")
         self._fence()
         self._txn = upper
+        expired: list[dict[str, object]] = []
+        too_old: list[WrittenFile] = []
+        if feed.retention_days is not None:
+            # Past retention: the table's old days leave in this commit, and this run's own
+            # files of such days (late rows) are never added.
+            cutoff = layout.retention_cutoff(self.now, feed.retention_days, feed.timezone)
+            expired = delta.files_before(self.delta, table, cutoff)
+            too_old = [w for w in written if layout.partition_day(w.partition) < cutoff]
+            written = [w for w in written if w not in too_old]
         version = self.delta.commit(
             table, written, kind="stream", schema=table.schema(), txn_version=upper,
-            run_id=self.run_id, extra={"watermark_ms": str(upper),
-                                       "window_from_ms": "" if lower is None else str(lower)})
+            run_id=self.run_id, remove=expired,
+            extra={"watermark_ms": str(upper),
+                   "window_from_ms": "" if lower is None else str(lower)})
         log.info("delta.committed", feed=feed.name, run_id=self.run_id, version=version,
                  files=len(written), rows=sum(w.records for w in written), watermark_ms=upper)
+        for w in too_old:  # never listed by any commit: this run's own
+            self.store.storage.delete(self.feed_dir / w.partition / w.name)
         self._summarize(doc, written, window=window)
         return self._result(written, watermark_ms=upper, window_from_ms=lower)
 

@@ -52,8 +52,9 @@ class DeltaRun(Run):
         doc = self.store.load(self.feed_dir)
         if doc is not None and not self.delta.exists() and _lists_files(doc):
             raise LakeStateError(
-                f"feed {self.feed.name!r} holds Parquet files ({self.store.storage.show(self.feed_dir)})"
-                " but is configured `format: delta`: a feed's format cannot change in place. "
+                f"feed {self.feed.name!r} holds Parquet files "
+                f"({self.store.storage.show(self.feed_dir)}) but is configured `format: delta`: "
+                "a feed's format cannot change in place. "
                 "Export Delta under a new feed name, or set `format: parquet` back")
         if doc is None:
             doc = update.new_document(self.feed.kind, feed=self.feed.name, source=self.feed.source)
@@ -111,12 +112,24 @@ class DeltaRun(Run):
         failpoint("export.before_commit")
         self._fence()
         self._txn = upper
+        expired: list[dict[str, object]] = []
+        too_old: list[WrittenFile] = []
+        if feed.retention_days is not None:
+            # Past retention: the table's old days leave in this commit, and this run's own
+            # files of such days (late rows) are never added.
+            cutoff = layout.retention_cutoff(self.now, feed.retention_days, feed.timezone)
+            expired = delta.files_before(self.delta, table, cutoff)
+            too_old = [w for w in written if layout.partition_day(w.partition) < cutoff]
+            written = [w for w in written if w not in too_old]
         version = self.delta.commit(
             table, written, kind="stream", schema=table.schema(), txn_version=upper,
-            run_id=self.run_id, extra={"watermark_ms": str(upper),
-                                       "window_from_ms": "" if lower is None else str(lower)})
+            run_id=self.run_id, remove=expired,
+            extra={"watermark_ms": str(upper),
+                   "window_from_ms": "" if lower is None else str(lower)})
         log.info("delta.committed", feed=feed.name, run_id=self.run_id, version=version,
                  files=len(written), rows=sum(w.records for w in written), watermark_ms=upper)
+        for w in too_old:  # never listed by any commit: this run's own
+            self.store.storage.delete(self.feed_dir / w.partition / w.name)
         self._summarize(doc, written, window=window)
         return self._result(written, watermark_ms=upper, window_from_ms=lower)
 
@@ -184,8 +197,8 @@ class DeltaRun(Run):
 
     # -- shared steps ----------------------------------------------------------------------
 
-    def _table_for(self, table: delta.DeltaTable | None, files: pa.Schema, *,
-                   kind: str) -> delta.DeltaTable:
+    def _table_for(self, table: delta.Table | None, files: pa.Schema, *,
+                   kind: str) -> delta.Table:
         """The table to commit to: created on the first run, widened by added columns."""
         if table is None:
             table = self.delta.create(delta.table_schema(files, kind=kind), kind=kind)
@@ -193,7 +206,7 @@ class DeltaRun(Run):
             return table
         return self.delta.add_columns(table, files)
 
-    def _check_unmoved(self, table: delta.DeltaTable, expected: int | None) -> None:
+    def _check_unmoved(self, table: delta.Table, expected: int | None) -> None:
         """The transaction version is still what this run started from (a table reloaded
         after adding columns may have caught another writer's commit)."""
         now = self.delta.transaction_version(table)

@@ -40,7 +40,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from deltalake import DeltaTable, Field
 from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundError
-from deltalake.transaction import AddAction, CommitProperties, Transaction
+from deltalake.transaction import AddAction, CommitProperties, RemoveAction, Transaction
 
 from lakeexportd.errors import LakeStateError, SchemaError, StoreUnreachable
 from lakeexportd.failpoints import failpoint
@@ -55,6 +55,9 @@ from lakeexportd.lake.metadata_model import (
     iso_utc,
 )
 from lakeexportd.lake.storage import Storage
+
+Table = DeltaTable
+"""A loaded Delta table (delta-rs's ``DeltaTable``), for the modules that hold one."""
 
 APP_PREFIX = "lakeexportd:"
 PARTITION_COLUMNS = ("year", "month", "day")
@@ -89,7 +92,8 @@ def _delta_type(t: pa.DataType, column: str, feed: str) -> pa.DataType:
     if pa.types.is_list(t) or pa.types.is_large_list(t):
         return pa.list_(pa.field(t.value_field.name, _delta_type(t.value_type, column, feed)))
     if pa.types.is_map(t):
-        return pa.map_(_delta_type(t.key_type, column, feed), _delta_type(t.item_type, column, feed))
+        return pa.map_(_delta_type(t.key_type, column, feed),
+                       _delta_type(t.item_type, column, feed))
     if pa.types.is_struct(t):
         return pa.struct([pa.field(f.name, _delta_type(f.type, f"{column}.{f.name}", feed),
                                    f.nullable) for f in t])
@@ -241,12 +245,13 @@ class DeltaFeed:
         txn_version: int,
         run_id: str,
         extra: Mapping[str, str] | None = None,
+        remove: Sequence[Mapping[str, Any]] = (),
     ) -> int:
         """One commit: ``files`` appended (stream) or replacing everything (table), with the
         feed's transaction at ``txn_version``. Raises ``DeltaCommitRefused`` when another
         commit landed since ``table`` was loaded; returns the new table version."""
         now_ms = int(time.time() * 1000)
-        actions = [
+        actions: list[AddAction | RemoveAction] = [
             AddAction(
                 path=_log_path(f"{f.partition}/{f.name}" if f.partition else f.name),
                 size=f.size_bytes,
@@ -257,11 +262,18 @@ class DeltaFeed:
             )
             for f in files
         ]
+        # A stream's days past retention_days leave the table in the same commit.
+        actions += [RemoveAction(path=str(r["path"]), data_change=True, deletion_timestamp=now_ms,
+                                 size=int(r["size_bytes"]),
+                                 partition_values={p: str(r[f"partition.{p}"])
+                                                   for p in PARTITION_COLUMNS})
+                    for r in remove]
         metadata = {
             f"{META_PREFIX}run_id": run_id,
             f"{META_PREFIX}rows": str(sum(f.records for f in files)),
             f"{META_PREFIX}bytes": str(sum(f.size_bytes for f in files)),
             f"{META_PREFIX}files": str(len(files)),
+            f"{META_PREFIX}files_removed": str(len(remove)),
             **{f"{META_PREFIX}{k}": v for k, v in (extra or {}).items()},
         }
         properties = CommitProperties(
@@ -320,7 +332,7 @@ def _commit_of(entry: Mapping[str, Any]) -> Commit:
     rows = _int(entry.get(f"{META_PREFIX}rows"))
     size = _int(entry.get(f"{META_PREFIX}bytes"))
     added = _int(entry.get(f"{META_PREFIX}files"))
-    removed = None
+    removed = _int(entry.get(f"{META_PREFIX}files_removed"))
     if rows is None:
         rows = _int(metrics.get("num_added_rows") or metrics.get("numOutputRows"))
     if added is None:
@@ -328,7 +340,8 @@ def _commit_of(entry: Mapping[str, Any]) -> Commit:
     if size is None:
         size = _int(metrics.get("filesAdded", {}).get("totalSize")
                     if isinstance(metrics.get("filesAdded"), dict) else None)
-    removed = _int(metrics.get("numFilesRemoved") or metrics.get("num_removed_files"))
+    if removed is None:
+        removed = _int(metrics.get("numFilesRemoved") or metrics.get("num_removed_files"))
     return Commit(
         version=int(entry["version"]),
         timestamp_ms=int(entry.get("timestamp") or 0),
@@ -448,3 +461,56 @@ def vacuum(delta: DeltaFeed, table: DeltaTable, *, retention_s: float, dry_run: 
         relative = urllib.parse.unquote(path.removeprefix(delta.uri).lstrip("/"))
         delta.storage.delete(delta.feed_dir / relative)
     return Vacuum(removed, leftovers, foreign)
+
+
+def day_of(row: Mapping[str, Any]) -> dt.date:
+    """The day of an ``active_files`` row of a stream."""
+    return dt.date(int(row["partition.year"]), int(row["partition.month"]),
+                   int(row["partition.day"]))
+
+
+def files_before(delta: DeltaFeed, table: DeltaTable, cutoff: dt.date) -> list[dict[str, Any]]:
+    """The active files of a stream's days before ``cutoff`` (retention_days)."""
+    return [row for row in delta.active_files(table).to_pylist() if day_of(row) < cutoff]
+
+
+@dataclass(frozen=True)
+class DayCompaction:
+    day: dt.date
+    files_in: int
+    bytes_in: int
+    files_out: int | None = None  # None: planned only (dry run)
+    bytes_out: int | None = None
+
+
+def days_to_compact(delta: DeltaFeed, table: DeltaTable, before: dt.date,
+                    target_size: int) -> list[DayCompaction]:
+    """Closed days (before ``before``) with files optimize would merge: at least two under
+    half the target size."""
+    by_day: dict[dt.date, list[int]] = {}
+    for row in delta.active_files(table).to_pylist():
+        day = day_of(row)
+        if day < before:
+            by_day.setdefault(day, []).append(int(row["size_bytes"]))
+    return [DayCompaction(day, len(sizes), sum(sizes)) for day, sizes in sorted(by_day.items())
+            if sum(1 for s in sizes if s < target_size // 2) >= 2]
+
+
+def optimize_day(delta: DeltaFeed, table: DeltaTable, day: dt.date,
+                 target_size: int) -> DayCompaction:
+    """delta-rs's optimize (bin-packing compaction) of one day: one commit that adds the new
+    files and removes the old (readers of older versions still find them until vacuum)."""
+    filters: list[tuple[str, str, Any]] = [
+        ("year", "=", str(day.year)), ("month", "=", str(day.month)), ("day", "=", str(day.day))]
+    try:
+        metrics = table.optimize.compact(
+            partition_filters=filters, target_size=target_size, max_concurrent_tasks=1,
+            commit_properties=CommitProperties(
+                custom_metadata={f"{META_PREFIX}compacted_day": day.isoformat()}))
+    except (DeltaError, OSError) as exc:
+        raise _error(f"feed {delta.feed!r}: optimize of {day} in {delta.shown} failed",
+                     exc) from None
+    return DayCompaction(day, int(metrics.get("numFilesRemoved", 0)),
+                         int((metrics.get("filesRemoved") or {}).get("totalSize", 0)),
+                         int(metrics.get("numFilesAdded", 0)),
+                         int((metrics.get("filesAdded") or {}).get("totalSize", 0)))

@@ -1,0 +1,214 @@
+"""Delta feeds (``format: delta``) against the sandbox over real HTTP (DESIGN.md section 12).
+
+The reader is delta-rs's own (``deltalake.DeltaTable``), and Polars' ``read_delta``; the ground
+truth is the sandbox's rows. A Delta ``timestamp`` is microseconds and Delta has no TIME type
+(lakeexportd writes TIME as ISO strings): the truth is mapped to those types here, by hand.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+from collections.abc import Iterator
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import pyarrow as pa
+import pytest
+from deltalake import DeltaTable
+from lakecheck import NOW, exporter, feed, wire_truth
+
+from lakeexportd.errors import LakeStateError, SchemaError
+from lakeexportd.lake import layout
+from lakeexportd.sandbox import Sandbox
+
+APP = "lakeexportd:{}"
+
+
+@pytest.fixture(scope="module")
+def static() -> Iterator[Sandbox]:
+    """3,000 transactions over 5 days that never change."""
+    with Sandbox.start(seed=3, preload=3000, preload_days=5) as sb:
+        yield sb
+
+
+@pytest.fixture
+def fresh() -> Iterator[Sandbox]:
+    with Sandbox.start(seed=5, preload=600, preload_days=3) as sb:
+        yield sb
+
+
+def delta_feed(name: str, source: str, kind: str = "stream", **options: Any) -> Any:
+    return dataclasses.replace(feed(name, source, kind, **options), format="delta")
+
+
+def plain(value: Any) -> Any:
+    """A value as a Delta reader gives it back: TIME as its ISO text (microseconds), maps as
+    lists of pairs, timestamps compared as instants."""
+    if isinstance(value, dt.time):
+        return value.isoformat(timespec="microseconds")
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [plain(v) for v in value]
+    if isinstance(value, tuple):
+        return tuple(plain(v) for v in value)
+    return value
+
+
+def rows_by(table: pa.Table, key: str) -> dict[Any, dict[str, Any]]:
+    return {row[key]: {k: plain(v) for k, v in row.items()} for row in table.to_pylist()}
+
+
+def test_stream_rows_land_once_with_delta_types(static: Sandbox, tmp_path: Path) -> None:
+    """Every row once, values equal to the sandbox's; timestamps are microseconds, TIME is text,
+    decimals keep precision and scale, year/month/day are integer partition columns."""
+    result = exporter(static.url, tmp_path).export(delta_feed("tx", "TRANSACTION_STREAM"), NOW)
+    truth = wire_truth(static.arrow("TRANSACTION_STREAM"))
+    assert result.rows == truth.num_rows == 3000
+    table = DeltaTable(str(tmp_path / "streams/tx"))
+    lake = table.to_pyarrow_table()
+    assert lake.num_rows == 3000
+    got, want = rows_by(lake, "TRANSACTION_ID"), rows_by(truth, "TRANSACTION_ID")
+    assert got.keys() == want.keys()
+    for key, row in want.items():
+        for column, value in row.items():
+            assert got[key][column] == value, (key, column)
+    schema = lake.schema
+    assert schema.field("TRANSACTION_TIME").type == pa.timestamp("us", tz="UTC")
+    assert schema.field("LOCAL_TIME").type in (pa.string(), pa.large_string(), pa.string_view())
+    assert schema.field("AMOUNT").type == pa.decimal128(10, 2)
+    assert table.metadata().partition_columns == ["year", "month", "day"]
+    for row in lake.select(["ROWTIME", "year", "month", "day"]).to_pylist():
+        day = dt.datetime.fromtimestamp(row["ROWTIME"] / 1000, dt.UTC).date()
+        assert (row["year"], row["month"], row["day"]) == (day.year, day.month, day.day)
+    assert table.transaction_version(APP.format("tx")) == result.watermark_ms
+
+
+def test_each_run_is_one_commit_carrying_the_watermark(fresh: Sandbox, tmp_path: Path) -> None:
+    """A run appends once with the transaction at its watermark; a run whose window is empty
+    still moves it; the summary's watermark is the log's."""
+    ex = exporter(fresh.url, tmp_path)
+    f = delta_feed("tx", "TRANSACTION_FLATTENED", settle_delay=0.0)
+    first = ex.export(f, NOW)
+    second = ex.export(f, NOW + dt.timedelta(minutes=1))
+    assert (first.rows, second.rows) == (600, 0)
+    table = DeltaTable(str(tmp_path / "streams/tx"))
+    history = table.history()
+    writes = [h for h in history if h["operation"] == "WRITE"]
+    assert len(writes) == 2
+    assert [h["lakeexportd.rows"] for h in sorted(writes, key=lambda h: h["version"])] == \
+        ["600", "0"]
+    assert table.transaction_version(APP.format("tx")) == second.watermark_ms
+    doc = json.loads((tmp_path / "streams/tx/_metadata.json").read_text())
+    assert doc["watermark"]["rowtime_ms"] == second.watermark_ms
+    assert doc["format"] == "delta" and doc["delta_version"] == table.version()
+    assert doc["total_records"] == 600 == pl.read_delta(str(tmp_path / "streams/tx")).height
+    assert sum(p["records"] for p in doc["partitions"]) == 600
+
+
+def test_a_lost_summary_never_exports_twice(fresh: Sandbox, tmp_path: Path) -> None:
+    """The log is the commit point: with _metadata.json gone or an older copy restored, the
+    next run starts at the log's watermark and appends only new rows."""
+    ex = exporter(fresh.url, tmp_path)
+    f = delta_feed("tx", "TRANSACTION_FLATTENED", settle_delay=0.0)
+    first = ex.export(f, NOW)
+    summary = tmp_path / "streams/tx/_metadata.json"
+    backup = summary.read_bytes()
+    assert first.watermark_ms is not None
+    fresh.generate(25, (first.watermark_ms + 1, first.watermark_ms + 1000))
+    ex.export(f, NOW + dt.timedelta(minutes=1))
+    summary.write_bytes(backup)  # a restored backup: its watermark is the first run's
+    third = ex.export(f, NOW + dt.timedelta(minutes=2))
+    assert third.rows == 0
+    summary.unlink()
+    assert ex.export(f, NOW + dt.timedelta(minutes=3)).rows == 0
+    lake = pl.read_delta(str(tmp_path / "streams/tx"))
+    assert lake.height == 625 == lake["TRANSACTION_ID"].n_unique()
+    assert json.loads(summary.read_text())["total_records"] == 625
+
+
+def test_table_snapshots_are_versions_and_old_ones_stay_readable(fresh: Sandbox,
+                                                                 tmp_path: Path) -> None:
+    """Each snapshot is one overwrite commit; the newest retention_versions stay readable."""
+    ex = exporter(fresh.url, tmp_path)
+    f = delta_feed("users", "USER_SUMMARY", "table", retention_versions=2)
+    counts = []
+    for minute in range(3):
+        fresh.generate(40)
+        result = ex.export(f, NOW + dt.timedelta(minutes=minute))
+        counts.append((result.version, len(fresh.table("USER_SUMMARY"))))
+        assert result.rows == counts[-1][1]
+    path = str(tmp_path / "tables/users")
+    table = DeltaTable(path)
+    for version, rows in counts:
+        assert DeltaTable(path, version=version).to_pyarrow_table().num_rows == rows
+    assert table.to_pyarrow_table().num_rows == counts[-1][1]
+    truth = {r["USER_ID"]: r["TOTAL_AMOUNT"] for r in fresh.table("USER_SUMMARY")}
+    assert {r["USER_ID"]: r["TOTAL_AMOUNT"] for r in table.to_pyarrow_table().to_pylist()} == truth
+    doc = json.loads((tmp_path / "tables/users/_metadata.json").read_text())
+    assert [v["version"] for v in doc["versions"]] == [v for v, _ in counts[-2:]]
+    assert doc["current_version"] == counts[-1][0] and doc["total_records"] == counts[-1][1]
+
+
+def test_an_added_column_widens_the_table(fresh: Sandbox, tmp_path: Path) -> None:
+    ex = exporter(fresh.url, tmp_path)
+    f = delta_feed("tx", "TRANSACTION_FLATTENED", settle_delay=0.0)
+    first = ex.export(f, NOW)
+    ex.client.ksql("ALTER STREAM TRANSACTION_FLATTENED ADD COLUMN NOTE STRING;")
+    assert first.watermark_ms is not None
+    fresh.generate(20, (first.watermark_ms + 1, first.watermark_ms + 500))
+    assert ex.export(f, NOW + dt.timedelta(seconds=1)).rows == 20
+    lake = pl.read_delta(str(tmp_path / "streams/tx"))
+    assert lake.height == 620 and lake["NOTE"].null_count() == 620  # the sandbox leaves it null
+    doc = json.loads((tmp_path / "streams/tx/_metadata.json").read_text())
+    assert doc["schema_history"][-1]["added"] == ["NOTE"]
+
+
+def test_retention_days_removes_old_days_in_the_run_commit(static: Sandbox, tmp_path: Path) -> None:
+    """Days past retention_days leave the table in the same commit as the new files; older
+    versions still read them until vacuum."""
+    ex = exporter(static.url, tmp_path)
+    truth = static.arrow("TRANSACTION_STREAM")
+    newest = max(truth.column("ROWTIME").to_pylist())
+    now = dt.datetime.fromtimestamp(newest / 1000, dt.UTC) + dt.timedelta(hours=1)
+    f = delta_feed("tx", "TRANSACTION_STREAM", retention_days=2, settle_delay=0.0)
+    ex.export(f, now)
+    cutoff = layout.retention_cutoff(now, 2)
+    kept = [ms for ms in truth.column("ROWTIME").to_pylist()
+            if dt.datetime.fromtimestamp(ms / 1000, dt.UTC).date() >= cutoff]
+    lake = pl.read_delta(str(tmp_path / "streams/tx"))
+    assert 0 < lake.height == len(kept) < truth.num_rows
+
+
+def test_delta_refuses_what_it_cannot_hold(fresh: Sandbox, tmp_path: Path) -> None:
+    """A column named like a partition column is refused before anything is written."""
+    ex = exporter(fresh.url, tmp_path)
+    ex.client.ksql("ALTER STREAM TRANSACTION_FLATTENED ADD COLUMN YEAR INTEGER;")
+    with pytest.raises(SchemaError, match=r"clash with the Delta partition columns"):
+        ex.export(delta_feed("tx", "TRANSACTION_FLATTENED"), NOW)
+    assert not (tmp_path / "streams/tx/_delta_log").exists()
+    assert not list((tmp_path / "streams").rglob("*.parquet"))
+
+
+def test_a_feed_cannot_switch_format_in_place(static: Sandbox, tmp_path: Path) -> None:
+    ex = exporter(static.url, tmp_path)
+    ex.export(feed("tx", "TRANSACTION_FLATTENED"), NOW)
+    with pytest.raises(LakeStateError, match=r"holds Parquet files .*`format: delta`"):
+        ex.export(delta_feed("tx", "TRANSACTION_FLATTENED"), NOW + dt.timedelta(minutes=1))
+    ex.export(delta_feed("dx", "TRANSACTION_FLATTENED"), NOW)
+    with pytest.raises(LakeStateError, match=r"is a Delta table .*`format: parquet`"):
+        ex.export(feed("dx", "TRANSACTION_FLATTENED"), NOW + dt.timedelta(minutes=1))
+    assert pl.read_delta(str(tmp_path / "streams/dx")).height == 3000
+
+
+def test_decimals_keep_every_digit(static: Sandbox, tmp_path: Path) -> None:
+    """DECIMAL values read back from the Delta table equal the sandbox's exactly."""
+    exporter(static.url, tmp_path).export(delta_feed("tx", "TRANSACTION_FLATTENED"), NOW)
+    lake = DeltaTable(str(tmp_path / "streams/tx")).to_pyarrow_table()
+    total = sum((r["AMOUNT"] for r in lake.select(["AMOUNT"]).to_pylist()), Decimal(0))
+    truth = sum((r["AMOUNT"] for r in static.rows("TRANSACTION_FLATTENED")), Decimal(0))
+    assert total == truth

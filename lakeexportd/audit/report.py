@@ -49,6 +49,14 @@ def _parse_iso(text: str | None) -> dt.datetime | None:
         return None
 
 
+def format_of(doc: FeedMetadata) -> dict[str, Any]:
+    """The feed's table format and, for Delta, the log version ``_metadata.json`` summarises."""
+    if doc.extra.get("format") != "delta":
+        return {"format": "parquet", "delta_version": None}
+    version = doc.extra.get("delta_version")
+    return {"format": "delta", "delta_version": version if isinstance(version, int) else None}
+
+
 class MetadataReader:
     """Reads every feed's metadata under ``lake_root`` as of ``now``."""
 
@@ -117,7 +125,7 @@ class MetadataReader:
             "feed": doc.feed, "kind": doc.kind, "source": doc.source,
             "state": self._state(doc.feed), "records": doc.total_records,
             "size_bytes": doc.total_size_bytes, "last_export": doc.last_export,
-            "last_status": doc.last_status,
+            "last_status": doc.last_status, **format_of(doc),
         }
         if isinstance(doc, StreamMetadata):
             ends = [f.max_event_ms for p in doc.partitions for f in p.files

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from lakeexportd.audit.summaries import FeedSummary, LakeStatistics
 from lakeexportd.audit.text_table import human_age, human_bytes, render
 
-HEADERS = ("FEED", "KIND", "STATE", "SOURCE", "RECORDS", "SIZE", "FILES", "PARTS/VERS",
+HEADERS = ("FEED", "KIND", "FORMAT", "STATE", "SOURCE", "RECORDS", "SIZE", "FILES", "PARTS/VERS",
            "LAST EXPORT", "STATUS", "FRESHNESS", "LAG")
 NUMERIC = ("RECORDS", "SIZE", "FILES", "PARTS/VERS", "FRESHNESS", "LAG")
 _COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
@@ -23,8 +23,15 @@ _COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e
 def summary_row(s: FeedSummary) -> tuple[object, ...]:
     layers = s.partitions if s.kind == "stream" else s.versions
     status = "ERROR" if s.error else s.last_status
-    return (s.feed, s.kind, s.state, s.source, f"{s.records:,}", human_bytes(s.size_bytes),
+    return (s.feed, s.kind, shown_format(s), s.state, s.source, f"{s.records:,}", human_bytes(s.size_bytes),
             s.files, layers, s.last_export, status, human_age(s.freshness_s), human_age(s.lag_s))
+
+
+def shown_format(s: FeedSummary) -> str:
+    """``parquet``, or ``delta v12`` (the Delta version ``_metadata.json`` summarises)."""
+    if s.format == "delta" and s.delta_version is not None:
+        return f"delta v{s.delta_version}"
+    return s.format
 
 
 def stats_lines(stats: LakeStatistics) -> list[str]:

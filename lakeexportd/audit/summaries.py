@@ -30,6 +30,8 @@ class FeedSummary:
     lag_s: float | None = None
     watermark: str | None = None
     error: str | None = None
+    format: str = "parquet"  # or "delta" (DESIGN.md section 12)
+    delta_version: int | None = None  # Delta feeds: the table version the summary shows
 
 
 @dataclass(frozen=True)

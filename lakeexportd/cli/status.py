@@ -1,6 +1,7 @@
 """``lakeexportd status [FEED] [--json]``: what runs on this lake, at a glance.
 
-Per feed: state (registry), last run and its result and lag (``_metadata.json``), next run and
+Per feed: state (registry), table format (``delta`` with the Delta version ``_metadata.json``
+summarises), last run and its result and lag (``_metadata.json``), next run and
 whether it runs now (asked of each running daemon's ``/status``), and which daemons stand by
 for it (their last run found it held by another daemon or process). On top: the daemons
 running on the lake (``<lake>/.daemons/``), with a warning when there is more than one.
@@ -72,7 +73,8 @@ def run(args: argparse.Namespace) -> int:
         scheduled = [(d, a["feeds"][name]) for d in daemons
                      if (a := answers[d.pid]) is not None and name in a.get("feeds", {})]
         rows.append({
-            "feed": name, "kind": feed.kind, "state": state,
+            "feed": name, "kind": feed.kind, "state": state, "format": feed.format,
+            "delta_version": summary.delta_version if summary else None,
             "last_run": summary.last_export if summary else None,
             "result": summary.last_status if summary else None,
             "lag_s": summary.lag_s if summary else None,
@@ -91,8 +93,8 @@ def run(args: argparse.Namespace) -> int:
         return EX_OK
     _print_daemons(root, daemons, answers)
     print(render(
-        ["FEED", "STATE", "KIND", "LAST RUN", "RESULT", "LAG", "NEXT RUN", "RUNNING"],
-        [[r["feed"], r["state"], r["kind"], r["last_run"], r["result"], human_age(r["lag_s"]),
+        ["FEED", "STATE", "KIND", "FORMAT", "LAST RUN", "RESULT", "LAG", "NEXT RUN", "RUNNING"],
+        [[r["feed"], r["state"], r["kind"], _format(r), r["last_run"], r["result"], human_age(r["lag_s"]),
           r["next_run"][:19] + "Z" if r["next_run"] else None, "yes" if r["running"] else "no"]
          for r in rows],
     ))
@@ -103,6 +105,12 @@ def run(args: argparse.Namespace) -> int:
         if r["error"]:
             print(f"{r['feed']}: {r['error']}")
     return EX_OK
+
+
+def _format(row: dict[str, Any]) -> str:
+    """``parquet``, or ``delta v12`` (the Delta version of the feed's last summary)."""
+    version = row["delta_version"]
+    return f"{row['format']} v{version}" if version is not None else str(row["format"])
 
 
 def _print_daemons(root: Any, daemons: list[DaemonInfo],

@@ -229,6 +229,7 @@ class DeltaRun(Run):
             assert isinstance(step, TableMetadata)
             new = delta.table_summary(self.delta, table, step, keep=self.feed.retention_versions)
         new = update.with_export(new, record)
+        self.listed = new  # the log's state, whether or not the summary gets written
         try:
             self._commit(new)
         except LakeExportError as exc:

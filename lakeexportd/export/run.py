@@ -43,6 +43,7 @@ from lakeexportd.lake.metadata_model import (
     TableMetadata,
     Window,
     WrittenFile,
+    current_file_count,
     iso_utc,
 )
 from lakeexportd.lake.sinks import AppendSink, SnapshotSink
@@ -69,10 +70,20 @@ class ExportResult:
     versions_kept: int | None = None
     scan_started_ms: int | None = None  # tables: when the snapshot's scan began
     orphans_removed: int = 0
+    # What the feed lists after the run (streams: every day; tables: the current version;
+    # Delta feeds: the log's active files), for the files and bytes gauges.
+    listed_files: int | None = None
+    listed_bytes: int | None = None
+    delta_version: int | None = None  # Delta feeds: the table version after the run
 
 
 def epoch_ms(moment: dt.datetime) -> int:
     return (moment - dt.datetime(1970, 1, 1, tzinfo=dt.UTC)) // dt.timedelta(milliseconds=1)
+
+
+def _delta_version(doc: FeedMetadata | None) -> int | None:
+    version = doc.extra.get("delta_version") if doc is not None else None
+    return version if isinstance(version, int) else None
 
 
 def new_run_id(now: dt.datetime) -> str:
@@ -116,6 +127,7 @@ class Run:
         self.leases = store.storage.leases
         self.orphan_grace = orphan_grace
         self._sinks: list[AppendSink | SnapshotSink] = []  # what they created is this run's
+        self.listed: FeedMetadata | None = None  # the last document committed (or summarised)
 
     def execute(self, fence: Callable[[], None] = lambda: None) -> ExportResult:
         """Run it; ``fence`` is called right before every commit and raises when this run
@@ -295,6 +307,7 @@ class Run:
     # -- shared steps ----------------------------------------------------------------------
 
     def _result(self, written: list[WrittenFile], **details: int | None) -> ExportResult:
+        listed = self.listed
         return ExportResult(
             feed=self.feed.name,
             kind=self.feed.kind,
@@ -304,6 +317,9 @@ class Run:
             bytes=sum(w.size_bytes for w in written),
             started=self.now,
             duration_s=time.monotonic() - self.started,
+            listed_files=current_file_count(listed) if listed is not None else None,
+            listed_bytes=listed.total_size_bytes if listed is not None else None,
+            delta_version=_delta_version(listed),
             **details,  # type: ignore[arg-type]
         )
 
@@ -375,6 +391,7 @@ class Run:
         self._fence()
         # A failed commit leaves renamed files unlisted: execute() removes them right away.
         self.store.commit(self.feed_dir, doc, file_mode=self.file_mode)
+        self.listed = doc
         log.info(
             "metadata.committed",
             feed=self.feed.name,

@@ -213,3 +213,12 @@ def listed_files(doc: FeedMetadata) -> list[tuple[str, FileEntry]]:
 def listed_paths(doc: FeedMetadata | None) -> set[str]:
     """``directory/name`` of every file the document lists (none without a document)."""
     return {f"{d}/{f.name}" for d, f in listed_files(doc)} if doc is not None else set()
+
+
+def current_file_count(doc: FeedMetadata) -> int:
+    """The files a reader of the feed's current state reads (a table: its current version),
+    counted as ``total_size_bytes`` is summed."""
+    if isinstance(doc, StreamMetadata):
+        return sum(len(p.files) for p in doc.partitions)
+    current = doc.current
+    return len(current.files) if current else 0

@@ -39,7 +39,7 @@ class _FeedState:
     """What the scrape-time gauges are computed from, for one feed."""
 
     __slots__ = ("lag_origin", "last_success", "table_versions", "rejected_columns",
-                 "tier_bytes", "tier_results")
+                 "tier_bytes", "tier_results", "listed_files", "listed_bytes", "delta_version")
 
     def __init__(self) -> None:
         self.lag_origin: float | None = None  # epoch seconds the lag counts from
@@ -48,6 +48,9 @@ class _FeedState:
         self.rejected_columns: set[str] = set()  # label values of rejected_values
         self.tier_bytes: dict[str, int] = {}  # storage class ("default") -> bytes listed
         self.tier_results: set[str] = set()  # label values of tier_runs
+        self.listed_files: int | None = None  # what the feed's last commit lists
+        self.listed_bytes: int | None = None
+        self.delta_version: int | None = None  # Delta feeds only
 
 
 class _ScrapeTimeCollector(Collector):
@@ -212,8 +215,12 @@ class Metrics:
         last_success: float | None = None,
         lag_origin: float | None = None,
         table_versions: int | None = None,
+        listed_files: int | None = None,
+        listed_bytes: int | None = None,
+        delta_version: int | None = None,
     ) -> None:
-        """Record a success time, the point lag counts from (epoch seconds), versions kept."""
+        """Record a success time, the point lag counts from (epoch seconds), versions kept,
+        the files and bytes the feed lists now, and a Delta feed's table version."""
         with self._lock:
             state = self._feeds.get(feed)
             if state is None:
@@ -224,6 +231,12 @@ class Metrics:
                 state.lag_origin = lag_origin
             if table_versions is not None:
                 state.table_versions = table_versions
+            if listed_files is not None:
+                state.listed_files = listed_files
+            if listed_bytes is not None:
+                state.listed_bytes = listed_bytes
+            if delta_version is not None:
+                state.delta_version = delta_version
 
     # -- ksqlDB client observer ------------------------------------------------------------
 
@@ -260,6 +273,19 @@ class Metrics:
             "store's own), as of its last tiering run or the daemon's start (feeds with "
             "`tiering:`).", labels=["feed", "tier"],
         )
+        files = GaugeMetricFamily(
+            "lakeexportd_lake_files", "Data files the feed lists now (streams: every day; "
+            "tables: the current version; Delta feeds: the log's active files).",
+            labels=["feed"],
+        )
+        listed_bytes = GaugeMetricFamily(
+            "lakeexportd_lake_bytes", "Bytes of the data files the feed lists now (as "
+            "lakeexportd_lake_files).", labels=["feed"],
+        )
+        delta = GaugeMetricFamily(
+            "lakeexportd_delta_version", "The Delta table version after the feed's last run "
+            "(`format: delta` feeds).", labels=["feed"],
+        )
         with self._lock:
             states = sorted(self._feeds.items())
             tier_bytes = {feed: dict(state.tier_bytes) for feed, state in states}
@@ -273,7 +299,13 @@ class Metrics:
                 success.add_metric([feed], state.last_success)
             if state.table_versions is not None:
                 versions.add_metric([feed], state.table_versions)
-        yield from (lag, success, versions, tiers)
+            if state.listed_files is not None:
+                files.add_metric([feed], state.listed_files)
+            if state.listed_bytes is not None:
+                listed_bytes.add_metric([feed], state.listed_bytes)
+            if state.delta_version is not None:
+                delta.add_metric([feed], state.delta_version)
+        yield from (lag, success, versions, tiers, files, listed_bytes, delta)
 
 
 class RequestCounter:

@@ -30,7 +30,7 @@ from lakeexportd.errors import (
 from lakeexportd.export.exporter import ExportResult, Progress, new_run_id
 from lakeexportd.lake import layout
 from lakeexportd.lake.metadata import MetadataStore
-from lakeexportd.lake.metadata_model import StreamMetadata, TableMetadata
+from lakeexportd.lake.metadata_model import StreamMetadata, TableMetadata, current_file_count
 from lakeexportd.lake.storage import Storage, open_storage
 from lakeexportd.lake.tiering import shown_bytes_per_tier
 from lakeexportd.service.metrics import Metrics, Result
@@ -152,7 +152,8 @@ def run_export(
         )
         metrics.set_progress(
             feed.name, last_success=wall_clock(), lag_origin=lag_origin(result),
-            table_versions=result.versions_kept,
+            table_versions=result.versions_kept, listed_files=result.listed_files,
+            listed_bytes=result.listed_bytes, delta_version=result.delta_version,
         )
         details = (
             {"watermark_ms": result.watermark_ms} if result.kind == "stream"
@@ -200,8 +201,11 @@ def seed_from_metadata(metrics: Metrics, feed: Feed, root: Path,
         versions = len(doc.versions)
         current = doc.current
         origin = _epoch(current.created) if current is not None else None
+    delta_version = doc.extra.get("delta_version")
     metrics.set_progress(
-        feed.name, last_success=last_success, lag_origin=origin, table_versions=versions
+        feed.name, last_success=last_success, lag_origin=origin, table_versions=versions,
+        listed_files=current_file_count(doc), listed_bytes=doc.total_size_bytes,
+        delta_version=delta_version if isinstance(delta_version, int) else None,
     )
     if isinstance(doc, StreamMetadata) and feed.tiering is not None:
         metrics.set_tier_bytes(feed.name, shown_bytes_per_tier(doc.bytes_per_tier()))

@@ -253,7 +253,7 @@ def test_metadata_report_formats(config: Path, capsys: pytest.CaptureFixture[str
     _, table, _ = run(capsys, "metadata", "report", *c)
     assert table.splitlines()[0].startswith("FEED") and "2 feeds (1 streams, 1 tables)" in table
     _, md, _ = run(capsys, "metadata", "report", "--format", "markdown", *c)
-    assert "| FEED | KIND |" in md and "| tx | stream |" in md
+    assert "| FEED | KIND | FORMAT |" in md and "| tx | stream | parquet |" in md
     _, js, _ = run(capsys, "metadata", "report", "--format", "json", *c)
     assert json.loads(js)["statistics"]["feeds"] == 2
     out = config.parent / "report.html"
@@ -274,7 +274,7 @@ def test_export_csv_columns(config: Path, capsys: pytest.CaptureFixture[str]) ->
     assert list(rows[0]) == ["feed", "kind", "source", "state", "records", "size_bytes", "files",
                              "partitions", "versions", "current_version", "last_export",
                              "last_status", "newest_data", "freshness_s", "lag_s", "watermark",
-                             "error"]
+                             "error", "format", "delta_version"]
     assert [r["feed"] for r in rows] == ["tx", "users"]
     run(capsys, "metadata", "export-csv", str(parts_csv), "--partitions", "-c", str(config))
     parts = list(csv.DictReader(io.StringIO(parts_csv.read_text())))

@@ -23,8 +23,9 @@ _COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e
 def summary_row(s: FeedSummary) -> tuple[object, ...]:
     layers = s.partitions if s.kind == "stream" else s.versions
     status = "ERROR" if s.error else s.last_status
-    return (s.feed, s.kind, shown_format(s), s.state, s.source, f"{s.records:,}", human_bytes(s.size_bytes),
-            s.files, layers, s.last_export, status, human_age(s.freshness_s), human_age(s.lag_s))
+    return (s.feed, s.kind, shown_format(s), s.state, s.source, f"{s.records:,}",
+            human_bytes(s.size_bytes), s.files, layers, s.last_export, status,
+            human_age(s.freshness_s), human_age(s.lag_s))
 
 
 def shown_format(s: FeedSummary) -> str:

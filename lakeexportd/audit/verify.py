@@ -66,12 +66,12 @@ def check_files(
             problems.append(
                 Mismatch(doc.feed, rel, f"{rows} rows in the footer, metadata says {entry.records}")
             )
-        elif deep and (damage := _damaged(storage, path)) is not None:
+        elif deep and (damage := damaged(storage, path)) is not None:
             problems.append(Mismatch(doc.feed, rel, damage))
     return problems
 
 
-def _damaged(storage: Storage, path: Path) -> str | None:
+def damaged(storage: Storage, path: Path) -> str | None:
     """Why a file's data pages cannot be read back, or ``None`` when every row group decodes."""
     group = 0
     try:

@@ -27,6 +27,7 @@ from lakeexportd.errors import (
     LakeExportError,
     exit_code,
 )
+from lakeexportd.export.delta_repair import DeltaRepair
 from lakeexportd.export.exporter import DataLakeExporter, ExportResult, exporter_from_config
 from lakeexportd.feeds.manager import FeedManager
 from lakeexportd.ksqldb.values import parse_timestamp_ms
@@ -213,9 +214,24 @@ def run_repair(args: argparse.Namespace) -> int:
                       "writer may still commit them")
                 for path, age in swept.kept:
                     print(f"  {path} (age {human_age(age)})")
+            if isinstance(swept, DeltaRepair):
+                worst = max(worst, _delta_lines(feed.name, swept, dry_run=args.dry_run),
+                            key=_SEVERITY.__getitem__)
     finally:
         exporter.client.close()
     return worst
+
+
+def _delta_lines(name: str, repaired: DeltaRepair, *, dry_run: bool) -> int:
+    """The Delta part of a repair's report; exit 1 when foreign files need a look."""
+    if repaired.summary is not None:
+        verb = "would rewrite" if dry_run else "rewrote"
+        print(f"repair {name}: {verb} _metadata.json from the Delta log (version "
+              f"{repaired.delta_version}): it {repaired.summary}")
+    for path in repaired.foreign:
+        print(f"repair {name}: {path}: not written by lakeexportd and listed by no Delta "
+              "commit; left alone: move it out of the table's folder")
+    return EX_FAILED if repaired.foreign else EX_OK
 
 
 def _rebuild(exporter: DataLakeExporter, feeds: list[Feed], *, dry_run: bool, yes: bool) -> int:

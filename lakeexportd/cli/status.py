@@ -94,7 +94,8 @@ def run(args: argparse.Namespace) -> int:
     _print_daemons(root, daemons, answers)
     print(render(
         ["FEED", "STATE", "KIND", "FORMAT", "LAST RUN", "RESULT", "LAG", "NEXT RUN", "RUNNING"],
-        [[r["feed"], r["state"], r["kind"], _format(r), r["last_run"], r["result"], human_age(r["lag_s"]),
+        [[r["feed"], r["state"], r["kind"], _format(r), r["last_run"], r["result"],
+          human_age(r["lag_s"]),
           r["next_run"][:19] + "Z" if r["next_run"] else None, "yes" if r["running"] else "no"]
          for r in rows],
     ))

@@ -1,7 +1,10 @@
 """``lakeexportd verify [FEED] [--source]``: reconcile the lake with its metadata, and with ksqlDB.
 
 Offline (always): every listed file exists with the listed size and the row count of its
-Parquet footer, and nothing unlisted lies in the feed's folder (``verify.verify_feed``);
+Parquet footer, and nothing unlisted lies in the feed's folder (``verify.verify_feed``).
+Delta feeds are checked against their log (``verify_delta``): every file the log lists exists
+with its size and row count, ``_metadata.json`` says what the log says (files, records, bytes,
+watermark = the feed's transaction version), and files no commit lists are reported;
 ``--deep`` also decodes every row group with page checksums verified.
 With ``--source``: streams recount each recent exported ROWTIME window in ksqlDB and report late
 rows per window; tables compare the current version's row count with a table scan.
@@ -22,7 +25,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from lakeexportd.audit import verify, verify_source
+from lakeexportd.audit import verify, verify_delta, verify_source
 from lakeexportd.audit.report import MetadataReader
 from lakeexportd.cli.options import add_config_argument, plain
 from lakeexportd.config.load import default_config_path, load_config
@@ -33,7 +36,7 @@ from lakeexportd.ksqldb.client import KsqlDBClient, client_from_settings
 from lakeexportd.lake import layout
 from lakeexportd.lake.configured import ConfiguredLake, lake_of
 from lakeexportd.lake.metadata import MetadataStore
-from lakeexportd.lake.metadata_model import StreamMetadata, TableMetadata, listed_files
+from lakeexportd.lake.metadata_model import StreamMetadata, TableMetadata, current_file_count
 
 _SEVERITY = {EX_OK: 0, EX_TEMPFAIL: 1, EX_FAILED: 2, EX_CONFIG: 3}
 
@@ -103,8 +106,8 @@ def run(args: argparse.Namespace) -> int:
 
 def _check(lake: ConfiguredLake, name: str, kind: layout.Kind, feed: Feed | None,
            client: KsqlDBClient | None, args: argparse.Namespace) -> dict[str, Any]:
-    out: dict[str, Any] = {"feed": name, "kind": kind, "mismatches": [], "windows": [],
-                           "exit": EX_OK, "note": None}
+    out: dict[str, Any] = {"feed": name, "kind": kind, "format": "parquet", "mismatches": [],
+                           "windows": [], "exit": EX_OK, "note": None}
 
     def say(text: str) -> None:
         if not args.json:
@@ -113,8 +116,16 @@ def _check(lake: ConfiguredLake, name: str, kind: layout.Kind, feed: Feed | None
     checked = None
     try:
         root, storage = lake.root, lake.storage
-        problems = verify.verify_feed(root, kind, name, deep=args.deep, storage=storage)
-        doc = MetadataStore(storage).load(layout.feed_dir(root, kind, name))
+        is_delta = verify_delta.is_delta_feed(root, kind, name, storage=storage)
+        if is_delta:  # the Delta log is the truth; _metadata.json is checked against it
+            out["format"] = "delta"
+            problems = verify_delta.verify_delta_feed(root, kind, name, deep=args.deep,
+                                                      storage=storage)
+            doc = None if problems else MetadataStore(storage).load(
+                layout.feed_dir(root, kind, name))
+        else:
+            problems = verify.verify_feed(root, kind, name, deep=args.deep, storage=storage)
+            doc = MetadataStore(storage).load(layout.feed_dir(root, kind, name))
         if client is not None and doc is not None and problems:
             # Counting rows of missing or damaged files would only add noise: fix those first.
             checked = verify_source.SourceCheck(
@@ -145,12 +156,15 @@ def _check(lake: ConfiguredLake, name: str, kind: layout.Kind, feed: Feed | None
     if problems and checked is not None and checked.skipped:
         say(f"{name}: source {checked.skipped}")
     if not problems:
-        files = len(listed_files(doc)) if doc else 0
+        files = current_file_count(doc) if doc else 0
+        version = doc.extra.get("delta_version") if doc else None
         extra = ""
         if checked is not None:
             extra = f", source: {checked.skipped}" if checked.skipped else \
                 f", {len(checked.windows)} " + ("windows" if kind == "stream" else "scan") + \
                 " match ksqlDB"
-        say(f"{name}: ok ({files} files" + (", no export yet" if doc is None else "") + f"{extra})")
+        shown = f", Delta version {version}" if version is not None else ""
+        say(f"{name}: ok ({files} files{shown}" + (", no export yet" if doc is None else "")
+            + f"{extra})")
     out["exit"] = EX_FAILED if problems else EX_OK
     return out

@@ -35,11 +35,12 @@ import structlog
 from lakeexportd.config.model import Config, Feed
 from lakeexportd.errors import FeedError, LakeStateError
 from lakeexportd.export import backfill as backfills
+from lakeexportd.export.delta_repair import DeltaRepair, repair_delta
 from lakeexportd.export.delta_run import new_run
 from lakeexportd.export.run import ExportResult, Progress, epoch_ms, new_run_id
 from lakeexportd.ksqldb.client import KsqlDBClient, client_from_settings
 from lakeexportd.ksqldb.retry import RequestObserver
-from lakeexportd.lake import cleanup, layout, rebuild
+from lakeexportd.lake import cleanup, delta, layout, rebuild
 from lakeexportd.lake.configured import lake_of
 from lakeexportd.lake.locking import FeedLock
 from lakeexportd.lake.metadata import MetadataStore
@@ -199,6 +200,11 @@ class DataLakeExporter:
             raise LakeStateError(
                 f"feed {feed.name!r}: {feed_dir} does not exist; nothing to rebuild"
             )
+        if feed.format == "delta" or delta.is_delta(self.store.storage, feed_dir):
+            raise LakeStateError(
+                f"feed {feed.name!r} is a Delta table: its log is the truth, and "
+                f"`lakeexportd repair {feed.name}` (without --rebuild) writes _metadata.json "
+                "from it")
         dir_mode, file_mode = layout.modes(feed.security)
         with FeedLock(feed_dir, feed=feed.name, wait=self.lock_wait, dir_mode=dir_mode,
                       storage=self.store.storage):
@@ -224,14 +230,26 @@ class DataLakeExporter:
                     records=rebuilt.doc.total_records)
         return rebuilt
 
-    def repair(self, feed: Feed, *, dry_run: bool = False) -> cleanup.Sweep:
+    def repair(self, feed: Feed, *, dry_run: bool = False) -> cleanup.Sweep | DeltaRepair:
         """Remove (or only list) every file of ``feed`` its ``_metadata.json`` does not list;
-        on an object store only those older than ``orphan_grace`` (the rest is kept)."""
+        on an object store only those older than ``orphan_grace`` (the rest is kept).
+        A Delta feed (configured so, or holding a Delta log) is repaired from its log
+        (``delta_repair``): never by the Parquet rules, which would take files older
+        versions still read for leftovers."""
         feed_dir = self.feed_dir(feed)
-        dir_mode, _ = layout.modes(feed.security)
+        dir_mode, file_mode = layout.modes(feed.security)
         storage = self.store.storage
         with FeedLock(feed_dir, feed=feed.name, wait=self.lock_wait, dir_mode=dir_mode,
                       storage=storage):
+            if feed.format == "delta" or delta.is_delta(storage, feed_dir):
+                repaired = repair_delta(self.store, feed_dir, feed, dry_run=dry_run,
+                                        grace=self.orphan_grace if storage.leases else 0.0,
+                                        file_mode=file_mode)
+                if not dry_run and (repaired.removed or repaired.summary):
+                    log.info("metadata.repaired", feed=feed.name, format="delta",
+                             removed=[str(p) for p in repaired.removed],
+                             summary=repaired.summary, delta_version=repaired.delta_version)
+                return repaired
             doc = self.store.load(feed_dir)
             staging = layout.staging_dir(self.root, feed.name) if feed.kind == "table" else None
             swept = cleanup.sweep(

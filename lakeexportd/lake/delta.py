@@ -422,7 +422,10 @@ def table_summary(delta: DeltaFeed, table: DeltaTable, doc: TableMetadata, *,
 
 
 def _ours(path: str) -> bool:
+    """A data or snapshot file lakeexportd writes, or its temp file (``.<name>.tmp``)."""
     name = urllib.parse.unquote(path).rsplit("/", 1)[-1]
+    if layout.is_temp_name(name):
+        name = name[1:-len(".tmp")]
     return layout.is_data_file_name(name) or layout.is_snapshot_file_name(name)
 
 

@@ -64,6 +64,7 @@ test: $(STAMP) $(AZURITE_STAMP) $(DUCKDB_STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.run
+	$(BIN)/python -m benchmarks.delta_memory
 
 # 20 feeds for 5 minutes against a sandbox generating 2,000 rows/s (not part of `make test`).
 soak: $(STAMP)

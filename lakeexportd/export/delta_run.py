@@ -50,7 +50,7 @@ class DeltaRun(Run):
         self._written: list[WrittenFile] = []
         self._txn: int | None = None  # the transaction version this run commits
         doc = self.store.load(self.feed_dir)
-        if doc is not None and not self.delta.exists() and _lists_files(doc):
+        if doc is not None and not self.delta.has_log() and _lists_files(doc):
             raise LakeStateError(
                 f"feed {self.feed.name!r} holds Parquet files "
                 f"({self.store.storage.show(self.feed_dir)}) but is configured `format: delta`: "

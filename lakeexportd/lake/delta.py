@@ -176,12 +176,12 @@ class DeltaFeed:
         self.uri, self.options = storage.table_location(feed_dir)
         self.shown = storage.show(feed_dir)
 
-    def exists(self) -> bool:
+    def has_log(self) -> bool:
         return is_delta(self.storage, self.feed_dir)
 
     def load(self, version: int | None = None) -> DeltaTable | None:
         """The table (at ``version``), or None when the feed has no Delta log yet."""
-        if not self.exists():
+        if not self.has_log():
             return None
         try:
             return DeltaTable(self.uri, version=version, storage_options=self.options or None)

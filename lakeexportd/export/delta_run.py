@@ -37,10 +37,6 @@ from lakeexportd.lake.sinks import AppendSink, SnapshotSink
 
 log = structlog.get_logger(__name__)
 
-STREAM_TIME_TRAVEL_S = 7 * 86_400.0
-"""A Delta stream keeps files it dropped (compaction, retention) readable this long."""
-
-
 class DeltaRun(Run):
     """``Run`` for Delta feeds; the Parquet cleanup never runs here (the log lists files)."""
 

@@ -278,7 +278,8 @@ def test_production_example_loads() -> None:
     cfg = load_config(REPO / "etc" / "lakeexportd.yaml", environ={"KSQLDB_PASSWORD": "pw"})
     assert cfg.defaults == config.FeedDefaults()
     assert cfg.ksqldb.username == "lakeexport"
-    assert [f.kind for f in cfg.feeds] == ["stream", "stream", "table"]
+    assert [(f.kind, f.format) for f in cfg.feeds] == [
+        ("stream", "parquet"), ("stream", "parquet"), ("table", "parquet"), ("stream", "delta")]
 
 
 def test_demo_config_loads_and_covers_the_sandbox_catalog() -> None:

@@ -7,8 +7,9 @@ Plain Parquet keeps no log, so the history is read from ``_metadata.json``:
   marked not readable). Its time is the run's commit time (``finished``), or the version's
   ``created`` once the run has left the history.
 - a stream: every successful run in ``exports``, operation ``append`` (``backfill`` for a
-  backfill), an empty run with 0 rows. ``exports`` keeps the last 100 runs, so older commits
-  are not shown. Parquet streams have no version numbers.
+  backfill), an empty run with 0 rows; not readable once none of its files is listed any more
+  (``retention_days``, or replaced by a backfill). ``exports`` keeps the last 100 runs, so older
+  commits are not shown. Parquet streams have no version numbers.
 
 Failed runs committed nothing and are not listed. ``HistoryEntry`` is the one shape every
 table format fills (a Delta feed's from its log). Read-only.
@@ -20,12 +21,14 @@ import datetime as dt
 from dataclasses import dataclass
 from pathlib import PurePath
 
+from lakeexportd.lake import layout
 from lakeexportd.lake.metadata_model import (
     ExportRecord,
     FeedMetadata,
     StreamMetadata,
     TableMetadata,
     Version,
+    listed_files,
     parse_iso,
 )
 from lakeexportd.lake.storage import Storage
@@ -46,7 +49,7 @@ class HistoryEntry:
     files: int | None
     run_id: str | None = None
     current: bool = False  # a table's version readers read now
-    readable: bool = True  # False: removed (retention), time travel cannot reach it
+    readable: bool = True  # False: its files are gone (retention), time travel cannot reach it
 
 
 def history(storage: Storage, feed_dir: PurePath, doc: FeedMetadata) -> list[HistoryEntry]:
@@ -65,11 +68,18 @@ def _succeeded(doc: FeedMetadata) -> list[ExportRecord]:
 
 
 def _stream(doc: StreamMetadata) -> list[HistoryEntry]:
+    # A run's files are the listed ones stamped with its commit time (or, written before
+    # `added` existed, named with its start): none left means retention (or a backfill)
+    # removed them all, and --as-of can no longer show that run's rows.
+    stamps = {(f.added, None if f.added else layout.run_start_of(f.name))
+              for _, f in listed_files(doc)}
     entries = [
         HistoryEntry(
             version=None, time=e.finished,
             operation="backfill" if e.run_id.startswith(BACKFILL_PREFIX) else "append",
             rows=e.records, bytes=e.size_bytes, files=e.files, run_id=e.run_id,
+            readable=not e.files or bool(
+                {(e.finished, None), (None, parse_iso(e.started))} & stamps),
         )
         for e in _succeeded(doc)
     ]

@@ -6,9 +6,11 @@ A table lists its kept versions (`current` marks the one readers read; `lakeexpo
 --version N` gives any kept one) and the older versions its history still names, marked `not
 readable` (removed by `retention_versions`). A Parquet stream has no numbered versions: it lists
 each successful run as an `append` commit (0 rows: an empty run; `backfill` for a backfill), and
-`lakeexportd files FEED --as-of TIME` gives its files as of one of these times. Only the last
-100 runs are recorded, so a stream's older commits are not shown. Failed runs committed nothing
-and are not listed (`lakeexportd metadata show FEED` shows them). Read-only.
+`lakeexportd files FEED --as-of TIME` gives its files as of one of these times; a run none of
+whose files is listed any more (retention_days, or replaced by a backfill) is marked `not
+readable`. Only the last 100 runs are recorded, so a stream's older commits are not shown.
+Failed runs committed nothing and are not listed (`lakeexportd metadata show FEED` shows the
+recent ones). Read-only.
 Exit codes: 0 ok; 1 unreadable metadata; 2 unknown feed or bad arguments; 78 invalid
 configuration.
 """
@@ -53,7 +55,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def _row(h: HistoryEntry) -> tuple[object, ...]:
-    note = "current" if h.current else ("" if h.readable else "not readable (retention)")
+    gone = "not readable (retention)" if h.version is not None else "not readable (files removed)"
+    note = "current" if h.current else ("" if h.readable else gone)
     return (f"v{h.version}" if h.version is not None else None, h.time, h.operation,
             None if h.rows is None else f"{h.rows:,}", h.files,
             None if h.bytes is None else human_bytes(h.bytes), h.run_id, note)

@@ -15,11 +15,13 @@ state is only as complete as what is still listed.
 from __future__ import annotations
 
 import datetime as dt
+import urllib.parse
 from dataclasses import dataclass
-from pathlib import PurePath
+from pathlib import Path, PurePath
 
 from lakeexportd.audit.history import version_time
 from lakeexportd.errors import FeedError
+from lakeexportd.lake import delta, layout
 from lakeexportd.lake.metadata_model import (
     FeedMetadata,
     FileEntry,
@@ -91,10 +93,15 @@ def _stream_files(doc: StreamMetadata, version: int | None,
 
 
 def committed_files(
-    storage: Storage, feed_dir: PurePath, doc: FeedMetadata, *,
+    storage: Storage, feed_dir: PurePath, doc: FeedMetadata | None, *,
     version: int | None = None, as_of: dt.datetime | None = None,
 ) -> list[CommittedFile]:
-    """The files ``doc`` lists (a table: one version) as ``storage`` shows them."""
+    """The files ``doc`` lists (a table: one version) as ``storage`` shows them; a Delta
+    feed's are those of its log's version (current, ``version`` or the one at ``as_of``)."""
+    if delta.is_delta(storage, feed_dir):
+        return _delta_files(storage, feed_dir, version, as_of)
+    if doc is None:
+        return []
     if isinstance(doc, StreamMetadata):
         chosen = _stream_files(doc, version, as_of)
     else:
@@ -105,3 +112,30 @@ def committed_files(
                       f.size_bytes)
         for directory, f in chosen
     ]
+
+
+def _delta_files(storage: Storage, feed_dir: PurePath, version: int | None,
+                 as_of: dt.datetime | None) -> list[CommittedFile]:
+    feed = delta.DeltaFeed(storage, Path(feed_dir), feed_dir.name)
+    if as_of is not None:
+        if as_of.microsecond == 0:  # whole seconds, as `history` prints: to its last ms
+            as_of += dt.timedelta(milliseconds=999)
+        table = feed.load_as_of(as_of)
+    else:
+        latest = feed.load()
+        if latest is None:
+            return []
+        if version is not None and not 0 <= version <= latest.version():
+            raise FeedError(f"feed {feed_dir.name!r} has no Delta version {version} (the "
+                            f"newest is {latest.version()}; `lakeexportd history` lists them)")
+        chosen = latest if version is None else feed.load(version)
+        assert chosen is not None
+        table = chosen
+    out = []
+    for row in feed.active_files(table).to_pylist():
+        relative = urllib.parse.unquote(str(row["path"]))
+        partition = layout.day_partition(delta.day_of(row)) \
+            if row.get("partition.year") is not None else relative.rpartition("/")[0]
+        out.append(CommittedFile(storage.show(feed_dir / relative), partition,
+                                 int(row["num_records"] or 0), int(row["size_bytes"])))
+    return sorted(out, key=lambda f: f.url)

@@ -19,15 +19,16 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
-from pathlib import PurePath
+from pathlib import Path, PurePath
 
-from lakeexportd.lake import layout
+from lakeexportd.lake import delta, layout
 from lakeexportd.lake.metadata_model import (
     ExportRecord,
     FeedMetadata,
     StreamMetadata,
     TableMetadata,
     Version,
+    iso_utc,
     listed_files,
     parse_iso,
 )
@@ -52,15 +53,55 @@ class HistoryEntry:
     readable: bool = True  # False: its files are gone (retention), time travel cannot reach it
 
 
-def history(storage: Storage, feed_dir: PurePath, doc: FeedMetadata) -> list[HistoryEntry]:
-    """The commits of the feed at ``feed_dir`` whose document is ``doc``, newest first.
+def history(storage: Storage, feed_dir: PurePath, doc: FeedMetadata | None, *,
+            limit: int | None = None) -> list[HistoryEntry]:
+    """The commits of the feed at ``feed_dir`` whose document is ``doc``, newest first (at
+    most ``limit``). A Delta feed's come from its log (``doc`` may be lost: the log is the
+    truth); plain Parquet's from ``doc``."""
+    if delta.is_delta(storage, feed_dir):
+        return _delta(storage, feed_dir, doc, limit)
+    if doc is None:
+        return []
+    entries = _stream(doc) if isinstance(doc, StreamMetadata) else _table(doc)
+    return entries if limit is None else entries[:limit]
 
-    ``storage`` and ``feed_dir`` are unused for plain Parquet (everything is in ``doc``); a
-    format with its own log (Delta) reads it through them."""
-    del storage, feed_dir
-    if isinstance(doc, StreamMetadata):
-        return _stream(doc)
-    return _table(doc)
+
+_DELTA_OPERATIONS = {"Append": "append", "Overwrite": "overwrite"}
+
+
+def _delta(storage: Storage, feed_dir: PurePath, doc: FeedMetadata | None,
+           limit: int | None) -> list[HistoryEntry]:
+    """A Delta log's commits. Readable: a table's versions from the oldest snapshot the
+    summary keeps; a stream's, unless a vacuum ran more than a week (``STREAM_KEEP_S``) after
+    them (it may have removed files they read)."""
+    feed = delta.DeltaFeed(storage, Path(feed_dir), feed_dir.name)
+    table = feed.load()
+    if table is None:
+        return []
+    commits = feed.history(table, limit)
+    latest = table.version()
+    oldest_kept = None
+    if isinstance(doc, TableMetadata) and doc.versions:
+        oldest_kept = min(v.version for v in doc.versions)
+    vacuums = [c.timestamp_ms for c in feed.history(table) if c.operation.startswith("VACUUM")] \
+        if isinstance(doc, StreamMetadata) or doc is None else []
+    last_vacuum = max(vacuums, default=None)
+    entries = []
+    for c in commits:
+        if oldest_kept is not None:
+            readable = c.version >= oldest_kept
+        else:
+            readable = last_vacuum is None or \
+                c.timestamp_ms >= last_vacuum - delta.STREAM_KEEP_S * 1000
+        operation = c.operation.lower()
+        if c.operation == "WRITE":
+            operation = _DELTA_OPERATIONS.get(c.mode or "", "write")
+        entries.append(HistoryEntry(
+            version=c.version,
+            time=iso_utc(dt.datetime.fromtimestamp(c.timestamp_ms / 1000, dt.UTC)),
+            operation=operation, rows=c.rows, bytes=c.bytes, files=c.files_added,
+            run_id=c.run_id, current=c.version == latest, readable=readable))
+    return sorted(entries, key=lambda h: h.version or 0, reverse=True)
 
 
 def _succeeded(doc: FeedMetadata) -> list[ExportRecord]:

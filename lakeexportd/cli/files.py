@@ -14,6 +14,9 @@ later shows as of the commit of its newest input, so an ``--as-of`` inside such 
 under-reports it. A Parquet stream has no numbered versions: ``--version`` is refused. TIME
 before the first commit is an error; TIME in the future gives the current state.
 
+A Delta feed (``format: delta``): the files of its log's current version, of Delta version
+``--version N``, or of the version current at ``--as-of TIME``, from the log (not the summary).
+
 Exit codes: 0 ok; 1 unreadable metadata, no such version, or TIME before the first commit;
 2 unknown feed or bad arguments; 78 invalid configuration.
 """
@@ -32,6 +35,7 @@ from lakeexportd.cli.export import parse_time_ms
 from lakeexportd.cli.options import add_config_argument, plain
 from lakeexportd.config.load import default_config_path, load_config
 from lakeexportd.errors import EX_FAILED, EX_OK
+from lakeexportd.lake import delta
 from lakeexportd.lake.configured import lake_of
 
 
@@ -62,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
     if args.as_of is not None:
         as_of = dt.datetime.fromtimestamp(parse_time_ms(args.as_of) / 1000, dt.UTC)
     doc = reader.store.load(feed_dir)
-    if doc is None:
+    if doc is None and not delta.is_delta(reader.store.storage, feed_dir):
         print(f"lakeexportd files: feed {args.feed!r} has not been exported yet: no files",
               file=sys.stderr)
         return EX_FAILED if args.version is not None or as_of is not None else EX_OK

@@ -10,7 +10,10 @@ each successful run as an `append` commit (0 rows: an empty run; `backfill` for 
 whose files is listed any more (retention_days, or replaced by a backfill) is marked `not
 readable`. Only the last 100 runs are recorded, so a stream's older commits are not shown.
 Failed runs committed nothing and are not listed (`lakeexportd metadata show FEED` shows the
-recent ones). Read-only.
+recent ones). A Delta feed (`format: delta`) lists its log's commits by Delta version:
+`append`/`overwrite` for its runs, and the log's own operations (`optimize`, `vacuum start`,
+`create table`, ...); readable ones are what `files FEED --version N` and Delta readers'
+version/time travel reach. Read-only.
 Exit codes: 0 ok; 1 unreadable metadata; 2 unknown feed or bad arguments; 78 invalid
 configuration.
 """
@@ -68,12 +71,10 @@ def run(args: argparse.Namespace) -> int:
     reader = MetadataReader(lake.root, now=dt.datetime.now(dt.UTC), storage=lake.storage)
     feed_dir = reader.feed_dir(args.feed)  # an unknown feed is UnknownFeed: exit 2
     doc = reader.store.load(feed_dir)
-    entries = [] if doc is None else history(reader.store.storage, feed_dir, doc)
-    if doc is None:
+    entries = history(reader.store.storage, feed_dir, doc, limit=args.limit)
+    if doc is None and not entries:
         print(f"lakeexportd history: feed {args.feed!r} has not been exported yet: no commits",
               file=sys.stderr)
-    if args.limit is not None:
-        entries = entries[:args.limit]
     if args.json:
         print(json.dumps([asdict(h) for h in entries], indent=2))
     elif entries:

@@ -157,6 +157,7 @@ class Commit:
     files_added: int | None
     files_removed: int | None
     run_id: str | None
+    mode: str | None = None  # a WRITE's save mode: "Append" or "Overwrite"
 
 
 def _error(doing: str, exc: Exception) -> Exception:
@@ -350,6 +351,7 @@ def _commit_of(entry: Mapping[str, Any]) -> Commit:
         operation=str(entry.get("operation") or "?"),
         rows=rows, bytes=size, files_added=added, files_removed=removed,
         run_id=entry.get(f"{META_PREFIX}run_id"),
+        mode=(entry.get("operationParameters") or {}).get("mode"),
     )
 
 

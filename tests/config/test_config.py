@@ -359,7 +359,7 @@ def test_validate_prints_a_summary(capsys: pytest.CaptureFixture[str]) -> None:
     """`validate` lists each feed with kind and schedule, and returns 0."""
     assert cli._validate(argparse.Namespace(config=str(REPO / "etc" / "demo.yaml"))) == 0
     out = capsys.readouterr().out
-    assert "OK, 8 feeds (8 enabled): 5 streams, 3 tables" in out
+    assert "OK, 9 feeds (9 enabled): 6 streams, 3 tables" in out
     assert re.search(r"user_summary\s+table\s+USER_SUMMARY\s+every 20s", out)
 
 

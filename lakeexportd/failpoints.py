@@ -90,6 +90,7 @@ FAILPOINTS: dict[str, str] = {
     # Delta feeds (export/delta_run.py, lake/delta.py)
     "delta.after_create": "the Delta table created (version 0), no data file written",
     "delta.after_log_commit": "the Delta log commit landed, _metadata.json not yet rewritten",
+    "compact.delta_after_optimize": "a closed day of a Delta stream optimized, not vacuumed",
     # feed lock
     "lock.after_acquire": "feed lock held, nothing done yet",
     "lock.before_release": "work done, lock about to be released",

@@ -182,6 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
     from lakeexportd.cli import check_store as cli_check_store
     from lakeexportd.cli import feeds as cli_feeds  # operations
     from lakeexportd.cli import files as cli_files
+    from lakeexportd.cli import history as cli_history
     from lakeexportd.cli import metadata as cli_metadata
     from lakeexportd.cli import status as cli_status
     from lakeexportd.cli import tier as cli_tier
@@ -190,6 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_feeds.register(sub)
     cli_metadata.register(sub)
     cli_files.register(sub)
+    cli_history.register(sub)
     cli_verify.register(sub)
     cli_status.register(sub)
     cli_check_store.register(sub)

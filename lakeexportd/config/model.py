@@ -251,6 +251,7 @@ def summarize(config: Config) -> list[str]:
     source_width = max((len(feed.source) for feed in feeds), default=0)
     for feed in feeds:
         state = "" if feed.enabled else "  (disabled)"
+        delta = "  delta" if feed.format == "delta" else ""
         lines.append(f"  {feed.name:<{width}}  {feed.kind:<6}  {feed.source:<{source_width}}  "
-                     f"{str(feed.schedule):<22}  {feed.security}{state}")
+                     f"{str(feed.schedule):<22}  {feed.security}{delta}{state}")
     return lines

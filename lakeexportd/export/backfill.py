@@ -194,12 +194,13 @@ def run(client: KsqlDBClient, store: MetadataStore, feed: Feed, feed_dir: Path,
     step = dataclasses.replace(doc, partitions=tuple(p for p in partitions if p.files))
     step = update.with_schema(step, columns, now)  # type: ignore[assignment]
     assert isinstance(step, StreamMetadata)
-    step = update.with_stream_files(step, written, watermark_ms=doc.watermark_ms or 0)
     record = ExportRecord(
         run_id=run_id, started=iso_utc(now), finished=iso_utc(now),
         records=window_rows, status="success", window=window, files=len(written),
         size_bytes=sum(w.size_bytes for w in written),
     )
+    step = update.with_stream_files(step, written, watermark_ms=doc.watermark_ms or 0,
+                                    added=record.finished)
     new = update.with_export(step, record)
     store.commit(feed_dir, new, file_mode=layout.modes(feed.security)[1])
     if store.storage.leases:

@@ -42,9 +42,6 @@ DELTA_BUFFER_BYTES = 40 * 1024 * 1024
 library adds about 30 MB to the process; a smaller budget keeps a 5M-row export's peak under
 350 MB (benchmarks/delta_memory.py), at the cost of smaller row groups."""
 
-STREAM_TIME_TRAVEL_S = 7 * 86_400.0
-"""A Delta stream keeps files it dropped (compaction, retention) readable this long."""
-
 
 class DeltaRun(Run):
     """``Run`` for Delta feeds; the Parquet cleanup never runs here (the log lists files)."""
@@ -55,7 +52,7 @@ class DeltaRun(Run):
         self._written: list[WrittenFile] = []
         self._txn: int | None = None  # the transaction version this run commits
         doc = self.store.load(self.feed_dir)
-        if doc is not None and not self.delta.exists() and _lists_files(doc):
+        if doc is not None and not self.delta.has_log() and _lists_files(doc):
             raise LakeStateError(
                 f"feed {self.feed.name!r} holds Parquet files "
                 f"({self.store.storage.show(self.feed_dir)}) but is configured `format: delta`: "

@@ -29,22 +29,25 @@ import dataclasses
 import datetime as dt
 import json
 import math
+import threading
 import time
 import urllib.parse
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path, PurePath
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
-from deltalake import DeltaTable, Field
+from deltalake import DeltaTable, Field, WriterProperties
 from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundError
 from deltalake.transaction import AddAction, CommitProperties, RemoveAction, Transaction
 
 from lakeexportd.errors import LakeStateError, SchemaError, StoreUnreachable
 from lakeexportd.failpoints import failpoint
 from lakeexportd.lake import layout
+from lakeexportd.lake.locking import FeedLock
+from lakeexportd.lake.metadata import MetadataStore
 from lakeexportd.lake.metadata_model import (
     FileEntry,
     Partition,
@@ -154,6 +157,7 @@ class Commit:
     files_added: int | None
     files_removed: int | None
     run_id: str | None
+    mode: str | None = None  # a WRITE's save mode: "Append" or "Overwrite"
 
 
 def _error(doing: str, exc: Exception) -> Exception:
@@ -176,12 +180,12 @@ class DeltaFeed:
         self.uri, self.options = storage.table_location(feed_dir)
         self.shown = storage.show(feed_dir)
 
-    def exists(self) -> bool:
+    def has_log(self) -> bool:
         return is_delta(self.storage, self.feed_dir)
 
     def load(self, version: int | None = None) -> DeltaTable | None:
         """The table (at ``version``), or None when the feed has no Delta log yet."""
-        if not self.exists():
+        if not self.has_log():
             return None
         try:
             return DeltaTable(self.uri, version=version, storage_options=self.options or None)
@@ -337,9 +341,8 @@ def _commit_of(entry: Mapping[str, Any]) -> Commit:
         rows = _int(metrics.get("num_added_rows") or metrics.get("numOutputRows"))
     if added is None:
         added = _int(metrics.get("numFilesAdded") or metrics.get("num_added_files"))
-    if size is None:
-        size = _int(metrics.get("filesAdded", {}).get("totalSize")
-                    if isinstance(metrics.get("filesAdded"), dict) else None)
+    if size is None and metrics.get("filesAdded") is not None:
+        size = _total_size(metrics.get("filesAdded"))
     if removed is None:
         removed = _int(metrics.get("numFilesRemoved") or metrics.get("num_removed_files"))
     return Commit(
@@ -348,6 +351,7 @@ def _commit_of(entry: Mapping[str, Any]) -> Commit:
         operation=str(entry.get("operation") or "?"),
         rows=rows, bytes=size, files_added=added, files_removed=removed,
         run_id=entry.get(f"{META_PREFIX}run_id"),
+        mode=(entry.get("operationParameters") or {}).get("mode"),
     )
 
 
@@ -508,12 +512,106 @@ def optimize_day(delta: DeltaFeed, table: DeltaTable, day: dt.date,
     try:
         metrics = table.optimize.compact(
             partition_filters=filters, target_size=target_size, max_concurrent_tasks=1,
+            writer_properties=WriterProperties(compression="SNAPPY"),  # as the lake's own files
             commit_properties=CommitProperties(
                 custom_metadata={f"{META_PREFIX}compacted_day": day.isoformat()}))
     except (DeltaError, OSError) as exc:
         raise _error(f"feed {delta.feed!r}: optimize of {day} in {delta.shown} failed",
                      exc) from None
     return DayCompaction(day, int(metrics.get("numFilesRemoved", 0)),
-                         int((metrics.get("filesRemoved") or {}).get("totalSize", 0)),
+                         _total_size(metrics.get("filesRemoved")),
                          int(metrics.get("numFilesAdded", 0)),
-                         int((metrics.get("filesAdded") or {}).get("totalSize", 0)))
+                         _total_size(metrics.get("filesAdded")))
+
+
+def _total_size(stats: Any) -> int:
+    """``totalSize`` of optimize's file statistics (a dict, or its JSON text)."""
+    if isinstance(stats, str):
+        try:
+            stats = json.loads(stats)
+        except ValueError:
+            return 0
+    return int(stats.get("totalSize", 0)) if isinstance(stats, dict) else 0
+
+
+STREAM_KEEP_S = 7 * 86_400.0
+"""A Delta stream keeps files it dropped (compaction, retention) readable this long: time
+travel reaches a week back (Delta's own default ``deletedFileRetentionDuration``)."""
+
+
+@dataclass
+class DeltaCompaction:
+    """What a Delta compaction did (or, dry, would do): optimize per closed day, then vacuum."""
+
+    feed: str
+    dry_run: bool
+    days: list[DayCompaction] = field(default_factory=list)
+    vacuumed: Vacuum | None = None
+    stopped: bool = False
+
+    @property
+    def files_in(self) -> int:
+        return sum(d.files_in for d in self.days)
+
+    @property
+    def files_out(self) -> int:
+        return sum(d.files_out or 0 for d in self.days)
+
+    @property
+    def bytes_in(self) -> int:
+        return sum(d.bytes_in for d in self.days)
+
+    @property
+    def bytes_out(self) -> int:
+        return sum(d.bytes_out or 0 for d in self.days)
+
+    @property
+    def expired(self) -> int:
+        v = self.vacuumed
+        return 0 if v is None else len(v.removed) + len(v.leftovers)
+
+
+def compact_stream(
+    storage: Storage, feed_dir: Path, feed: str, *, before: dt.date, target_size: int,
+    orphan_grace: float, lock_wait: float, dir_mode: int, file_mode: int, dry_run: bool,
+    cancel: threading.Event | None = None,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> DeltaCompaction:
+    """Optimize each closed day of a Delta stream (one commit each, under the feed's lock),
+    then vacuum what no version of the last ``STREAM_KEEP_S`` reads, then rewrite the
+    summary. Rows never change: optimize rewrites files, the log swaps them in one commit."""
+    delta = DeltaFeed(storage, feed_dir, feed)
+    result = DeltaCompaction(feed, dry_run)
+    table = delta.load()
+    if table is None:
+        return result
+    retention_s = max(STREAM_KEEP_S, orphan_grace)
+    planned = days_to_compact(delta, table, before, target_size)
+    if dry_run:
+        result.days = planned
+        result.vacuumed = vacuum(delta, table, retention_s=retention_s, dry_run=True)
+        return result
+    lock = FeedLock(feed_dir, feed=feed, wait=lock_wait, dir_mode=dir_mode, storage=storage)
+    for day in planned:
+        if cancel is not None and cancel.is_set():
+            result.stopped = True
+            break
+        with lock:
+            lock.check()
+            current = delta.load()
+            assert current is not None
+            done = optimize_day(delta, current, day.day, target_size)
+            failpoint("compact.delta_after_optimize")
+        result.days.append(done)
+        if progress is not None:
+            progress(layout.day_partition(day.day), done.files_in, done.bytes_in)
+    with lock:
+        lock.check()
+        current = delta.load()
+        assert current is not None
+        result.vacuumed = vacuum(delta, current, retention_s=retention_s, dry_run=False)
+        store = MetadataStore(storage)
+        doc = store.load(feed_dir)
+        if isinstance(doc, StreamMetadata):
+            store.commit(feed_dir, stream_summary(delta, current, doc), file_mode=file_mode)
+    return result

@@ -23,6 +23,7 @@ from lakeexportd.lake.metadata_model import (
     TableMetadata,
     Version,
     Window,
+    parse_iso,
     size_mb,
 )
 
@@ -48,6 +49,8 @@ def _file_json(f: FileEntry) -> dict[str, Any]:
         out["max_event_ms"] = f.max_event_ms
     if f.tier is not None:
         out["tier"] = f.tier
+    if f.added is not None:
+        out["added"] = f.added
     return out
 
 
@@ -143,6 +146,16 @@ def _opt(obj: dict[str, Any], key: str, kind: type, where: str) -> Any:
     return _get(obj, key, kind, where, null=True) if key in obj else None
 
 
+def _stamp(obj: dict[str, Any], key: str, where: str) -> str | None:
+    value: str | None = _opt(obj, key, str, where)
+    if value is not None:
+        try:
+            parse_iso(value)
+        except ValueError:
+            raise _Shape(f"{where}.{key} {value!r} is not an ISO time") from None
+    return value
+
+
 def _files(raw: Any, where: str, check: Any) -> tuple[FileEntry, ...]:
     out = []
     for i, f in enumerate(_get(raw, "files", list, where)):
@@ -153,7 +166,7 @@ def _files(raw: Any, where: str, check: Any) -> tuple[FileEntry, ...]:
         out.append(FileEntry(
             name, _get(f, "records", int, w), _get(f, "size_bytes", int, w),
             _opt(f, "min_event_ms", int, w), _opt(f, "max_event_ms", int, w),
-            _opt(f, "tier", str, w),
+            _opt(f, "tier", str, w), _stamp(f, "added", w),
         ))
     if len({f.name for f in out}) != len(out):
         raise _Shape(f"{where}.files lists a name twice")

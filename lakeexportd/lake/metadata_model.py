@@ -40,6 +40,21 @@ class FileEntry:
     min_event_ms: int | None = None
     max_event_ms: int | None = None
     tier: str | None = None  # the storage class it was moved to; None: the store's default
+    added: str | None = None  # streams: the commit time (ISO UTC) of the run that listed it
+
+
+def added_time(entry: FileEntry) -> dt.datetime | None:
+    """When ``entry`` was committed: its ``added``; for a file listed before ``added``
+    existed, the run start its name carries (a little before that run's commit). ``None``
+    for a name without one."""
+    if entry.added is not None:
+        return parse_iso(entry.added)
+    return layout.run_start_of(entry.name)
+
+
+def parse_iso(stamp: str) -> dt.datetime:
+    """A timestamp this document writes (``2025-01-15T14:30:00Z``) as an aware datetime."""
+    return dt.datetime.fromisoformat(stamp.replace("Z", "+00:00"))
 
 
 @dataclass(frozen=True)

@@ -100,9 +100,11 @@ def with_export(
 
 
 def with_stream_files(
-    doc: StreamMetadata, written: Sequence[WrittenFile], *, watermark_ms: int
+    doc: StreamMetadata, written: Sequence[WrittenFile], *, watermark_ms: int,
+    added: str | None = None,
 ) -> StreamMetadata:
-    """List new files under their partitions and move the watermark (one atomic step)."""
+    """List new files under their partitions and move the watermark (one atomic step);
+    ``added`` is the commit's time, recorded on each new file (``files --as-of``)."""
     if doc.watermark_ms is not None and watermark_ms < doc.watermark_ms:
         raise LakeStateError(
             f"feed {doc.feed!r}: the new watermark {watermark_ms} is before the committed "
@@ -114,7 +116,7 @@ def with_stream_files(
         listed = files.setdefault(w.partition, [])
         if any(f.name == w.name for f in listed):
             raise LakeStateError(f"feed {doc.feed!r}: {w.partition}/{w.name} is already listed")
-        listed.append(w.entry)
+        listed.append(dataclasses.replace(w.entry, added=added))
     partitions = tuple(Partition(path, tuple(fs)) for path, fs in sorted(files.items()))
     return dataclasses.replace(doc, partitions=partitions, watermark_ms=watermark_ms)
 
@@ -186,10 +188,11 @@ def after_stream_run(
     watermark_ms: int,
     now: dt.datetime,
 ) -> StreamMetadata:
-    """Schema, files, watermark and history of one successful stream run."""
+    """Schema, files, watermark and history of one successful stream run; the new files'
+    ``added`` is the run's commit time, ``record.finished``."""
     step = with_schema(doc, columns, now)
     assert isinstance(step, StreamMetadata)
-    step = with_stream_files(step, written, watermark_ms=watermark_ms)
+    step = with_stream_files(step, written, watermark_ms=watermark_ms, added=record.finished)
     result = with_export(step, record)
     assert isinstance(result, StreamMetadata)
     return result

@@ -379,6 +379,6 @@ def test_files_lists_exactly_the_committed_files_readers_can_open(
     assert code == 0 and {f["partition"] for f in files} == {"version=v1"}
     assert all(Path(f["url"]).is_file() for f in files)
     code, _, err = run(capsys, "files", "-c", str(config), "users", "--version", "7")
-    assert code == 1 and "keeps no version 7 (kept: 1)" in err
+    assert code == 1 and "keeps no version 7 (kept: 1; the newest is 1)" in err
     code, _, err = run(capsys, "files", "-c", str(config), "nope")
     assert code == 2 and "unknown feed 'nope'" in err

@@ -278,7 +278,8 @@ def test_production_example_loads() -> None:
     cfg = load_config(REPO / "etc" / "lakeexportd.yaml", environ={"KSQLDB_PASSWORD": "pw"})
     assert cfg.defaults == config.FeedDefaults()
     assert cfg.ksqldb.username == "lakeexport"
-    assert [f.kind for f in cfg.feeds] == ["stream", "stream", "table"]
+    assert [(f.kind, f.format) for f in cfg.feeds] == [
+        ("stream", "parquet"), ("stream", "parquet"), ("table", "parquet"), ("stream", "delta")]
 
 
 def test_demo_config_loads_and_covers_the_sandbox_catalog() -> None:
@@ -358,7 +359,7 @@ def test_validate_prints_a_summary(capsys: pytest.CaptureFixture[str]) -> None:
     """`validate` lists each feed with kind and schedule, and returns 0."""
     assert cli._validate(argparse.Namespace(config=str(REPO / "etc" / "demo.yaml"))) == 0
     out = capsys.readouterr().out
-    assert "OK, 8 feeds (8 enabled): 5 streams, 3 tables" in out
+    assert "OK, 9 feeds (9 enabled): 6 streams, 3 tables" in out
     assert re.search(r"user_summary\s+table\s+USER_SUMMARY\s+every 20s", out)
 
 

@@ -274,3 +274,26 @@ def test_docs_metadata_reference_matches_the_code() -> None:
     table = to_json(from_json({**example, "kind": "table", "current_version": None, "last_version": 0, "versions": []}))
     for key in {*written, *table}:
         assert f"`{key}" in text, key
+
+
+def test_a_stream_runs_files_carry_its_commit_time_and_keep_it() -> None:
+    """`added` is the run's `finished` on each file it lists; a later run leaves older files'
+    `added` alone; it survives the codec; an unparseable one is refused naming where."""
+    first = _stream_doc()
+    assert {f.added for p in first.partitions for f in p.files} == {"2025-01-15T14:30:00Z"}
+    record = md.ExportRecord("r2", "2025-01-15T15:00:00Z", "2025-01-15T15:00:04Z", 1, "success")
+    second = md.after_stream_run(
+        first, record=record, written=[md.WrittenFile("year=2025/month=01/day=15",
+                                                      "data_20250115_150000.parquet", 1, 9)],
+        columns=first.schema, watermark_ms=1736953200000, now=NOW)
+    added = {f.name: f.added for p in second.partitions for f in p.files if p.path.endswith("15")}
+    assert added == {"data_20250115_143000.parquet": "2025-01-15T14:30:00Z",
+                     "data_20250115_143000_01.parquet": "2025-01-15T14:30:00Z",
+                     "data_20250115_150000.parquet": "2025-01-15T15:00:04Z"}
+    raw = md.to_json(second)
+    assert raw["partitions"][1]["files"][2]["added"] == "2025-01-15T15:00:04Z"
+    assert md.from_json(raw) == second
+    raw["partitions"][1]["files"][2]["added"] = "yesterday"
+    with pytest.raises(ValueError, match=r"\$\.partitions\[1\]\.files\[2\]\.added 'yesterday' "
+                       "is not an ISO time"):
+        md.from_json(raw)

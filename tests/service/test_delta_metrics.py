@@ -70,7 +70,7 @@ def test_delta_feeds_gauges_after_runs_and_at_start(sandbox: Sandbox, tmp_path: 
     for name in feeds:
         metrics.add_feed(name)
     for minute in range(2):
-        for name, f in feeds.items():
+        for f in feeds.values():
             progress(metrics, ex.export(f, NOW + dt.timedelta(minutes=minute)))
     truth = {"tx": log_truth(tmp_path / "streams/tx"),
              "users": log_truth(tmp_path / "tables/users")}

@@ -15,6 +15,7 @@ watermark, whatever ``_metadata.json`` says.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
 import structlog
@@ -35,6 +36,9 @@ from lakeexportd.lake.metadata_model import (
 )
 from lakeexportd.lake.sinks import AppendSink, SnapshotSink
 
+if TYPE_CHECKING:
+    from deltalake import DeltaTable
+
 log = structlog.get_logger(__name__)
 
 STREAM_TIME_TRAVEL_S = 7 * 86_400.0
@@ -52,7 +56,8 @@ class DeltaRun(Run):
         doc = self.store.load(self.feed_dir)
         if doc is not None and not self.delta.exists() and _lists_files(doc):
             raise LakeStateError(
-                f"feed {self.feed.name!r} holds Parquet files ({self.store.storage.show(self.feed_dir)})"
+                f"feed {self.feed.name!r} holds Parquet files "
+                f"({self.store.storage.show(self.feed_dir)})"
                 " but is configured `format: delta`: a feed's format cannot change in place. "
                 "Export Delta under a new feed name, or set `format: parquet` back")
         if doc is None:
@@ -184,8 +189,8 @@ class DeltaRun(Run):
 
     # -- shared steps ----------------------------------------------------------------------
 
-    def _table_for(self, table: delta.DeltaTable | None, files: pa.Schema, *,
-                   kind: str) -> delta.DeltaTable:
+    def _table_for(self, table: DeltaTable | None, files: pa.Schema, *,
+                   kind: str) -> DeltaTable:
         """The table to commit to: created on the first run, widened by added columns."""
         if table is None:
             table = self.delta.create(delta.table_schema(files, kind=kind), kind=kind)
@@ -193,7 +198,7 @@ class DeltaRun(Run):
             return table
         return self.delta.add_columns(table, files)
 
-    def _check_unmoved(self, table: delta.DeltaTable, expected: int | None) -> None:
+    def _check_unmoved(self, table: DeltaTable, expected: int | None) -> None:
         """The transaction version is still what this run started from (a table reloaded
         after adding columns may have caught another writer's commit)."""
         now = self.delta.transaction_version(table)

@@ -124,7 +124,8 @@ class Run:
         doc = self.store.load(self.feed_dir)
         if delta.is_delta(self.store.storage, self.feed_dir):
             raise LakeStateError(
-                f"feed {self.feed.name!r} is a Delta table ({self.store.storage.show(self.feed_dir)})"
+                f"feed {self.feed.name!r} is a Delta table "
+                f"({self.store.storage.show(self.feed_dir)})"
                 " but is configured `format: parquet`: a feed's format cannot change in place. "
                 "Set `format: delta` back, or export Parquet under a new feed name")
         removed: list[Path] = []

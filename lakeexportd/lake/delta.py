@@ -40,7 +40,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from deltalake import DeltaTable, Field
 from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundError
-from deltalake.transaction import AddAction, CommitProperties, Transaction
+from deltalake.transaction import AddAction, CommitProperties, RemoveAction, Transaction
 
 from lakeexportd.errors import LakeStateError, SchemaError, StoreUnreachable
 from lakeexportd.failpoints import failpoint
@@ -89,7 +89,8 @@ def _delta_type(t: pa.DataType, column: str, feed: str) -> pa.DataType:
     if pa.types.is_list(t) or pa.types.is_large_list(t):
         return pa.list_(pa.field(t.value_field.name, _delta_type(t.value_type, column, feed)))
     if pa.types.is_map(t):
-        return pa.map_(_delta_type(t.key_type, column, feed), _delta_type(t.item_type, column, feed))
+        return pa.map_(_delta_type(t.key_type, column, feed),
+                       _delta_type(t.item_type, column, feed))
     if pa.types.is_struct(t):
         return pa.struct([pa.field(f.name, _delta_type(f.type, f"{column}.{f.name}", feed),
                                    f.nullable) for f in t])
@@ -246,7 +247,7 @@ class DeltaFeed:
         feed's transaction at ``txn_version``. Raises ``DeltaCommitRefused`` when another
         commit landed since ``table`` was loaded; returns the new table version."""
         now_ms = int(time.time() * 1000)
-        actions = [
+        actions: list[AddAction | RemoveAction] = [
             AddAction(
                 path=_log_path(f"{f.partition}/{f.name}" if f.partition else f.name),
                 size=f.size_bytes,

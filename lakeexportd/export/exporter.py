@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import datetime as dt
 import threading
+import urllib.parse
 from collections.abc import Callable
 from pathlib import Path
 
@@ -39,7 +40,7 @@ from lakeexportd.export.delta_run import new_run
 from lakeexportd.export.run import ExportResult, Progress, epoch_ms, new_run_id
 from lakeexportd.ksqldb.client import KsqlDBClient, client_from_settings
 from lakeexportd.ksqldb.retry import RequestObserver
-from lakeexportd.lake import cleanup, layout, rebuild
+from lakeexportd.lake import cleanup, delta, layout, rebuild
 from lakeexportd.lake.configured import lake_of
 from lakeexportd.lake.locking import FeedLock
 from lakeexportd.lake.metadata import MetadataStore
@@ -232,6 +233,8 @@ class DataLakeExporter:
         storage = self.store.storage
         with FeedLock(feed_dir, feed=feed.name, wait=self.lock_wait, dir_mode=dir_mode,
                       storage=storage):
+            if delta.is_delta(storage, feed_dir):
+                return self._repair_delta(feed, feed_dir, dry_run=dry_run)
             doc = self.store.load(feed_dir)
             staging = layout.staging_dir(self.root, feed.name) if feed.kind == "table" else None
             swept = cleanup.sweep(
@@ -241,3 +244,24 @@ class DataLakeExporter:
         if swept.removed and not dry_run:
             log.info("metadata.repaired", feed=feed.name, removed=[str(p) for p in swept.removed])
         return swept
+
+    def _repair_delta(self, feed: Feed, feed_dir: Path, *, dry_run: bool) -> cleanup.Sweep:
+        """A Delta feed's leftovers are what its log never listed, not what ``_metadata.json``
+        (a summary that may lag the log, e.g. after a kill right after the log commit) does
+        not list: lakeexportd's own files no version of the log references, older than the
+        grace on an object store. Files the log references, old versions' included, stay."""
+        storage = self.store.storage
+        table_feed = delta.DeltaFeed(storage, feed_dir, feed.name)
+        table = table_feed.load()
+        if table is None:
+            return cleanup.Sweep()
+        found = delta.vacuum(table_feed, table, retention_s=self.orphan_grace if storage.leases
+                             else 0.0, dry_run=True)
+        paths = [feed_dir / urllib.parse.unquote(p.removeprefix(table_feed.uri).lstrip("/"))
+                 for p in found.leftovers]
+        if not dry_run:
+            for path in paths:
+                storage.delete(path)
+            if paths:
+                log.info("delta.repaired", feed=feed.name, removed=[str(p) for p in paths])
+        return cleanup.Sweep(removed=paths)

@@ -229,3 +229,28 @@ def test_a_paused_writer_loses_the_race_for_the_log_and_publishes_nothing(
         assert export(config, "next").wait() == 0
         assert place.table("stream", "tx").version() == version + 1
     check_feed(place, "stream", "tx", sandbox.arrow(SOURCE))
+
+
+def test_repair_removes_only_what_no_log_version_lists(sandbox: Sandbox, tmp_path: Path) -> None:
+    """After a run killed before its commit (its files unlisted) and one killed right after
+    its log commit (``_metadata.json`` now lags the log), `lakeexportd repair` removes the
+    first run's files and none the log lists (it once went by the stale summary and deleted
+    the committed run's files, leaving a table no reader could read)."""
+    place = Place(root=str(tmp_path / "lake"))
+    config = configure(tmp_path, sandbox, place)
+    setup_run(config, "tx")
+    more_rows(sandbox, place)
+    assert export(config, "orphans", "append.after_finish").wait() == -signal.SIGKILL
+    orphans = place.keys("stream", "tx") - set(log_files(place.table("stream", "tx")))
+    assert orphans
+    assert export(config, "killed", "delta.after_log_commit").wait() == -signal.SIGKILL
+    listed = set(log_files(place.table("stream", "tx")))
+    dry = run_cli(["repair", "-c", str(config), "tx", "--dry-run"], tmp_path / "dry.out")
+    assert dry.wait() == 0, dry.stderr
+    assert place.keys("stream", "tx") == listed | orphans
+    repair = run_cli(["repair", "-c", str(config), "tx"], tmp_path / "repair.out")
+    assert repair.wait() == 0, repair.stderr
+    assert place.keys("stream", "tx") == listed
+    assert all(key in repair.stderr for key in orphans), repair.stderr
+    setup_run(config, "tx")
+    check_feed(place, "stream", "tx", sandbox.arrow(SOURCE))

@@ -1,20 +1,24 @@
 """Delta feeds hold exactly-once under kill -9 (issue 13, req. 2; DESIGN.md section 12).
 
-A real ``lakeexportd export`` of a ``format: delta`` feed is killed with SIGKILL at a named
-failpoint, then run again; the table is then read with delta-rs (``DeltaTable``), never with
-lakeexportd, and compared with the sandbox's rows (tests/deltacheck.py): every row once, with
-its values and Delta types, the feed's transaction at the summary's watermark, the summary
-listing exactly the log's files, and every file the log lists present. On the local disk and
-on S3 (moto's server).
+A real ``lakeexportd export`` process of a ``format: delta`` feed is killed with SIGKILL at a
+named failpoint, then the feed is exported again; the table is then read with delta-rs
+(``DeltaTable``), never with lakeexportd, and compared with the sandbox's rows
+(tests/deltacheck.py): every row once, with its values and Delta types, the feed's
+transaction at the summary's watermark, the summary listing exactly the log's files, every
+file the log lists present, and nothing the rerun wrote left unlisted. A stream feed (``tx``,
+first data run killed, 5 days of rows over several files per day) and a table feed
+(``users``, killed after two snapshots, so its vacuum has work).
 
-The points (derived from ``FAILPOINTS``): every point of the families a Delta run passes
-through (stream: ``export.``, ``append.``, ``delta.``, ``lock.``, ``metadata.`` of the
-summary; table: ``snapshot.``, ``delta.``, ``export.``), minus the ones a Delta run never
-reaches, each named in ``NEVER_REACHED`` with why; on S3 also minus the points of renames,
-temp files and fsyncs, which an object store does not have. A point that is listed but not
-reached fails its case (the killed run must die by SIGKILL), so the lists stay honest.
-The table's ``lock.`` and ``metadata.`` points are the stream's code (one lock, one summary
-writer): they run for the stream only, to keep the file near a minute on 2 workers.
+Local disk: every point of the families a Delta run passes through (stream: ``export.``,
+``append.``, ``delta.``, ``lock.``, ``metadata.`` of the summary; table: ``snapshot.``,
+``delta.``, ``export.``), derived from ``FAILPOINTS`` minus ``NEVER_REACHED_BY_*`` (each with why).
+A listed point that is not reached fails its case (the run must die by SIGKILL), so the
+lists stay honest. The table's ``lock.`` and ``metadata.`` points are the same code as the
+stream's (one lock, one summary writer) and run for the stream only.
+
+S3 (moto): one point per state a kill can leave (``OBJECT_CASES``): the Delta run is the
+same code on both stores; what differs is the store's writes (no rename, temp file or fsync:
+in-place uploads) and the lease, and those states are all covered.
 """
 
 from __future__ import annotations
@@ -34,9 +38,10 @@ from export.test_crash import setup_run
 from lakeexportd.failpoints import FAILPOINTS
 from lakeexportd.sandbox import Sandbox
 
-NEVER_REACHED = {
-    # stream runs
+NEVER_REACHED_BY_STREAMS = {
     "export.after_prune": "a Delta stream run prunes nothing: it ends at its summary",
+}
+NEVER_REACHED_BY_TABLES = {
     # table runs write their snapshot in place (the log is the commit point)
     "snapshot.after_staging_dir": "in place: no staging directory",
     "snapshot.before_file_rename": "in place: nothing renamed",
@@ -51,10 +56,10 @@ ON_FIRST_RUN = {"delta.after_create"}  # the table is created by the first run o
 STREAM_POINTS = sorted(
     p for p in FAILPOINTS
     if p.startswith(("export.", "append.", "delta.", "lock.", "metadata."))
-    and p not in NEVER_REACHED)
+    and p not in NEVER_REACHED_BY_STREAMS)
 TABLE_POINTS = sorted(
     p for p in FAILPOINTS if p.startswith(("snapshot.", "delta.", "export."))
-    and p not in NEVER_REACHED)
+    and p not in NEVER_REACHED_BY_TABLES)
 # A run killed at append.mid_abort is one that failed mid-query and was aborting.
 FAULTS = {"append.mid_abort": {"kind": "error_after_rows", "rows": 700}}
 CASES = [("stream", p) for p in STREAM_POINTS] + [("table", p) for p in TABLE_POINTS]
@@ -131,6 +136,14 @@ def kill_then_rerun(sandbox: Sandbox, tmp_path: Path, place: Place, kind: str,
     # unlisted, so no Delta reader sees them).
     new = place.keys(kind, feed) - after_kill
     assert new <= set(log_files(table)), sorted(new - set(log_files(table)))[:5]
+
+
+def test_the_point_lists_are_failpoints_of_the_delta_write_path() -> None:
+    """Every point named here is declared; the S3 cases are points of the local matrix."""
+    assert {*NEVER_REACHED_BY_STREAMS, *NEVER_REACHED_BY_TABLES} <= set(FAILPOINTS)
+    assert set(OBJECT_CASES) <= set(CASES)
+    assert {p for _, p in CASES} >= {p for p in FAILPOINTS if p.startswith("delta.")}
+    assert len(CASES) >= 40
 
 
 @pytest.mark.parametrize(("kind", "point"), CASES)

@@ -174,7 +174,8 @@ def test_a_local_writer_paused_before_its_commit_holds_the_feed_lock(
         files = place.keys("stream", "tx")
         second = export(config, "second")
         assert second.wait() != 0
-        assert "lock" in second.stderr.lower(), second.stderr
+        assert f"is locked by another lakeexportd process (pid {first.pid})" in second.stderr, \
+            second.stderr
         assert place.keys("stream", "tx") == files, "the refused writer wrote files"
     finally:
         os.kill(first.pid, signal.SIGCONT)

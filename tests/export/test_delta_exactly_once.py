@@ -18,7 +18,16 @@ from pathlib import Path
 
 import obstore
 import pytest
-from deltacheck import Cli, Place, check_feed, config_text, log_files, run_cli, start_cli
+from deltacheck import (
+    Cli,
+    Place,
+    assert_rows_exactly_once,
+    check_feed,
+    config_text,
+    log_files,
+    run_cli,
+    start_cli,
+)
 from objectlake import store_config
 from objectstores import Bucket
 
@@ -40,11 +49,13 @@ def place(request: pytest.FixtureRequest, tmp_path: Path,
     return make_place(request.param, request, tmp_path, monkeypatch)
 
 
-def make_place(where: str, request: pytest.FixtureRequest, tmp_path: Path,
-               monkeypatch: pytest.MonkeyPatch) -> Place:
+def make_place(where: str, request: pytest.FixtureRequest | None, tmp_path: Path,
+               monkeypatch: pytest.MonkeyPatch, bucket: Bucket | None = None) -> Place:
     if where == "local":
         return Place(root=str(tmp_path / "lake"))
-    bucket: Bucket = request.getfixturevalue("s3_bucket")
+    if bucket is None:
+        assert request is not None
+        bucket = request.getfixturevalue("s3_bucket")
     flow, options, secret, root = store_config(bucket)
     monkeypatch.setenv("LAKE_SECRET", secret)
     return Place(root=root, lake_extra=f", lease_ttl: 1s, storage: {flow}", bucket=bucket,
@@ -253,5 +264,44 @@ def test_repair_removes_only_what_no_log_version_lists(sandbox: Sandbox, tmp_pat
     assert repair.wait() == 0, repair.stderr
     assert place.keys("stream", "tx") == listed
     assert all(key in repair.stderr for key in orphans), repair.stderr
+    setup_run(config, "tx")
+    check_feed(place, "stream", "tx", sandbox.arrow(SOURCE))
+
+
+def test_a_frozen_writer_whose_commit_still_lands_leaves_no_duplicate_on_s3(
+    sandbox: Sandbox, tmp_path: Path, s3_bucket: Bucket, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The first writer passed its fence and froze right before the log commit; a second
+    took the lease over (ttl 1s), read the log and froze before its own commit. The first,
+    resumed, commits (nobody took its log version); the second, resumed, is refused by the
+    log (its version is taken) and removes its files: every row once."""
+    place = make_place("s3", None, tmp_path, monkeypatch, s3_bucket)
+    config = configure(tmp_path, sandbox, place)
+    racer = configure(tmp_path, sandbox, place, lock_wait="5s")
+    setup_run(config, "tx")
+    more_rows(sandbox, place)
+    first = start_cli(["export", "-c", str(config), "tx"], tmp_path / "first.out",
+                      "delta.before_log_commit:stop")
+    second: Cli | None = None
+    try:
+        wait_for(lambda: state(first.pid) == "T", "the first writer frozen before its commit")
+        second = start_cli(["export", "-c", str(racer), "tx"], tmp_path / "second.out",
+                           "delta.before_log_commit:stop")
+        wait_for(lambda: state(second.pid) == "T", "the second writer frozen before its commit")
+        os.kill(first.pid, signal.SIGCONT)
+        assert first.wait() == 0, first.stderr
+    finally:
+        for cli in (first, second):
+            if cli is not None and cli.process.exitcode is None:
+                os.kill(cli.pid, signal.SIGCONT)
+    assert second is not None
+    assert second.wait() not in (0, -signal.SIGKILL), second.stderr
+    assert "another commit reached" in second.stderr, second.stderr
+    table = place.table("stream", "tx")
+    assert place.keys("stream", "tx") == set(log_files(table))
+    assert_rows_exactly_once(table.to_pyarrow_table(), sandbox.arrow(SOURCE), "TRANSACTION_ID")
+    # The first writer lost its lease before writing the summary (the log holds its run):
+    # the next run rewrites the summary from the log and exports nothing twice.
+    assert "delta.summary_not_written" in first.stderr, first.stderr
     setup_run(config, "tx")
     check_feed(place, "stream", "tx", sandbox.arrow(SOURCE))

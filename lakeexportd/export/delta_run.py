@@ -54,7 +54,8 @@ class DeltaRun(Run):
         self._written: list[WrittenFile] = []
         self._txn: int | None = None  # the transaction version this run commits
         doc = self.store.load(self.feed_dir)
-        if doc is not None and not self.delta.exists() and _lists_files(doc):
+        if doc is not None and not delta.is_delta(self.store.storage, self.feed_dir) \
+                and _lists_files(doc):
             raise LakeStateError(
                 f"feed {self.feed.name!r} holds Parquet files "
                 f"({self.store.storage.show(self.feed_dir)})"

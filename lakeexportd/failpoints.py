@@ -89,6 +89,7 @@ FAILPOINTS: dict[str, str] = {
     "export.after_prune": "run complete, lock still held",
     # Delta feeds (export/delta_run.py, lake/delta.py)
     "delta.after_create": "the Delta table created (version 0), no data file written",
+    "delta.before_log_commit": "files written, fence passed, Delta log commit not yet tried",
     "delta.after_log_commit": "the Delta log commit landed, _metadata.json not yet rewritten",
     "compact.delta_after_optimize": "a closed day of a Delta stream optimized, not vacuumed",
     # feed lock

@@ -284,6 +284,7 @@ class DeltaFeed:
             custom_metadata=metadata, max_commit_retries=0,
             app_transactions=[Transaction(app_id(self.feed), txn_version)])
         before = table.version()
+        failpoint("delta.before_log_commit")
         try:
             table.create_write_transaction(
                 actions, "append" if kind == "stream" else "overwrite", schema,

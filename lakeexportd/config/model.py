@@ -108,7 +108,8 @@ class LakeSettings:
     storage: tuple[tuple[str, str], ...] = field(default=(), repr=False)
     lease_ttl: float = 30.0  # object stores: how long a killed writer's lease blocks its feed
     # Object stores: unlisted objects younger than this are left alone (a paused writer may
-    # still commit them); a local lake's flock makes cleanup immediate, so it is unused there.
+    # still commit them); a local lake's flock makes that cleanup immediate. On every lake,
+    # compaction inputs stay this long after the swap, for readers in flight.
     orphan_grace: float = 3600.0
     origin: str = field(default="", repr=False, compare=False)
 

@@ -60,6 +60,16 @@ class WrittenFile:
         )
 
 
+@dataclass(frozen=True)
+class Retired:
+    """A data file a compaction replaced (``path``: ``year=.../data_x.parquet``) at ``since``
+    (ISO UTC). No longer listed, it stays on disk until ``lake.orphan_grace`` after ``since``
+    so readers that listed it before the swap can finish; cleanup never takes it earlier."""
+
+    path: str
+    since: str
+
+
 MIXED = "mixed"
 """A partition's ``tier`` when its files are in different classes (a late file not moved yet)."""
 
@@ -159,6 +169,7 @@ class StreamMetadata(_Common):
     mode: ClassVar[str] = "append"
     partitions: tuple[Partition, ...] = ()
     watermark_ms: int | None = None
+    retired: tuple[Retired, ...] = ()  # compaction inputs kept for readers in flight
 
     @property
     def total_records(self) -> int:
@@ -213,3 +224,10 @@ def listed_files(doc: FeedMetadata) -> list[tuple[str, FileEntry]]:
 def listed_paths(doc: FeedMetadata | None) -> set[str]:
     """``directory/name`` of every file the document lists (none without a document)."""
     return {f"{d}/{f.name}" for d, f in listed_files(doc)} if doc is not None else set()
+
+
+def kept_paths(doc: FeedMetadata | None) -> set[str]:
+    """What cleanup must keep: the listed files and the retired ones still in their grace
+    (they leave the document, and then the disk, together: ``metadata_update.expire_retired``)."""
+    retired = {r.path for r in doc.retired} if isinstance(doc, StreamMetadata) else set()
+    return listed_paths(doc) | retired

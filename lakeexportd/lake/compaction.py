@@ -234,6 +234,9 @@ class Compactor:
                                     progress, lock.check, store)
                 result.days.append(fresh)
                 result.written += written
+        if result.days and self.orphan_grace <= 0:
+            with lock:  # no grace asked for: this run's own inputs go now
+                self._expire(store, feed_dir, now, file_mode, lock.check, result)
         return result
 
     def _expire(self, store: MetadataStore, feed_dir: Path, now: dt.datetime, file_mode: int,

@@ -196,7 +196,8 @@ def expire_retired(
     expired = tuple(r for r in doc.retired if over(r))
     if not expired:
         return doc, ()
-    kept = tuple(r for r in doc.retired if r not in expired)
+    gone = set(expired)
+    kept = tuple(r for r in doc.retired if r not in gone)
     return dataclasses.replace(doc, retired=kept), expired
 
 

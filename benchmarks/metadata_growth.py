@@ -137,8 +137,9 @@ def main() -> None:
                 figures = measure(document(n, compaction=on), Path(tmp) / f"{n}-{on}")
                 rows.append((n, "on" if on else "off", figures))
                 print(f"N={n:>7} compaction {'on ' if on else 'off'}: "
-                      f"{figures['files']:>7.0f} files listed, {figures['retired']:>4.0f} retired, "
-                      f"{_size(figures['bytes']):>10}, encode {figures['encode_s'] * 1000:8.1f} ms, "
+                      f"{figures['files']:>7.0f} files listed, "
+                      f"{figures['retired']:>4.0f} retired, {_size(figures['bytes']):>10}, "
+                      f"encode {figures['encode_s'] * 1000:8.1f} ms, "
                       f"commit {figures['commit_s'] * 1000:8.1f} ms", flush=True)
     lines = [
         "# `_metadata.json` growth: N one-minute runs, compaction on and off",

@@ -22,6 +22,7 @@ orphan cleanup removes; after it, the inputs are retired: nothing is lost or lis
 from __future__ import annotations
 
 import datetime as dt
+import json
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -46,6 +47,8 @@ from lakeexportd.lake.metadata_update import expire_retired, with_compacted
 from lakeexportd.lake.parquet_writer import ParquetFile
 from lakeexportd.lake.storage import Storage
 
+COMPACTED_FROM = "lakeexportd.compacted_from"
+"""Footer key of a compacted file: the JSON list of the file names it replaced."""
 BATCH_ROWS = 65_536
 """Rows read from an input at a time: a step of the stream, far below a row group."""
 
@@ -318,6 +321,8 @@ class Compactor:
                schema: pa.Schema, file_mode: int, created: list[Path]) -> WrittenFile:
         """Stream ``group`` (in order) into ``partition/name``; returns the listed entry."""
         directory = feed_dir / partition
+        # The names it replaces ride in the footer: `repair --rebuild` leaves them out.
+        schema = schema.with_metadata({COMPACTED_FROM: json.dumps([f.name for f in group])})
         in_place = not self.storage.atomic_rename  # object stores: the upload is all or nothing
         path = directory / (name if in_place else layout.temp_name(name))
         handle = ParquetFile(path, schema, file_mode=file_mode, failpoint_prefix="compact",

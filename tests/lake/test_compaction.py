@@ -16,6 +16,7 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import pytest
 from lakecheck import assert_consistent, exporter, feed, read_listed
 
@@ -25,6 +26,7 @@ from lakeexportd.lake import layout
 from lakeexportd.lake.compaction import compact_feed
 from lakeexportd.lake.metadata import MetadataStore
 from lakeexportd.lake.metadata_model import StreamMetadata
+from lakeexportd.lake.rebuild import rebuild_stream
 from lakeexportd.lake.storage import LOCAL
 from lakeexportd.sandbox import Sandbox
 
@@ -167,3 +169,16 @@ def test_a_table_feed_is_refused(tmp_path: Path) -> None:
     with pytest.raises(FeedError, match="table"):
         compact_feed(LOCAL, tmp_path, feed("t", "T", kind="table"), now=dt.datetime.now(dt.UTC),
                      lock_wait=1, orphan_grace=0)
+
+
+def test_a_rebuild_during_the_grace_lists_each_row_once(sandbox: Sandbox, tmp_path: Path) -> None:
+    """`repair --rebuild` while the replaced files are still on disk leaves them out (the
+    compacted file's footer names them): the rebuilt document lists every row once."""
+    last = runs_over(sandbox, tmp_path)
+    compact_feed(LOCAL, tmp_path, TX, now=last, lock_wait=2, orphan_grace=3600)
+    feed_dir = layout.feed_dir(tmp_path, "stream", "tx")
+    rebuilt = rebuild_stream(feed_dir, feed="tx", source=SOURCE)
+    assert any("a compaction replaced" in w for w in rebuilt.warnings)
+    tables = [pq.read_table(feed_dir / p.path / f.name)
+              for p in rebuilt.doc.partitions for f in p.files]
+    assert summary(pa.concat_tables(tables, promote_options="default")) == truth(sandbox)

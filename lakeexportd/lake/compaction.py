@@ -216,6 +216,11 @@ class Compactor:
         lock = FeedLock(feed_dir, feed=feed, wait=self.lock_wait, dir_mode=dir_mode,
                         storage=self.storage)
         with lock:
+            if not self.storage.leases:  # a local lake: the flock excludes every other writer
+                # Leftovers of a killed run (an export's or a compaction's) go first, as at
+                # an export's start: a glob reader would otherwise count their rows twice.
+                cleanup.remove_orphans(feed_dir, store.load(feed_dir), kind="stream",
+                                       storage=self.storage)
             self._expire(store, feed_dir, now, file_mode, lock.check, result)
         for day in days:
             if cancel is not None and cancel.is_set():

@@ -361,6 +361,7 @@ def compact_feed(
     one entry point of the CLI and the daemon; a feed's format picks the implementation."""
     if feed.kind != "stream":
         raise FeedError(f"feed {feed.name!r} is a table: compaction applies to streams only")
+    # Delta feeds (`format: delta`) branch off here to optimize + vacuum (lake/delta*.py).
     if feed.compaction is None and before is None:
         return CompactResult(feed.name, dry_run)
     target = (feed.compaction or Compaction()).target_file_size

@@ -17,7 +17,7 @@ DUCKDB_VENV := .venv-duckdb
 DUCKDB_LOCK := requirements/duckdb-readers.lock
 DUCKDB_STAMP := $(DUCKDB_VENV)/.installed
 
-.PHONY: install azurite duckdb-readers lock run test bench lint soak clean
+.PHONY: install azurite duckdb-readers lock run test bench bench-compaction lint soak clean
 
 # One pip call installs the package and everything the tests need, at the locked versions.
 $(STAMP): pyproject.toml $(LOCK)
@@ -65,6 +65,12 @@ test: $(STAMP) $(AZURITE_STAMP) $(DUCKDB_STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.run
 	$(BIN)/python -m benchmarks.delta_memory
+
+# _metadata.json growth with/without compaction, and a DuckDB scan of a 30-day
+# one-file-per-minute stream before/after `lakeexportd compact` (results/*.md).
+bench-compaction: $(STAMP)
+	$(BIN)/python -m benchmarks.metadata_growth
+	$(BIN)/python -m benchmarks.compaction_scan
 
 # 20 feeds for 5 minutes against a sandbox generating 2,000 rows/s (not part of `make test`).
 soak: $(STAMP)

@@ -80,6 +80,14 @@ FAILPOINTS: dict[str, str] = {
     "tier.after_object": "one data object rewritten in the colder class, not yet recorded",
     "tier.before_commit": "a batch of objects rewritten, _metadata.json not yet committed",
     "tier.after_commit": "a batch's classes recorded in _metadata.json, lock still held",
+    # compaction (lake/compaction.py)
+    "compact.after_open_temp": "an empty compacted output file created",
+    "compact.after_row_group": "a row group written to a compacted output",
+    "compact.after_close": "a compacted output closed, not fsynced",
+    "compact.after_file_fsync": "a compacted output fsynced, not yet under its final name",
+    "compact.after_file": "a compacted output under its final name, not listed",
+    "compact.before_commit": "a day's outputs written, _metadata.json not yet committed",
+    "compact.after_commit": "outputs listed, inputs retired, lock still held",
     # export run (exporter.py)
     "export.after_cleanup": "orphans of earlier runs removed, nothing queried yet",
     "export.after_header": "query answered with its header, no row written",

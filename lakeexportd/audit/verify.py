@@ -18,8 +18,8 @@ from lakeexportd.lake.metadata import MetadataStore
 from lakeexportd.lake.metadata_model import (
     FeedMetadata,
     TableMetadata,
+    kept_paths,
     listed_files,
-    listed_paths,
 )
 from lakeexportd.lake.storage import LOCAL, Storage
 
@@ -89,7 +89,7 @@ def unlisted(
     feed_dir: Path, doc: FeedMetadata | None, *, storage: Storage = LOCAL
 ) -> list[Path]:
     """Data files, temps and version directories under ``feed_dir`` that ``doc`` does not list."""
-    listed = listed_paths(doc)
+    listed = kept_paths(doc)  # retired compaction inputs wait out their grace
     versions = {v.path for v in doc.versions} if isinstance(doc, TableMetadata) else set()
     found = []
     for entry in storage.list_dir(feed_dir):

@@ -19,7 +19,9 @@ from lakeexportd.config.model import (
     BUILTIN,
     FEED_NAME,
     KSQL_IDENTIFIER,
+    MIN_TARGET_FILE_SIZE,
     Api,
+    Compaction,
     Config,
     Feed,
     FeedDefaults,
@@ -46,7 +48,7 @@ KSQLDB_KEYS = ("url", "username", "password_env", "password_file", "connect_time
                "read_timeout", "max_retries", "http2", "api", "tls")
 DEFAULT_KEYS = tuple(f.name for f in fields(FeedDefaults))
 STREAM_ONLY = ("settle_delay", "start", "event_time", "timezone", "retention_days",
-               "max_open_partitions", "tiering")
+               "max_open_partitions", "tiering", "compaction")
 TABLE_ONLY = ("retention_versions",)
 FEED_KEYS = ("name", "source", "kind", "enabled", "event_time", *DEFAULT_KEYS)
 
@@ -389,6 +391,7 @@ def _settings(node: Node, base: FeedDefaults) -> FeedDefaults:
         retention_days=retention_days if node.has("retention_days") else base.retention_days,
         tiering=_tiering(node, base.tiering),
         format=cast(TableFormat, node.choice("format", ("parquet", "delta"), base.format)),
+        compaction=_compaction(node, base.compaction),
     )
 
 
@@ -411,6 +414,25 @@ def _tiering(node: Node, base: Tiering | None) -> Tiering | None:
     storage_class = tiering.require_string(
         "class", "the colder class, e.g. STANDARD_IA (S3) or Cool (Azure Blob)")
     return Tiering(after_days=int(days), storage_class=storage_class)
+
+
+def _compaction(node: Node, base: Compaction | None) -> Compaction | None:
+    """``compaction: {after: 1d, target_file_size: 256MiB}`` (either key may be left out);
+    ``compaction: null`` turns it off."""
+    if not node.has("compaction"):
+        return base
+    if node.data["compaction"] is None:
+        return None
+    section = node.section("compaction")
+    section.check_keys(("after", "target_file_size"), where="in compaction")
+    seconds = section.duration("after", 86_400.0, positive=True)
+    days, rest = divmod(seconds, 86_400.0)
+    if rest or days < 1:
+        raise section.fail("after", f"{show(section.data['after'])} is not a whole number of "
+                           "days", "write whole days such as 1d (partitions are days)")
+    size = section.size("target_file_size", Compaction().target_file_size,
+                        minimum=MIN_TARGET_FILE_SIZE)
+    return Compaction(after_days=int(days), target_file_size=size)
 
 
 def _check_tiering(root: Node, lake: LakeSettings) -> None:
@@ -490,7 +512,7 @@ def build_feed(node: Node, defaults: FeedDefaults) -> Feed:
         resolved = replace(resolved, settle_delay=BUILTIN.settle_delay, start=BUILTIN.start,
                            timezone=BUILTIN.timezone, retention_days=BUILTIN.retention_days,
                            max_open_partitions=BUILTIN.max_open_partitions,
-                           tiering=BUILTIN.tiering)
+                           tiering=BUILTIN.tiering, compaction=BUILTIN.compaction)
     else:
         resolved = replace(resolved, retention_versions=BUILTIN.retention_versions)
     if resolved.format == "delta" and resolved.tiering is not None:

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Final, Literal
 
 from lakeexportd.config.durations import format_duration
+from lakeexportd.config.sizes import format_size
 
 DEFAULT_CONFIG_PATH: Final = Path("/etc/lakeexportd/lakeexportd.yaml")
 CONFIG_ENV: Final = "LAKEEXPORTD_CONFIG"
@@ -108,7 +109,8 @@ class LakeSettings:
     storage: tuple[tuple[str, str], ...] = field(default=(), repr=False)
     lease_ttl: float = 30.0  # object stores: how long a killed writer's lease blocks its feed
     # Object stores: unlisted objects younger than this are left alone (a paused writer may
-    # still commit them); a local lake's flock makes cleanup immediate, so it is unused there.
+    # still commit them); a local lake's flock makes that cleanup immediate. On every lake,
+    # compaction inputs stay this long after the swap, for readers in flight.
     orphan_grace: float = 3600.0
     origin: str = field(default="", repr=False, compare=False)
 
@@ -158,6 +160,23 @@ class Tiering:
         return f"after {self.after_days}d to {self.storage_class}"
 
 
+@dataclass(frozen=True, slots=True)
+class Compaction:
+    """``compaction: {after: 1d, target_file_size: 256MiB}``: a stream's day partitions whose
+    day ended more than ``after_days`` ago (feed time zone) have their small files rewritten
+    into files near ``target_file_size`` (streams only; tables write each version whole)."""
+
+    after_days: int = 1
+    target_file_size: int = 256 * 1024 * 1024
+
+    def __str__(self) -> str:
+        return f"after {self.after_days}d to {format_size(self.target_file_size)} files"
+
+
+MIN_TARGET_FILE_SIZE: Final = 1024 * 1024
+"""Below 1 MiB compaction would cut files smaller than a single export already writes."""
+
+
 def tier_classes(root_scheme: str | None) -> tuple[str, ...]:
     """The classes ``tiering`` may name on a lake whose root has this URL scheme (``None``:
     a local folder, which has none)."""
@@ -185,6 +204,8 @@ class FeedDefaults:
     retention_days: int | None = None
     tiering: Tiering | None = None
     format: TableFormat = "parquet"
+    # On by default: without it a stream's _metadata.json lists every file of every run forever.
+    compaction: Compaction | None = Compaction()
 
 
 BUILTIN: Final = FeedDefaults()
@@ -210,6 +231,7 @@ class Feed:
     retention_days: int | None = BUILTIN.retention_days
     tiering: Tiering | None = BUILTIN.tiering
     format: TableFormat = BUILTIN.format
+    compaction: Compaction | None = BUILTIN.compaction
     enabled: bool = True
 
     @property

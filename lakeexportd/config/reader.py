@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 
 from lakeexportd.config.durations import DURATION_HELP, parse_duration
+from lakeexportd.config.sizes import SIZE_HELP, format_size, parse_size
 from lakeexportd.errors import ConfigError
 
 
@@ -224,6 +225,25 @@ class Node:
             raise self.fail(key, f"duration {show(text)} must be greater than zero",
                             "use a positive duration such as '10s'")
         return seconds
+
+    def size(self, key: str, default: int, *, minimum: int) -> int:
+        """A byte size written with a unit (``256MiB``), at least ``minimum`` bytes."""
+        if key not in self.data:
+            return default
+        raw = self.data[key]
+        if isinstance(raw, int | float) and not isinstance(raw, bool):
+            raise self.fail(key, f"size {show(raw)} has no unit", f"write e.g. '{raw}MiB'; "
+                            + SIZE_HELP)
+        text = self._typed(key, (str,), "a size such as '256MiB'")
+        assert isinstance(text, str)
+        try:
+            size = parse_size(text)
+        except ValueError:
+            raise self.fail(key, f"bad size {show(text)}", SIZE_HELP) from None
+        if size < minimum:
+            raise self.fail(key, f"size {show(text)} is below {format_size(minimum)}",
+                            f"use at least {format_size(minimum)}")
+        return size
 
     def matching(self, key: str, pattern: re.Pattern[str], what: str, fix: str) -> str:
         value = self.require_string(key, what)

@@ -226,10 +226,14 @@ class Run:
         if feed.retention_days is not None:
             cutoff = layout.retention_cutoff(self.now, feed.retention_days, feed.timezone)
             new, dropped = update.without_partitions_before(new, cutoff)
+        # Compaction inputs past their grace leave the document with this commit, then the disk.
+        new, expired = update.expire_retired(new, self.now, self.orphan_grace)
         self._commit(new)
         failpoint("export.after_commit")
         if dropped:
             cleanup.delete_partitions(self.feed_dir, dropped, storage=self.store.storage)
+        if expired:
+            cleanup.delete_retired(self.feed_dir, expired, storage=self.store.storage)
         failpoint("export.after_prune")
         return self._result(written, watermark_ms=upper, window_from_ms=lower)
 

@@ -24,6 +24,7 @@ from lakeexportd.config import build as config_build
 from lakeexportd.config.durations import format_duration
 from lakeexportd.config.model import BUILTIN, FEED_NAME, Feed, FeedDefaults, Tiering
 from lakeexportd.config.reader import Node
+from lakeexportd.config.sizes import format_size
 from lakeexportd.errors import EX_USAGE, ConfigError, FeedError, LakeStateError, store_error
 from lakeexportd.lake import layout
 from lakeexportd.lake.locking import Lock
@@ -112,6 +113,14 @@ def feed_options(feed: Feed) -> dict[str, Any]:
         if f.name in out or f.name in skip:
             continue
         value = getattr(feed, f.name)
+        if f.name == "compaction":
+            # Left out when it is the built-in default, so entries written before compaction
+            # existed keep their fingerprint; ``null`` (off) must be written to read back.
+            if value != BUILTIN.compaction:
+                out[f.name] = None if value is None else {
+                    "after": f"{value.after_days}d",
+                    "target_file_size": format_size(value.target_file_size)}
+            continue
         if value is None:
             continue
         if isinstance(value, Tiering):

@@ -23,9 +23,10 @@ from lakeexportd.lake import layout
 from lakeexportd.lake.metadata_model import (
     FeedMetadata,
     Partition,
+    Retired,
     StreamMetadata,
     Version,
-    listed_paths,
+    kept_paths,
 )
 from lakeexportd.lake.storage import LOCAL, Storage
 
@@ -79,7 +80,7 @@ def _newest_ns(storage: Storage, directory: Path) -> int:
 def _stream_orphans(
     storage: Storage, feed_dir: Path, doc: StreamMetadata | None
 ) -> tuple[list[Found], list[Found]]:
-    listed = listed_paths(doc)
+    listed = kept_paths(doc)
     temps, data = [], []
     for year in _subdirs(storage, feed_dir, _YEAR):
         for month in _subdirs(storage, year, _MONTH):
@@ -232,7 +233,7 @@ def remove_own(
     """Remove the objects of ``created`` that ``doc`` (freshly loaded) does not list: ones
     this process knows to be its own to remove (a failed run's uploads, the files its own
     commit dropped); nothing else, whatever its age."""
-    listed = listed_paths(doc)
+    listed = kept_paths(doc)
     removed = []
     try:
         for path in created:
@@ -302,6 +303,25 @@ def delete_versions(
         raise LakeStateError(
             f"cannot delete old versions of {feed_dir}: {exc} (the next run removes them)"
         ) from exc
+    return removed
+
+
+def delete_retired(
+    feed_dir: Path, retired: Iterable[Retired], *, storage: Storage = LOCAL
+) -> list[Path]:
+    """Delete compaction inputs a commit already dropped from ``retired`` (their grace is
+    over); one already gone is fine (retention may have taken its partition)."""
+    removed = []
+    try:
+        for entry in retired:
+            path = feed_dir / entry.path
+            storage.check_inside(feed_dir, path.parent)
+            if layout.is_data_file_name(path.name) and storage.delete(path):
+                removed.append(path)
+    except OSError as exc:
+        raise LakeStateError(
+            f"cannot delete retired compaction inputs of {feed_dir}: {exc} (unlisted now: the "
+            "next run's cleanup removes them)") from exc
     return removed
 
 

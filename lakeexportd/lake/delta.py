@@ -549,6 +549,7 @@ class DeltaCompaction:
     days: list[DayCompaction] = field(default_factory=list)
     vacuumed: Vacuum | None = None
     stopped: bool = False
+    tiered: list[str] = field(default_factory=list)  # never: Delta feeds have no tiering
 
     @property
     def files_in(self) -> int:

@@ -30,7 +30,9 @@ _MODES: dict[str, tuple[int, int]] = {
 # Feed names become directory names: no separators, no leading dot (dot names are not data).
 _FEED_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 _PARTITION = re.compile(r"year=(\d{4})/month=(\d{2})/day=(\d{2})")
-_DATA_NAME = re.compile(r"data_(\d{8}_\d{6})(?:_(\d{2}))?(?:_part(\d{4}))?\.parquet")
+# ``_cNNNN``: a compaction's output (``lake/compaction.py``), never an export's name.
+_DATA_NAME = re.compile(
+    r"data_(\d{8}_\d{6})(?:(?:_(\d{2}))?(?:_part(\d{4}))?|_c(\d{4}))\.parquet")
 _SNAPSHOT_NAME = re.compile(r"snapshot_(\d{8}_\d{6})(?:_part(\d{4}))?\.parquet")
 _VERSION_DIR = re.compile(r"version=v([1-9]\d*)")
 MAX_COLLISION = 99
@@ -144,6 +146,21 @@ def data_file_name(run_start: dt.datetime, *, collision: int = 0, part: int | No
     return f"data_{run_stamp(run_start)}{_suffixes(collision, part)}.parquet"
 
 
+def compacted_file_name(compaction_start: dt.datetime, number: int) -> str:
+    """``data_YYYYMMDD_HHMMSS_cNNNN.parquet``: output ``number`` of a compaction started then.
+
+    A ``data_`` name (cleanup, rebuild and readers treat it as data) that no export can take:
+    exports write ``_NN`` and ``_partNNNN`` suffixes, never ``_c``."""
+    if not 1 <= number <= MAX_PART:
+        raise ValueError(f"compacted file number must be 1..{MAX_PART}, got {number}")
+    return f"data_{run_stamp(compaction_start)}_c{number:04d}.parquet"
+
+
+def is_compacted_file_name(name: str) -> bool:
+    m = _DATA_NAME.fullmatch(name)
+    return m is not None and m[4] is not None
+
+
 def snapshot_file_name(run_start: dt.datetime, *, part: int | None = None) -> str:
     """``snapshot_YYYYMMDD_HHMMSS[_partNNNN].parquet``."""
     return f"snapshot_{run_stamp(run_start)}{_suffixes(0, part)}.parquet"
@@ -167,7 +184,7 @@ def is_snapshot_file_name(name: str) -> bool:
 def data_collision(name: str, run_start: dt.datetime) -> int | None:
     """The ``_NN`` of ``name`` if it is a data file of a run started at ``run_start``."""
     m = _DATA_NAME.fullmatch(name)
-    if not m or m[1] != run_stamp(run_start):
+    if not m or m[1] != run_stamp(run_start) or m[4] is not None:
         return None
     return int(m[2] or 0)
 

@@ -17,6 +17,7 @@ from lakeexportd.lake.metadata_model import (
     FeedMetadata,
     FileEntry,
     Partition,
+    Retired,
     SchemaChange,
     SchemaColumn,
     StreamMetadata,
@@ -97,6 +98,8 @@ def to_json(doc: FeedMetadata) -> dict[str, Any]:
              "tier": p.tier, "files": [_file_json(f) for f in p.files]}
             for p in doc.partitions
         ]
+        if doc.retired:  # only while compaction inputs wait out their grace
+            out["retired"] = [{"path": r.path, "since": r.since} for r in doc.retired]
     else:
         out["current_version"] = doc.current_version
         out["last_version"] = doc.last_version
@@ -118,7 +121,7 @@ def to_json(doc: FeedMetadata) -> dict[str, Any]:
 _KNOWN = {
     "format_version", "source", "feed", "kind", "mode", "last_export", "last_status",
     "total_records", "total_size_bytes", "total_size_mb", "schema", "schema_history",
-    "watermark", "partitions", "current_version", "last_version", "versions", "exports",
+    "watermark", "partitions", "retired", "current_version", "last_version", "versions", "exports",
 }
 _SCHEMA_KEYS = ("name", "ksql_type", "arrow_type")
 
@@ -190,6 +193,24 @@ def _exports(raw: list[Any]) -> tuple[ExportRecord, ...]:
     return tuple(out)
 
 
+def _retired(raw: Any) -> tuple[Retired, ...]:
+    if not isinstance(raw, list):
+        raise _Shape("$.retired is not a list")
+    out = []
+    for i, r in enumerate(raw):
+        w = f"$.retired[{i}]"
+        path = _get(r, "path", str, w)
+        partition, _, name = path.rpartition("/")
+        try:
+            layout.partition_day(partition)
+        except ValueError:
+            raise _Shape(f"{w}.path {path!r} is not a day partition's file") from None
+        if not layout.is_data_file_name(name):
+            raise _Shape(f"{w}.path {path!r} is not a data file name")
+        out.append(Retired(path, _get(r, "since", str, w)))
+    return tuple(out)
+
+
 def from_json(raw: Any) -> FeedMetadata:
     """Decode and check a parsed document; any deviation is a ``ValueError`` saying where."""
     if _get(raw, "format_version", int, "$") != FORMAT_VERSION:
@@ -223,7 +244,8 @@ def from_json(raw: Any) -> FeedMetadata:
             raise _Shape("$.partitions lists a path twice")
         mark = _get(raw, "watermark", dict, "$")
         watermark = _get(mark, "rowtime_ms", int, "$.watermark", null=True)
-        return StreamMetadata(**common, partitions=tuple(partitions), watermark_ms=watermark)
+        return StreamMetadata(**common, partitions=tuple(partitions), watermark_ms=watermark,
+                              retired=_retired(raw.get("retired", [])))
     if kind == "table":
         versions = tuple(
             Version(

@@ -75,6 +75,16 @@ class WrittenFile:
         )
 
 
+@dataclass(frozen=True)
+class Retired:
+    """A data file a compaction replaced (``path``: ``year=.../data_x.parquet``) at ``since``
+    (ISO UTC). No longer listed, it stays on disk until ``lake.orphan_grace`` after ``since``
+    so readers that listed it before the swap can finish; cleanup never takes it earlier."""
+
+    path: str
+    since: str
+
+
 MIXED = "mixed"
 """A partition's ``tier`` when its files are in different classes (a late file not moved yet)."""
 
@@ -174,6 +184,7 @@ class StreamMetadata(_Common):
     mode: ClassVar[str] = "append"
     partitions: tuple[Partition, ...] = ()
     watermark_ms: int | None = None
+    retired: tuple[Retired, ...] = ()  # compaction inputs kept for readers in flight
 
     @property
     def total_records(self) -> int:
@@ -237,3 +248,10 @@ def current_file_count(doc: FeedMetadata) -> int:
         return sum(len(p.files) for p in doc.partitions)
     current = doc.current
     return len(current.files) if current else 0
+
+
+def kept_paths(doc: FeedMetadata | None) -> set[str]:
+    """What cleanup must keep: the listed files and the retired ones still in their grace
+    (they leave the document, and then the disk, together: ``metadata_update.expire_retired``)."""
+    retired = {r.path for r in doc.retired} if isinstance(doc, StreamMetadata) else set()
+    return listed_paths(doc) | retired

@@ -20,12 +20,14 @@ from lakeexportd.lake.metadata_model import (
     FeedMetadata,
     FileEntry,
     Partition,
+    Retired,
     SchemaChange,
     SchemaColumn,
     StreamMetadata,
     TableMetadata,
     Version,
     WrittenFile,
+    added_time,
     iso_utc,
 )
 
@@ -148,6 +150,63 @@ def with_file_tiers(
     if partition not in {p.path for p in doc.partitions}:
         raise LakeStateError(f"feed {doc.feed!r}: partition {partition} is not listed")
     return dataclasses.replace(doc, partitions=tuple(partitions))
+
+
+def with_compacted(
+    doc: StreamMetadata, partition: str, inputs: Sequence[str], outputs: Sequence[WrittenFile],
+    *, now: dt.datetime,
+) -> StreamMetadata:
+    """Swap ``inputs`` of ``partition`` for ``outputs`` (where the first input was listed) and
+    retire the inputs as of ``now``: they leave the list, not yet the disk."""
+    wanted = set(inputs)
+    current = next((p for p in doc.partitions if p.path == partition), None)
+    listed = {f.name for f in current.files} if current is not None else set()
+    if current is None or wanted - listed:
+        raise LakeStateError(f"feed {doc.feed!r}: {partition} no longer lists every file "
+                             "this compaction read; nothing was swapped")
+    new_names = {o.name for o in outputs}
+    if new_names & listed or any(o.partition != partition for o in outputs):
+        raise LakeStateError(f"feed {doc.feed!r}: a compacted file of {partition} is already "
+                             "listed or belongs elsewhere; nothing was swapped")
+    # A compacted file counts as committed when its newest input was (`files --as-of`): a
+    # past state never shows rows that were not committed yet, at the cost of hiding a day's
+    # earlier rows from an --as-of inside that day.
+    stamps = [t for f in current.files if f.name in wanted and (t := added_time(f)) is not None]
+    added = iso_utc(max(stamps)) if stamps else None
+    files: list[FileEntry] = []
+    outputs_in = False
+    for f in current.files:
+        if f.name not in wanted:
+            files.append(f)
+        elif not outputs_in:
+            files.extend(dataclasses.replace(o.entry, added=added) for o in outputs)
+            outputs_in = True
+    partitions = tuple(Partition(p.path, tuple(files)) if p.path == partition else p
+                       for p in doc.partitions)
+    retired = tuple(Retired(f"{partition}/{name}", iso_utc(now)) for name in inputs)
+    return dataclasses.replace(doc, partitions=partitions, retired=(*doc.retired, *retired))
+
+
+def expire_retired(
+    doc: StreamMetadata, now: dt.datetime, grace: float
+) -> tuple[StreamMetadata, tuple[Retired, ...]]:
+    """Drop the retired files whose grace is over (or whose partition is gone); returns the
+    document and what it dropped, for the caller to delete once the document is committed."""
+    if not doc.retired:
+        return doc, ()
+    listed = {p.path for p in doc.partitions}
+    limit = now - dt.timedelta(seconds=grace)
+
+    def over(r: Retired) -> bool:
+        since = dt.datetime.strptime(r.since, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.UTC)
+        return since <= limit or r.path.rpartition("/")[0] not in listed
+
+    expired = tuple(r for r in doc.retired if over(r))
+    if not expired:
+        return doc, ()
+    gone = set(expired)
+    kept = tuple(r for r in doc.retired if r not in gone)
+    return dataclasses.replace(doc, retired=kept), expired
 
 
 def next_version(doc: TableMetadata) -> int:

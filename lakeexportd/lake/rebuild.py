@@ -14,6 +14,7 @@ reported as a warning) and are exported again only if they lie above the new wat
 from __future__ import annotations
 
 import datetime as dt
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -99,6 +100,18 @@ def _column_range(meta: pq.FileMetaData, column: str) -> tuple[int | None, int |
     return low, high
 
 
+def _compacted_from(meta: pq.FileMetaData) -> set[str]:
+    """The names a compacted file replaced (``lake.compaction.COMPACTED_FROM``), else none."""
+    raw = (meta.metadata or {}).get(b"lakeexportd.compacted_from")
+    if raw is None:
+        return set()
+    try:
+        names = json.loads(raw)
+    except ValueError:
+        return set()
+    return {n for n in names if isinstance(n, str)} if isinstance(names, list) else set()
+
+
 def _ms(moment: dt.datetime) -> int:
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=dt.UTC)
@@ -157,9 +170,11 @@ def rebuild_stream(
                 "stay out of the document (repair removes them once it is written)"
             )
         files = []
+        replaced: set[str] = set()
         for name in names:
             path = feed_dir / rel / name
             meta, size = _footer(storage, path, schema)
+            replaced |= _compacted_from(meta)
             _, high = _column_range(meta, "ROWTIME")
             if high is None:
                 raise LakeStateError(
@@ -170,6 +185,12 @@ def rebuild_stream(
             low_ev, high_ev = _column_range(meta, event_time)
             files.append(FileEntry(name, meta.num_rows, size, low_ev, high_ev))
             count += 1
+        if replaced & set(names):
+            # Inputs of a compaction still in their grace: their rows are in the compacted file.
+            warnings.append(f"{rel}: {len(replaced & set(names))} file(s) a compaction replaced "
+                            "stay out of the document (repair removes them once it is written)")
+            files = [f for f in files if f.name not in replaced]
+            count -= len(replaced & set(names))
         if files:
             partitions.append(Partition(rel, tuple(files)))
     stamps = [s for p in partitions for f in p.files if (s := _created(f.name)) is not None]

@@ -20,6 +20,8 @@ old client closes when its last run ends. ``stop()`` lets runs finish within
 A stream feed with ``tiering`` also gets a daily job (``tier:<feed>``, first a minute after it
 is scheduled): ``service/tiering.py`` moves its old partitions to the colder class under the
 feed's lock, batch by batch, so it never runs at the same time as the feed's export.
+Likewise a stream feed with ``compaction`` (the default) gets ``compact:<feed>``
+(``service/compaction.py``): its closed days' small files become few large ones.
 """
 
 from __future__ import annotations
@@ -51,7 +53,7 @@ from lakeexportd.lake.configured import check_store, lake_of
 from lakeexportd.lake.presence import DaemonInfo, Presence
 from lakeexportd.lake.storage import Storage
 from lakeexportd.lake.tiering import Tierer
-from lakeexportd.service import runs, scheduling, tiering
+from lakeexportd.service import compaction, runs, scheduling, tiering
 from lakeexportd.service.backends import Backend, ExporterFactory, backend_key, build_exporter
 from lakeexportd.service.metrics import Metrics
 from lakeexportd.service.metrics_http import MetricsServer, MetricsServerError
@@ -406,6 +408,44 @@ class Daemon:
                 del self._running[me]
                 self._idle.notify_all()
 
+    def compact_feed(self, feed: Feed) -> str | None:
+        """The daily compaction job of ``feed`` (a stream with ``compaction``)."""
+        me = threading.get_ident()
+        with self._idle:
+            if self.state != "running" or not self._still_active(feed):
+                return None
+            self._running[me] = feed.name
+        try:
+            lake = lake_of(self.config.lake)
+            return compaction.run_compaction(
+                lake.storage, lake.root, feed, self.clock(),
+                lock_wait=self.config.scheduler.lock_wait,
+                orphan_grace=self.config.lake.orphan_grace, cancel=self.cancel,
+                metrics=self.metrics)
+        finally:
+            with self._idle:
+                del self._running[me]
+                self._idle.notify_all()
+
+    def _schedule_compaction(self, diff: scheduling.FeedDiff, jitter: float) -> None:
+        """A daily ``compact:<feed>`` job for each scheduled stream with ``compaction``."""
+        for feed in (*diff.removed, *diff.added, *diff.changed):
+            job = f"compact:{feed.name}"
+            if feed in diff.removed or feed.compaction is None or feed.kind != "stream":
+                with contextlib.suppress(JobLookupError):
+                    self.scheduler.remove_job(job)
+                continue
+            first = utc_now() + dt.timedelta(seconds=compaction.COMPACT_FIRST_DELAY)
+            self.scheduler.add_job(
+                self.compact_feed, IntervalTrigger(seconds=compaction.COMPACT_EVERY,
+                                                   jitter=jitter or None, timezone=dt.UTC),
+                args=[feed], id=job, name=job, max_instances=1, coalesce=True,
+                misfire_grace_time=int(compaction.COMPACT_EVERY), replace_existing=True,
+                next_run_time=first,
+            )
+            log.info("compact.scheduled", feed=feed.name, compaction=str(feed.compaction),
+                     first_run=first.isoformat(timespec="seconds"))
+
     def _schedule_tiering(self, diff: scheduling.FeedDiff, jitter: float) -> None:
         """A daily ``tier:<feed>`` job for each scheduled stream with ``tiering``, none else."""
         for feed in (*diff.removed, *diff.added, *diff.changed):
@@ -466,6 +506,7 @@ class Daemon:
             if self._schedule(feed, new.scheduler.jitter, first_now=False):
                 log.info("feed.rescheduled", feed=feed.name, schedule=str(feed.schedule))
         self._schedule_tiering(diff, new.scheduler.jitter)
+        self._schedule_compaction(diff, new.scheduler.jitter)
         if new.lake != old.lake:
             for feed in wanted.values():
                 runs.seed_from_metadata(self.metrics, feed, *self._lake(new))

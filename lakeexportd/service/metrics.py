@@ -39,7 +39,8 @@ class _FeedState:
     """What the scrape-time gauges are computed from, for one feed."""
 
     __slots__ = ("lag_origin", "last_success", "table_versions", "rejected_columns",
-                 "tier_bytes", "tier_results", "listed_files", "listed_bytes", "delta_version")
+                 "tier_bytes", "tier_results", "listed_files", "listed_bytes", "delta_version",
+                 "compaction_results")
 
     def __init__(self) -> None:
         self.lag_origin: float | None = None  # epoch seconds the lag counts from
@@ -51,6 +52,7 @@ class _FeedState:
         self.listed_files: int | None = None  # what the feed's last commit lists
         self.listed_bytes: int | None = None
         self.delta_version: int | None = None  # Delta feeds only
+        self.compaction_results: set[str] = set()  # label values of compaction_runs
 
 
 class _ScrapeTimeCollector(Collector):
@@ -112,6 +114,16 @@ class Metrics:
             "`tiering:`; aborted: stopped by shutdown between two objects).",
             ["feed", "result"], registry=registry,
         )
+        self.compaction_runs = Counter(
+            "lakeexportd_compaction_runs", "Daily compaction runs by feed and result (stream "
+            "feeds with `compaction:`; aborted: stopped by shutdown between two days).",
+            ["feed", "result"], registry=registry,
+        )
+        self.compacted_files = Counter(
+            "lakeexportd_compacted_files", "Small data files compaction replaced (each closed "
+            "day's files become few files near compaction.target_file_size).",
+            ["feed"], registry=registry,
+        )
         self.up = Gauge("lakeexportd_up", "1 while the daemon runs.", registry=registry)
         self.ready = Gauge(
             "lakeexportd_ready", "1 when the config is loaded and the scheduler runs.",
@@ -154,6 +166,10 @@ class Metrics:
             self.rejected.remove(feed, column)
         for outcome in state.tier_results:
             self.tier_runs.remove(feed, outcome)
+        for outcome in state.compaction_results:
+            self.compaction_runs.remove(feed, outcome)
+        if state.compaction_results:
+            self.compacted_files.remove(feed)
 
     def rejected_value(self, feed: str, column: str) -> None:
         """Count a run that failed on a value ``column`` cannot hold exactly."""
@@ -172,6 +188,16 @@ class Metrics:
                 return
             state.tier_results.add(result)
         self.tier_runs.labels(feed=feed, result=result).inc()
+
+    def observe_compaction_run(self, feed: str, result: Result, *, files: int) -> None:
+        """Count one finished compaction run of ``feed`` and the files it replaced."""
+        with self._lock:
+            state = self._feeds.get(feed)
+            if state is None:
+                return
+            state.compaction_results.add(result)
+        self.compaction_runs.labels(feed=feed, result=result).inc()
+        self.compacted_files.labels(feed=feed).inc(files)
 
     def set_tier_bytes(self, feed: str, per_tier: dict[str, int]) -> None:
         """The feed's listed bytes per storage class, as shown (``default``: the store's)."""

@@ -244,3 +244,49 @@ def test_history_and_files_travel_through_the_log(fresh: Sandbox, tmp_path: Path
     assert len(committed_files(LOCAL, feed_dir, None)) > len(old)
     with pytest.raises(Exception, match="no Delta version 9"):
         committed_files(LOCAL, feed_dir, None, version=9)
+
+
+def test_compaction_optimizes_closed_days_and_keeps_every_row(static: Sandbox,
+                                                              tmp_path: Path) -> None:
+    """Delta compaction (optimize per closed day, then vacuum): fewer files, the same rows
+    (count, exact sums, id set, per-day counts), the watermark kept, one OPTIMIZE commit per
+    day; a dry run changes nothing."""
+    from lakeexportd.lake.compaction import compact_feed
+    from lakeexportd.lake.storage import LOCAL
+
+    f = delta_feed("tx", "TRANSACTION_FLATTENED", max_rows_per_file=100)
+    ex = exporter(static.url, tmp_path)
+    ex.export(f, NOW)
+    path = str(tmp_path / "streams/tx")
+    before = DeltaTable(path)
+    rows_before = before.to_pyarrow_table()
+    files_before = len(before.file_uris())
+    snapshot = sorted(str(p) for p in (tmp_path / "streams/tx").rglob("*"))
+    dry = compact_feed(LOCAL, tmp_path, f, now=NOW, lock_wait=2, orphan_grace=0,
+                       before=dt.date(2030, 1, 1), dry_run=True)
+    assert files_before - 5 <= dry.files_in <= files_before and dry.files_out == 0
+    assert sorted(str(p) for p in (tmp_path / "streams/tx").rglob("*")) == snapshot
+    done = compact_feed(LOCAL, tmp_path, f, now=NOW, lock_wait=2, orphan_grace=0,
+                        before=dt.date(2030, 1, 1))
+    after = DeltaTable(path)
+    rows_after = after.to_pyarrow_table()
+    days = {(r["year"], r["month"], r["day"]) for r in rows_before.select(
+        ["year", "month", "day"]).to_pylist()}
+    assert len(after.file_uris()) == len(days) < files_before
+    assert done.files_in == dry.files_in and done.files_out == len(days) - (files_before - dry.files_in)
+    assert rows_after.num_rows == rows_before.num_rows == 3000
+    assert sorted(rows_after.column("TRANSACTION_ID").to_pylist()) == \
+        sorted(rows_before.column("TRANSACTION_ID").to_pylist())
+    for day in days:
+        def on(t: pa.Table, day: tuple[int, int, int] = day) -> list[dict[str, Any]]:
+            return [r for r in t.select(["year", "month", "day", "AMOUNT"]).to_pylist()
+                    if (r["year"], r["month"], r["day"]) == day]
+        assert len(on(rows_after)) == len(on(rows_before))
+        assert sum(r["AMOUNT"] for r in on(rows_after)) == sum(r["AMOUNT"] for r in on(rows_before))
+    assert after.transaction_version(APP.format("tx")) == before.transaction_version(APP.format("tx"))
+    assert sum(h["operation"] == "OPTIMIZE" for h in after.history()) == len(done.days)
+    # The version before compaction still reads its own files (vacuum keeps a week).
+    assert DeltaTable(path, version=before.version()).to_pyarrow_table().num_rows == 3000
+    doc = json.loads((tmp_path / "streams/tx/_metadata.json").read_text())
+    assert doc["total_records"] == 3000
+    assert sum(len(p["files"]) for p in doc["partitions"]) == len(days)

@@ -159,6 +159,10 @@ def _stamp(obj: dict[str, Any], key: str, where: str) -> str | None:
     return value
 
 
+def _delta_name(name: str) -> bool:
+    return name.endswith(".parquet") and "/" not in name and not name.startswith((".", "_"))
+
+
 def _files(raw: Any, where: str, check: Any) -> tuple[FileEntry, ...]:
     out = []
     for i, f in enumerate(_get(raw, "files", list, where)):
@@ -233,12 +237,17 @@ def from_json(raw: Any) -> FeedMetadata:
         "exports": _exports(_get(raw, "exports", list, "$")),
         "extra": {k: v for k, v in raw.items() if k not in _KNOWN},
     }
+    # A Delta feed's summary lists the log's files, and delta-rs's optimize names its own
+    # (part-...): any plain Parquet name. Nothing deletes by a Delta summary (the log decides).
+    delta = raw.get("format") == "delta"
+    data_name = _delta_name if delta else layout.is_data_file_name
+    snapshot_name = _delta_name if delta else layout.is_snapshot_file_name
     if kind == "stream":
         partitions = []
         for i, p in enumerate(_get(raw, "partitions", list, "$")):
             path = _get(p, "path", str, f"$.partitions[{i}]")
             layout.partition_day(path)
-            files = _files(p, f"$.partitions[{i}]", layout.is_data_file_name)
+            files = _files(p, f"$.partitions[{i}]", data_name)
             partitions.append(Partition(path, files))
         if len({p.path for p in partitions}) != len(partitions):
             raise _Shape("$.partitions lists a path twice")
@@ -251,7 +260,7 @@ def from_json(raw: Any) -> FeedMetadata:
             Version(
                 _get(v, "version", int, f"$.versions[{i}]"),
                 _get(v, "created", str, f"$.versions[{i}]"),
-                _files(v, f"$.versions[{i}]", layout.is_snapshot_file_name),
+                _files(v, f"$.versions[{i}]", snapshot_name),
             )
             for i, v in enumerate(_get(raw, "versions", list, "$"))
         )

@@ -293,3 +293,54 @@ def test_compaction_optimizes_closed_days_and_keeps_every_row(static: Sandbox,
     # The summary, naming delta-rs's own files now, loads again; the next run appends to it.
     assert ex.export(f, NOW + dt.timedelta(minutes=1)).rows == 0
     assert DeltaTable(path).to_pyarrow_table().num_rows == 3000
+
+
+def test_a_compaction_killed_after_a_day_loses_and_doubles_nothing(static: Sandbox,
+                                                                   tmp_path: Path) -> None:
+    """kill -9 (failpoint) right after one day's optimize commit, then the compaction again:
+    every row once (ids, count, exact sum), the rest of the days compacted by the rerun."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    config = tmp_path / "lakeexportd.yaml"
+    config.write_text(f"""
+ksqldb: {{url: "{static.url}", max_retries: 0}}
+lake: {{root: "{tmp_path / 'lake'}"}}
+defaults: {{max_rows_per_file: 100, format: delta}}
+feeds:
+  - {{name: tx, source: TRANSACTION_FLATTENED, kind: stream}}
+""")
+
+    def cli(*args: str, failpoint: str | None = None) -> subprocess.CompletedProcess[str]:
+        env = {k: v for k, v in os.environ.items() if k != "LAKEEXPORTD_FAILPOINT"}
+        if failpoint:
+            env["LAKEEXPORTD_FAILPOINT"] = failpoint
+        return subprocess.run([sys.executable, "-m", "lakeexportd", *args, "-c", str(config)],
+                              env=env, capture_output=True, text=True, timeout=120)
+
+    assert cli("export", "tx").returncode == 0, "export failed"
+    path = str(tmp_path / "lake/streams/tx")
+    before = DeltaTable(path).to_pyarrow_table()
+    killed = cli("compact", "tx", "--before", "2030-01-01",
+                 failpoint="compact.delta_after_optimize")
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    middle = DeltaTable(path)
+    assert sum(h["operation"] == "OPTIMIZE" for h in middle.history()) == 1
+    assert middle.to_pyarrow_table().num_rows == 3000
+    rerun = cli("compact", "tx", "--before", "2030-01-01")
+    assert rerun.returncode == 0, rerun.stderr
+    after = DeltaTable(path)
+    rows = after.to_pyarrow_table()
+    assert sorted(rows.column("TRANSACTION_ID").to_pylist()) == \
+        sorted(before.column("TRANSACTION_ID").to_pylist())
+    assert sum(r["AMOUNT"] for r in rows.select(["AMOUNT"]).to_pylist()) == \
+        sum(r["AMOUNT"] for r in before.select(["AMOUNT"]).to_pylist())
+    per_day: dict[tuple[int, int, int], int] = {}
+    for r in pa.table(after.get_add_actions(flatten=True)).to_pylist():
+        day = (r["partition.year"], r["partition.month"], r["partition.day"])
+        per_day[day] = per_day.get(day, 0) + 1
+    assert set(per_day.values()) == {1}
+    verify = cli("verify", "tx")
+    assert verify.returncode == 0, verify.stdout + verify.stderr

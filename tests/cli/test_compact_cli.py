@@ -117,7 +117,8 @@ def test_dry_run_changes_no_byte_then_compact_keeps_every_row(
     assert (rows, total, ids) == truth(sandbox) and max(days.values()) >= 2
     done = cli("compact", "-c", str(config), "tx", "--before", TOMORROW)
     assert done.returncode == 0, done.stderr
-    assert f"compacted {len(days)} day" in done.stdout
+    # A day holding one file only (the sandbox's days follow the clock) has nothing to merge.
+    assert f"compacted {sum(1 for n in days.values() if n >= 2)} day" in done.stdout
     rows, total, ids, after = state(root)
     assert (rows, total, ids) == truth(sandbox)
     assert set(after.values()) == {1} and after.keys() == days.keys()

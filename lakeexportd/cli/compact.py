@@ -19,11 +19,10 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import sys
-import time
 
 from lakeexportd.audit.text_table import human_bytes
 from lakeexportd.cli.export import _SEVERITY, _select, _UsageError
-from lakeexportd.cli.options import add_config_argument, plain
+from lakeexportd.cli.options import ProgressLine, add_config_argument, count, plain
 from lakeexportd.config.load import default_config_path, load_config
 from lakeexportd.config.model import Feed
 from lakeexportd.errors import EX_OK, EX_USAGE, LakeExportError, exit_code
@@ -56,30 +55,16 @@ def _date(text: str) -> dt.date:
         raise argparse.ArgumentTypeError(f"{text!r} is not a date: write YYYY-MM-DD") from None
 
 
-class _Progress:
+class _Progress(ProgressLine):
     """``compact tx: 120 files, 4.1 MiB read (year=.../day=03)`` on a terminal only."""
 
     def __init__(self, feed: str) -> None:
+        super().__init__()
         self.feed = feed
-        self.tty = sys.stderr.isatty()
-        self._last = 0.0
 
     def __call__(self, partition: str, files: int, read: int) -> None:
-        now = time.monotonic()
-        if self.tty and now - self._last >= 0.2:
-            self._last = now
-            sys.stderr.write(f"\r  compact {self.feed}: {_count(files, 'file')}, "
-                             f"{human_bytes(read)} read ({partition}) ")
-            sys.stderr.flush()
-
-    def done(self) -> None:
-        if self.tty and self._last:
-            sys.stderr.write("\r\033[K")
-            sys.stderr.flush()
-
-
-def _count(number: int, noun: str) -> str:
-    return f"{number} {noun}{'' if number == 1 else 's'}"
+        self.show(f"compact {self.feed}: {count(files, 'file')}, {human_bytes(read)} read "
+                  f"({partition})")
 
 
 def report(result: CompactResult | DeltaCompaction) -> list[str]:
@@ -93,16 +78,16 @@ def report(result: CompactResult | DeltaCompaction) -> list[str]:
         if not result.dry_run:
             out = sum(w.size_bytes for w in result.written if w.partition == day.partition)
             size += f" -> {human_bytes(out)}"
-        lines.append(f"  {day.partition}: {_count(len(day.inputs), 'file')} -> "
-                     f"{_count(len(day.groups), 'file')}, {size}, "
-                     f"{_count(day.records, 'row')}")
+        lines.append(f"  {day.partition}: {count(len(day.inputs), 'file')} -> "
+                     f"{count(len(day.groups), 'file')}, {size}, "
+                     f"{count(day.records, 'row')}")
     for partition in result.tiered:
         lines.append(f"  {partition}: skipped (files in a colder storage class)")
-    summary = (f"compact {result.feed}: {verb} {_count(len(result.days), 'day')}, "
-               f"{_count(result.files_in, 'file')} -> {_count(result.files_out, 'file')}, "
+    summary = (f"compact {result.feed}: {verb} {count(len(result.days), 'day')}, "
+               f"{count(result.files_in, 'file')} -> {count(result.files_out, 'file')}, "
                f"{human_bytes(result.bytes_in)}")
     if result.expired:
-        summary += f"; deleted {_count(result.expired, 'retired file')} past lake.orphan_grace"
+        summary += f"; deleted {count(result.expired, 'retired file')} past lake.orphan_grace"
     if result.stopped:
         summary += " (stopped by shutdown; the next run goes on)"
     if result.dry_run:
@@ -117,21 +102,21 @@ def _delta_report(result: DeltaCompaction, verb: str) -> list[str]:
         size = human_bytes(day.bytes_in)
         if day.files_out is not None:
             size += f" -> {human_bytes(day.bytes_out or 0)}"
-            lines.append(f"  {layout.day_partition(day.day)}: {_count(day.files_in, 'file')} -> "
-                         f"{_count(day.files_out, 'file')}, {size}")
+            lines.append(f"  {layout.day_partition(day.day)}: {count(day.files_in, 'file')} -> "
+                         f"{count(day.files_out, 'file')}, {size}")
         else:
-            lines.append(f"  {layout.day_partition(day.day)}: {_count(day.files_in, 'file')}, "
+            lines.append(f"  {layout.day_partition(day.day)}: {count(day.files_in, 'file')}, "
                          f"{size}")
-    summary = (f"compact {result.feed} (delta): {verb} {_count(len(result.days), 'day')}, "
-               f"{_count(result.files_in, 'file')}")
+    summary = (f"compact {result.feed} (delta): {verb} {count(len(result.days), 'day')}, "
+               f"{count(result.files_in, 'file')}")
     if not result.dry_run:
-        summary += f" -> {_count(result.files_out, 'file')}"
+        summary += f" -> {count(result.files_out, 'file')}"
     summary += f", {human_bytes(result.bytes_in)}"
     vacuumed = result.vacuumed
     if vacuumed is not None:
         gone = len(vacuumed.removed) + len(vacuumed.leftovers)
         summary += (f"; vacuum {'would delete' if result.dry_run else 'deleted'} "
-                    f"{_count(gone, 'file')} no version of the last week reads")
+                    f"{count(gone, 'file')} no version of the last week reads")
         lines += [f"  not lakeexportd's, kept: {path}" for path in vacuumed.foreign]
     if result.stopped:
         summary += " (stopped by shutdown; the next run goes on)"

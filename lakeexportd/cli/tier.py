@@ -18,11 +18,10 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import sys
-import time
 
 from lakeexportd.audit.text_table import human_bytes
 from lakeexportd.cli.export import _SEVERITY, _select, _UsageError
-from lakeexportd.cli.options import add_config_argument, plain
+from lakeexportd.cli.options import ProgressLine, add_config_argument, count, plain
 from lakeexportd.config.load import default_config_path, load_config
 from lakeexportd.config.model import Feed
 from lakeexportd.errors import EX_OK, EX_USAGE, LakeExportError, exit_code
@@ -44,34 +43,20 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser.set_defaults(handler=run)
 
 
-class _Progress:
+class _Progress(ProgressLine):
     """``tier tx: 12 files, 40.1 MiB`` rewritten so far, on a terminal only."""
 
     def __init__(self, feed: str) -> None:
+        super().__init__()
         self.feed = feed
-        self.tty = sys.stderr.isatty()
         self.files = 0
         self.bytes = 0
-        self._last = 0.0
 
     def __call__(self, partition: str, entry: FileEntry) -> None:
         self.files += 1
         self.bytes += entry.size_bytes
-        now = time.monotonic()
-        if self.tty and now - self._last >= 0.2:
-            self._last = now
-            sys.stderr.write(f"\r  tier {self.feed}: {_count(self.files, 'file')}, "
-                             f"{human_bytes(self.bytes)} rewritten ({partition}) ")
-            sys.stderr.flush()
-
-    def done(self) -> None:
-        if self.tty and self._last:
-            sys.stderr.write("\r\033[K")
-            sys.stderr.flush()
-
-
-def _count(number: int, noun: str) -> str:
-    return f"{number} {noun}{'' if number == 1 else 's'}"
+        self.show(f"tier {self.feed}: {count(self.files, 'file')}, "
+                  f"{human_bytes(self.bytes)} rewritten ({partition})")
 
 
 def report(result: TierResult) -> list[str]:
@@ -79,13 +64,13 @@ def report(result: TierResult) -> list[str]:
     verb = "would move" if result.dry_run else "moved"
     lines = []
     for move in result.moves:
-        lines.append(f"  {move.partition}: {_count(len(move.files), 'file')}, "
+        lines.append(f"  {move.partition}: {count(len(move.files), 'file')}, "
                      f"{human_bytes(move.size_bytes)}, {move.from_tiers} -> "
                      f"{result.storage_class}")
     partitions = len({m.partition for m in result.moves})
     tiers = shown_bytes_per_tier(result.bytes_per_tier)
-    summary = (f"tier {result.feed}: {verb} {_count(partitions, 'partition')}, "
-               f"{_count(result.files, 'file')}, {human_bytes(result.size_bytes)} to "
+    summary = (f"tier {result.feed}: {verb} {count(partitions, 'partition')}, "
+               f"{count(result.files, 'file')}, {human_bytes(result.size_bytes)} to "
                f"{result.storage_class}; {'then' if result.dry_run else 'now'} "
                + (", ".join(f"{t} {human_bytes(n)}" for t, n in tiers.items()) or "empty"))
     if result.stopped:

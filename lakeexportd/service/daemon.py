@@ -429,40 +429,36 @@ class Daemon:
 
     def _schedule_compaction(self, diff: scheduling.FeedDiff, jitter: float) -> None:
         """A daily ``compact:<feed>`` job for each scheduled stream with ``compaction``."""
-        for feed in (*diff.removed, *diff.added, *diff.changed):
-            job = f"compact:{feed.name}"
-            if feed in diff.removed or feed.compaction is None or feed.kind != "stream":
-                with contextlib.suppress(JobLookupError):
-                    self.scheduler.remove_job(job)
-                continue
-            first = utc_now() + dt.timedelta(seconds=compaction.COMPACT_FIRST_DELAY)
-            self.scheduler.add_job(
-                self.compact_feed, IntervalTrigger(seconds=compaction.COMPACT_EVERY,
-                                                   jitter=jitter or None, timezone=dt.UTC),
-                args=[feed], id=job, name=job, max_instances=1, coalesce=True,
-                misfire_grace_time=int(compaction.COMPACT_EVERY), replace_existing=True,
-                next_run_time=first,
-            )
-            log.info("compact.scheduled", feed=feed.name, compaction=str(feed.compaction),
-                     first_run=first.isoformat(timespec="seconds"))
+        self._schedule_daily(diff, jitter, "compact", self.compact_feed,
+                             lambda feed: feed.compaction, field="compaction",
+                             every=compaction.COMPACT_EVERY,
+                             first_delay=compaction.COMPACT_FIRST_DELAY)
 
     def _schedule_tiering(self, diff: scheduling.FeedDiff, jitter: float) -> None:
         """A daily ``tier:<feed>`` job for each scheduled stream with ``tiering``, none else."""
+        self._schedule_daily(diff, jitter, "tier", self.tier_feed, lambda feed: feed.tiering,
+                             field="tiering", every=tiering.TIER_EVERY,
+                             first_delay=tiering.TIER_FIRST_DELAY)
+
+    def _schedule_daily(self, diff: scheduling.FeedDiff, jitter: float, kind: str,
+                        run: Callable[[Feed], object], setting: Callable[[Feed], object],
+                        *, field: str, every: float, first_delay: float) -> None:
+        """A ``<kind>:<feed>`` job every ``every`` s for each scheduled stream whose
+        ``setting`` is on (first ``first_delay`` s from now: its export goes first); removed
+        with the feed or the setting. Logs ``<kind>.scheduled`` with the setting as ``field``."""
         for feed in (*diff.removed, *diff.added, *diff.changed):
-            job = f"tier:{feed.name}"
-            if feed in diff.removed or feed.tiering is None or feed.kind != "stream":
+            job = f"{kind}:{feed.name}"
+            if feed in diff.removed or setting(feed) is None or feed.kind != "stream":
                 with contextlib.suppress(JobLookupError):
                     self.scheduler.remove_job(job)
                 continue
-            first = utc_now() + dt.timedelta(seconds=tiering.TIER_FIRST_DELAY)
+            first = utc_now() + dt.timedelta(seconds=first_delay)
             self.scheduler.add_job(
-                self.tier_feed, IntervalTrigger(seconds=tiering.TIER_EVERY, jitter=jitter or None,
-                                                timezone=dt.UTC),
+                run, IntervalTrigger(seconds=every, jitter=jitter or None, timezone=dt.UTC),
                 args=[feed], id=job, name=job, max_instances=1, coalesce=True,
-                misfire_grace_time=int(tiering.TIER_EVERY), replace_existing=True,
-                next_run_time=first,
+                misfire_grace_time=int(every), replace_existing=True, next_run_time=first,
             )
-            log.info("tier.scheduled", feed=feed.name, tiering=str(feed.tiering),
+            log.info(f"{kind}.scheduled", feed=feed.name, **{field: str(setting(feed))},
                      first_run=first.isoformat(timespec="seconds"))
 
     def _still_active(self, feed: Feed) -> bool:

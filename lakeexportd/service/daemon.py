@@ -393,35 +393,34 @@ class Daemon:
 
     def tier_feed(self, feed: Feed) -> str | None:
         """The daily tiering job of ``feed`` (one with ``tiering``)."""
-        me = threading.get_ident()
-        with self._idle:
-            if self.state != "running" or not self._still_active(feed):
-                return None
-            self._running[me] = feed.name
-        try:
+        def tier() -> str | None:
             lake = lake_of(self.config.lake)
             tierer = Tierer(lake.storage, lake.root, lock_wait=self.config.scheduler.lock_wait)
             return tiering.run_tiering(tierer, feed, self.clock(), cancel=self.cancel,
                                        metrics=self.metrics)
-        finally:
-            with self._idle:
-                del self._running[me]
-                self._idle.notify_all()
+        return self._daily_job(feed, tier)
 
     def compact_feed(self, feed: Feed) -> str | None:
         """The daily compaction job of ``feed`` (a stream with ``compaction``)."""
-        me = threading.get_ident()
-        with self._idle:
-            if self.state != "running" or not self._still_active(feed):
-                return None
-            self._running[me] = feed.name
-        try:
+        def compact() -> str | None:
             lake = lake_of(self.config.lake)
             return compaction.run_compaction(
                 lake.storage, lake.root, feed, self.clock(),
                 lock_wait=self.config.scheduler.lock_wait,
                 orphan_grace=self.config.lake.orphan_grace, cancel=self.cancel,
                 metrics=self.metrics)
+        return self._daily_job(feed, compact)
+
+    def _daily_job(self, feed: Feed, work: Callable[[], str | None]) -> str | None:
+        """Run ``work`` for ``feed`` while the daemon runs and the feed is active, counted
+        among the running jobs a shutdown waits for."""
+        me = threading.get_ident()
+        with self._idle:
+            if self.state != "running" or not self._still_active(feed):
+                return None
+            self._running[me] = feed.name
+        try:
+            return work()
         finally:
             with self._idle:
                 del self._running[me]

@@ -316,8 +316,12 @@ def delete_retired(
         for entry in retired:
             path = feed_dir / entry.path
             storage.check_inside(feed_dir, path.parent)
-            if layout.is_data_file_name(path.name) and storage.delete(path):
-                removed.append(path)
+            if not layout.is_data_file_name(path.name):
+                continue
+            hidden = path.parent / layout.retired_name(path.name)  # local lakes hide them
+            for candidate in (path, hidden):
+                if storage.delete(candidate):
+                    removed.append(candidate)
     except OSError as exc:
         raise LakeStateError(
             f"cannot delete retired compaction inputs of {feed_dir}: {exc} (unlisted now: the "

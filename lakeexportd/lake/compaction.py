@@ -30,6 +30,7 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import structlog
 
 from lakeexportd.config.model import Compaction, Feed
 from lakeexportd.errors import CommitOutcomeUnknown, FeedError, LakeStateError
@@ -51,6 +52,8 @@ COMPACTED_FROM = "lakeexportd.compacted_from"
 """Footer key of a compacted file: the JSON list of the file names it replaced."""
 BATCH_ROWS = 65_536
 """Rows read from an input at a time: a step of the stream, far below a row group."""
+
+log = structlog.get_logger(__name__)
 
 
 @dataclass(frozen=True)
@@ -301,7 +304,23 @@ class Compactor:
                     pass  # unlisted: the next run's cleanup removes it
             raise
         failpoint("compact.after_commit")
+        if self.storage.atomic_rename:
+            self._hide(directory, day.inputs)
         return written
+
+    def _hide(self, directory: Path, inputs: Sequence[FileEntry]) -> None:
+        """A local lake renames the swapped-out inputs to ``.<name>.retired`` at once, so a
+        reader that globs ``*.parquet`` never sees a compacted day twice; a reader holding
+        one open reads it to the end (POSIX), and the grace still applies to deleting them.
+        (An object store cannot rename: there readers take the list from the metadata.)"""
+        for entry in inputs:
+            try:
+                self.storage.promote(directory / entry.name,
+                                     directory / layout.retired_name(entry.name))
+            except OSError as exc:  # still listed as retired: deleted after the grace anyway
+                log.warning("compact.input_not_hidden", file=str(directory / entry.name),
+                            error=str(exc), hint="globbing readers see this day twice until "
+                            "the file is deleted after lake.orphan_grace")
 
     def _schema(self, path: Path) -> pa.Schema:
         try:

@@ -219,5 +219,11 @@ def temp_name(name: str) -> str:
     return f".{name}.tmp"
 
 
+def retired_name(name: str) -> str:
+    """``.<name>.retired``: a compaction input kept for its grace, hidden from ``*.parquet``
+    globs (local lakes rename inputs to it right after the swap)."""
+    return f".{name}.retired"
+
+
 def is_temp_name(name: str) -> bool:
     return name.startswith(".") and name.endswith(".tmp")

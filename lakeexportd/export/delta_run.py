@@ -77,9 +77,11 @@ class DeltaRun(Run):
     def _delta_stream(self, doc: StreamMetadata) -> ExportResult:
         feed = self.feed
         table = self.delta.load()
-        # The log's transaction version is the watermark; without a table yet, the summary's
-        # (a first `start: now` run commits no table: it has no schema to create one with).
-        lower = self.delta.transaction_version(table) if table is not None else doc.watermark_ms
+        # The log's transaction version is the watermark. Before the log holds one (no table
+        # yet, or a run killed right after creating it), the summary's: a first `start: now`
+        # run commits no table (it has no schema to create one with), only its watermark.
+        logged = self.delta.transaction_version(table) if table is not None else None
+        lower = logged if logged is not None else doc.watermark_ms
         upper = epoch_ms(self.now) - round(feed.settle_delay * 1000)
         window = Window(lower, upper)
         written: list[WrittenFile] = []
@@ -91,8 +93,11 @@ class DeltaRun(Run):
             self._commit(new)
             return self._result([], watermark_ms=upper, window_from_ms=None)
         if lower is not None and upper <= lower:  # the clock has not passed the watermark
-            self._commit(update.with_export(doc, self._record("success", [], window=Window(
-                lower, lower))))
+            if table is not None:  # the summary from the log (it may have been lost)
+                self._summarize(doc, [], window=Window(lower, lower))
+            else:
+                self._commit(update.with_export(doc, self._record("success", [], window=Window(
+                    lower, lower))))
             return self._result([], watermark_ms=lower, window_from_ms=lower)
         query = sql.stream_window(feed.source, lower, upper)
         with self.client.query(query, batch_size=feed.batch_size, cancel=self.cancel) as result:
@@ -111,7 +116,7 @@ class DeltaRun(Run):
                     sink.write(delta.to_file_schema(batch, files))
                 written = sink.finish()
         self._written = written
-        self._check_unmoved(table, lower)
+        self._check_unmoved(table, logged)
         failpoint("export.before_commit")
         self._fence()
         self._txn = upper

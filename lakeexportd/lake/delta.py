@@ -356,22 +356,6 @@ def _commit_of(entry: Mapping[str, Any]) -> Commit:
     )
 
 
-def retention_hours(commits: Sequence[Commit], keep: int, now_ms: int, floor_s: float) -> int:
-    """Vacuum's retention (whole hours) that keeps the newest ``keep`` versions readable.
-
-    Files a commit removed are needed by the versions before it; the oldest kept version
-    is the ``keep``-th newest, and its successor removed the files it needs last, so
-    everything removed since the oldest kept version's commit must stay. Rounded up, and
-    never under ``floor_s`` (the orphan grace), so vacuum may keep more, never fewer."""
-    ordered = sorted(commits, key=lambda c: c.version, reverse=True)
-    if len(ordered) < keep:
-        oldest_ms = ordered[-1].timestamp_ms if ordered else now_ms
-    else:
-        oldest_ms = ordered[keep - 1].timestamp_ms
-    age_s = max(0.0, (now_ms - oldest_ms) / 1000, floor_s)
-    return max(1, math.ceil(age_s / 3600))
-
-
 # -- the _metadata.json summary -----------------------------------------------------------------
 
 def _entries(files: pa.Table) -> list[tuple[str, FileEntry]]:

@@ -344,3 +344,19 @@ feeds:
     assert set(per_day.values()) == {1}
     verify = cli("verify", "tx")
     assert verify.returncode == 0, verify.stdout + verify.stderr
+
+
+def test_a_start_now_feed_begins_at_its_first_run(fresh: Sandbox, tmp_path: Path) -> None:
+    """`start: now` skips the history: the first run commits only its watermark (no table yet),
+    the next exports just the rows after it."""
+    ex = exporter(fresh.url, tmp_path)
+    f = delta_feed("tx", "TRANSACTION_FLATTENED", settle_delay=0.0, start="now")
+    first = ex.export(f, NOW)
+    assert first.rows == 0 and first.watermark_ms is not None
+    assert not (tmp_path / "streams/tx/_delta_log").exists()
+    fresh.generate(15, (first.watermark_ms + 1, first.watermark_ms + 500))
+    second = ex.export(f, NOW + dt.timedelta(minutes=1))
+    assert second.rows == 15
+    table = DeltaTable(str(tmp_path / "streams/tx"))
+    assert table.to_pyarrow_table().num_rows == 15
+    assert table.transaction_version(APP.format("tx")) == second.watermark_ms

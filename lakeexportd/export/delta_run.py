@@ -131,7 +131,7 @@ class DeltaRun(Run):
             written = [w for w in written if w not in too_old]
         version = self.delta.commit(
             table, written, kind="stream", schema=table.schema(), txn_version=upper,
-            run_id=self.run_id, remove=expired,
+            run_id=self.run_id, remove=expired, rowtime_stats=feed.event_time is None,
             extra={"watermark_ms": str(upper),
                    "window_from_ms": "" if lower is None else str(lower)})
         log.info("delta.committed", feed=feed.name, run_id=self.run_id, version=version,

@@ -250,6 +250,7 @@ class DeltaFeed:
         run_id: str,
         extra: Mapping[str, str] | None = None,
         remove: Sequence[Mapping[str, Any]] = (),
+        rowtime_stats: bool = False,
     ) -> int:
         """One commit: ``files`` appended (stream) or replacing everything (table), with the
         feed's transaction at ``txn_version``. Raises ``DeltaCommitRefused`` when another
@@ -262,7 +263,7 @@ class DeltaFeed:
                 partition_values=partition_values(f.partition) if kind == "stream" else {},
                 modification_time=now_ms,
                 data_change=True,
-                stats=json.dumps({"numRecords": f.records}),
+                stats=_stats(f, rowtime_stats),
             )
             for f in files
         ]
@@ -318,6 +319,17 @@ class DeltaFeed:
 
 class DeltaCommitRefused(LakeStateError):
     """Another commit reached the Delta log first; this run published nothing."""
+
+
+def _stats(f: WrittenFile, rowtime: bool) -> str:
+    """The add action's statistics: the row count, and where the file's event time is its
+    ROWTIME column (a BIGINT of epoch ms) that column's min and max, which the sink measured,
+    so readers skip files outside a ROWTIME range."""
+    stats: dict[str, Any] = {"numRecords": f.records}
+    if rowtime and f.min_event_ms is not None and f.max_event_ms is not None:
+        stats["minValues"] = {"ROWTIME": f.min_event_ms}
+        stats["maxValues"] = {"ROWTIME": f.max_event_ms}
+    return json.dumps(stats)
 
 
 def _log_path(relative: str) -> str:

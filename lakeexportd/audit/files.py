@@ -15,13 +15,12 @@ state is only as complete as what is still listed.
 from __future__ import annotations
 
 import datetime as dt
-import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path, PurePath
 
 from lakeexportd.audit.history import version_time
 from lakeexportd.errors import FeedError
-from lakeexportd.lake import delta, layout
+from lakeexportd.lake import delta
 from lakeexportd.lake.metadata_model import (
     FeedMetadata,
     FileEntry,
@@ -131,11 +130,7 @@ def _delta_files(storage: Storage, feed_dir: PurePath, version: int | None,
         chosen = latest if version is None else feed.load(version)
         assert chosen is not None
         table = chosen
-    out = []
-    for row in feed.active_files(table).to_pylist():
-        relative = urllib.parse.unquote(str(row["path"]))
-        partition = layout.day_partition(delta.day_of(row)) \
-            if row.get("partition.year") is not None else relative.rpartition("/")[0]
-        out.append(CommittedFile(storage.show(feed_dir / relative), partition,
-                                 int(row["num_records"] or 0), int(row["size_bytes"])))
+    out = [CommittedFile(storage.show(feed_dir / f.path),
+                         f.partition or f.path.rpartition("/")[0], f.records, f.size_bytes)
+           for f in delta.logged_files(feed, table)]
     return sorted(out, key=lambda f: f.url)

@@ -16,7 +16,6 @@ untracked: they are not reported. Read-only: it reports, it never repairs.
 
 from __future__ import annotations
 
-import urllib.parse
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -82,7 +81,7 @@ def check_log_files(feed: DeltaFeed, table: delta.Table, *, deep: bool) -> list[
     storage, name = feed.storage, feed.feed
     out: list[Mismatch] = []
     for row in feed.active_files(table).to_pylist():
-        rel = urllib.parse.unquote(str(row["path"]))
+        rel = feed.relative(str(row["path"]))
         path = feed.feed_dir / rel
         try:
             size = storage.size(path)
@@ -114,19 +113,15 @@ def untracked(feed: DeltaFeed, table: delta.Table) -> list[Mismatch]:
     found = delta.vacuum(feed, table, retention_s=0.0, dry_run=True)
     when = (" once older than lake.orphan_grace (a paused writer may still commit younger "
             "ones)") if feed.storage.leases else ""
-    out = [Mismatch(feed.feed, _relative(feed, p), "in the table's folder but no Delta commit "
+    out = [Mismatch(feed.feed, feed.relative(p), "in the table's folder but no Delta commit "
                     f"lists it (left by an interrupted run; `lakeexportd repair {feed.feed}` "
                     f"removes it{when}, and its rows are exported again)")
            for p in found.leftovers]
-    out += [Mismatch(feed.feed, _relative(feed, p), "in the table's folder, not written by "
+    out += [Mismatch(feed.feed, feed.relative(p), "in the table's folder, not written by "
                      "lakeexportd and listed by no Delta commit; lakeexportd never deletes it: "
                      "move it out of the table's folder")
             for p in found.foreign]
     return out
-
-
-def _relative(feed: DeltaFeed, path: str) -> str:
-    return urllib.parse.unquote(path.removeprefix(feed.uri).lstrip("/"))
 
 
 def verify_delta_feed(root: Path, kind: layout.Kind, name: str, *, deep: bool = False,

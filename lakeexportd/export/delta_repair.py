@@ -20,7 +20,6 @@ Two things, under the feed's lock:
 from __future__ import annotations
 
 import time
-import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -91,6 +90,5 @@ def repair_delta(store: MetadataStore, feed_dir: Path, feed: Feed, *, grace: flo
 
 def _path(feed: DeltaFeed, path: str) -> Path:
     """A vacuum path (relative to the table, percent-encoded) as a location of the lake."""
-    relative = urllib.parse.unquote(path.removeprefix(feed.uri).lstrip("/"))
-    return feed.feed_dir / relative
+    return feed.feed_dir / feed.relative(path)
 

@@ -180,6 +180,11 @@ class DeltaFeed:
         self.uri, self.options = storage.table_location(feed_dir)
         self.shown = storage.show(feed_dir)
 
+    def relative(self, path: str) -> str:
+        """A file path as the log or vacuum names it (relative to the table or under its URI,
+        percent-encoded) as a path relative to the feed's folder."""
+        return urllib.parse.unquote(path.removeprefix(self.uri).lstrip("/"))
+
     def has_log(self) -> bool:
         return is_delta(self.storage, self.feed_dir)
 
@@ -370,27 +375,38 @@ def _commit_of(entry: Mapping[str, Any]) -> Commit:
 
 # -- the _metadata.json summary -----------------------------------------------------------------
 
-def _entries(files: pa.Table) -> list[tuple[str, FileEntry]]:
-    """(canonical day partition or "", entry) of each active file, in path order."""
+@dataclass(frozen=True)
+class LoggedFile:
+    """One file of a table version, as its log lists it."""
+
+    path: str  # relative to the feed's folder, decoded
+    partition: str  # a stream's canonical ``year=YYYY/month=MM/day=DD``; "" for a table
+    records: int
+    size_bytes: int
+
+
+def logged_files(delta: DeltaFeed, table: DeltaTable) -> list[LoggedFile]:
+    """The files of ``table``'s version, in path order."""
+    files = delta.active_files(table)
     rows = files.select([c for c in files.column_names if c in (
         "path", "size_bytes", "num_records", *(f"partition.{p}" for p in PARTITION_COLUMNS))])
-    out = []
-    for row in sorted(rows.to_pylist(), key=lambda r: r["path"]):
-        partition = ""
-        if row.get("partition.year") is not None:
-            partition = layout.day_partition(dt.date(
-                int(row["partition.year"]), int(row["partition.month"]),
-                int(row["partition.day"])))
-        name = urllib.parse.unquote(str(row["path"])).rsplit("/", 1)[-1]
-        out.append((partition, FileEntry(name, int(row["num_records"] or 0),
-                                         int(row["size_bytes"]))))
-    return out
+    return [LoggedFile(delta.relative(str(row["path"])),
+                       layout.day_partition(day_of(row))
+                       if row.get("partition.year") is not None else "",
+                       int(row["num_records"] or 0), int(row["size_bytes"]))
+            for row in sorted(rows.to_pylist(), key=lambda r: r["path"])]
+
+
+def _entries(delta: DeltaFeed, table: DeltaTable) -> list[tuple[str, FileEntry]]:
+    """(canonical day partition or "", entry) of each active file, in path order."""
+    return [(f.partition, FileEntry(f.path.rsplit("/", 1)[-1], f.records, f.size_bytes))
+            for f in logged_files(delta, table)]
 
 
 def stream_summary(delta: DeltaFeed, table: DeltaTable, doc: StreamMetadata) -> StreamMetadata:
     """``doc`` with the files and watermark of ``table``'s version (the log is the truth)."""
     by_day: dict[str, list[FileEntry]] = {}
-    for partition, entry in _entries(delta.active_files(table)):
+    for partition, entry in _entries(delta, table):
         by_day.setdefault(partition, []).append(entry)
     partitions = tuple(Partition(path, tuple(files)) for path, files in sorted(by_day.items()))
     return dataclasses.replace(
@@ -414,7 +430,7 @@ def table_summary(delta: DeltaFeed, table: DeltaTable, doc: TableMetadata, *,
         assert at is not None
         created = dt.datetime.fromtimestamp(commit.timestamp_ms / 1000, dt.UTC)
         versions.append(Version(commit.version, iso_utc(created),
-                                tuple(e for _, e in _entries(delta.active_files(at)))))
+                                tuple(e for _, e in _entries(delta, at))))
     current = snapshots[0].version if snapshots else None
     return dataclasses.replace(
         doc, versions=tuple(sorted(versions, key=lambda v: v.version)), current_version=current,
@@ -462,8 +478,7 @@ def vacuum(delta: DeltaFeed, table: DeltaTable, *, retention_s: float, dry_run: 
     if removed:
         removed = run(False, False)
     for path in leftovers:
-        relative = urllib.parse.unquote(path.removeprefix(delta.uri).lstrip("/"))
-        delta.storage.delete(delta.feed_dir / relative)
+        delta.storage.delete(delta.feed_dir / delta.relative(path))
     return Vacuum(removed, leftovers, foreign)
 
 

@@ -78,14 +78,18 @@ def _delta(storage: Storage, feed_dir: PurePath, doc: FeedMetadata | None,
     table = feed.load()
     if table is None:
         return []
-    commits = feed.history(table, limit)
     latest = table.version()
     oldest_kept = None
     if isinstance(doc, TableMetadata) and doc.versions:
         oldest_kept = min(v.version for v in doc.versions)
-    vacuums = [c.timestamp_ms for c in feed.history(table) if c.operation.startswith("VACUUM")] \
-        if isinstance(doc, StreamMetadata) or doc is None else []
-    last_vacuum = max(vacuums, default=None)
+    last_vacuum = None
+    if isinstance(doc, StreamMetadata) or doc is None:  # needs the last vacuum: the whole log
+        commits = feed.history(table)
+        last_vacuum = max((c.timestamp_ms for c in commits if c.operation.startswith("VACUUM")),
+                          default=None)
+        commits = sorted(commits, key=lambda c: c.version, reverse=True)[:limit]
+    else:
+        commits = feed.history(table, limit)
     entries = []
     for c in commits:
         if oldest_kept is not None:

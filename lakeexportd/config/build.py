@@ -406,14 +406,19 @@ def _tiering(node: Node, base: Tiering | None) -> Tiering | None:
     if not tiering.has("after"):
         raise tiering.fail("after", "missing required key",
                            "say how old a day partition gets before it moves, e.g. `after: 30d`")
-    seconds = tiering.duration("after", 0.0, positive=True)
-    days, rest = divmod(seconds, 86_400.0)
-    if rest or days < 1:
-        raise tiering.fail("after", f"{show(tiering.data['after'])} is not a whole number of "
-                           "days", "write whole days such as 30d (partitions are days)")
+    days = _whole_days(tiering, "after", 0.0, example="30d")
     storage_class = tiering.require_string(
         "class", "the colder class, e.g. STANDARD_IA (S3) or Cool (Azure Blob)")
-    return Tiering(after_days=int(days), storage_class=storage_class)
+    return Tiering(after_days=days, storage_class=storage_class)
+
+
+def _whole_days(node: Node, key: str, default: float, *, example: str) -> int:
+    """A duration that must be whole days (day partitions age in days), at least one."""
+    days, rest = divmod(node.duration(key, default, positive=True), 86_400.0)
+    if rest or days < 1:
+        raise node.fail(key, f"{show(node.data[key])} is not a whole number of days",
+                        f"write whole days such as {example} (partitions are days)")
+    return int(days)
 
 
 def _compaction(node: Node, base: Compaction | None) -> Compaction | None:
@@ -425,14 +430,10 @@ def _compaction(node: Node, base: Compaction | None) -> Compaction | None:
         return None
     section = node.section("compaction")
     section.check_keys(("after", "target_file_size"), where="in compaction")
-    seconds = section.duration("after", 86_400.0, positive=True)
-    days, rest = divmod(seconds, 86_400.0)
-    if rest or days < 1:
-        raise section.fail("after", f"{show(section.data['after'])} is not a whole number of "
-                           "days", "write whole days such as 1d (partitions are days)")
+    days = _whole_days(section, "after", 86_400.0, example="1d")
     size = section.size("target_file_size", Compaction().target_file_size,
                         minimum=MIN_TARGET_FILE_SIZE)
-    return Compaction(after_days=int(days), target_file_size=size)
+    return Compaction(after_days=days, target_file_size=size)
 
 
 def _check_tiering(root: Node, lake: LakeSettings) -> None:

@@ -21,11 +21,11 @@ import datetime as dt
 import sys
 
 from lakeexportd.audit.text_table import human_bytes
-from lakeexportd.cli.export import _SEVERITY, _select, _UsageError
+from lakeexportd.cli.export import _select, _UsageError, each_feed
 from lakeexportd.cli.options import ProgressLine, add_config_argument, count, plain
 from lakeexportd.config.load import default_config_path, load_config
 from lakeexportd.config.model import Feed
-from lakeexportd.errors import EX_OK, EX_USAGE, LakeExportError, exit_code
+from lakeexportd.errors import EX_OK, EX_USAGE
 from lakeexportd.lake import layout
 from lakeexportd.lake.compaction import CompactResult, compact_feed
 from lakeexportd.lake.configured import lake_of
@@ -155,19 +155,10 @@ def run(args: argparse.Namespace) -> int:
         print("lakeexportd compact: no active stream feed has `compaction:`; nothing to do")
         return EX_OK
     lake = lake_of(config.lake)
-    worst = EX_OK
-    for feed in feeds:
-        progress = _Progress(feed.name)
-        try:
-            result = compact_feed(lake.storage, lake.root, feed, now=dt.datetime.now(dt.UTC),
-                                  lock_wait=config.scheduler.lock_wait,
-                                  orphan_grace=config.lake.orphan_grace, before=args.before,
-                                  dry_run=args.dry_run, progress=progress)
-        except LakeExportError as exc:
-            progress.done()
-            print(f"compact {feed.name}: failed: {exc}", file=sys.stderr)
-            worst = max(worst, exit_code(exc), key=_SEVERITY.__getitem__)
-            continue
-        progress.done()
-        print("\n".join(report(result)))
-    return worst
+
+    def compact(feed: Feed, progress: _Progress) -> list[str]:
+        return report(compact_feed(lake.storage, lake.root, feed, now=dt.datetime.now(dt.UTC),
+                                   lock_wait=config.scheduler.lock_wait,
+                                   orphan_grace=config.lake.orphan_grace, before=args.before,
+                                   dry_run=args.dry_run, progress=progress))
+    return each_feed("compact", feeds, lambda feed: _Progress(feed.name), compact)

@@ -11,10 +11,11 @@ import argparse
 import datetime as dt
 import sys
 import time
-from typing import TextIO
+from collections.abc import Callable, Sequence
+from typing import TextIO, TypeVar
 
 from lakeexportd.audit.text_table import human_age
-from lakeexportd.cli.options import add_config_argument
+from lakeexportd.cli.options import ProgressLine, add_config_argument
 from lakeexportd.config.load import default_config_path, load_config
 from lakeexportd.config.model import Config, Feed
 from lakeexportd.errors import (
@@ -34,6 +35,27 @@ from lakeexportd.ksqldb.values import parse_timestamp_ms
 from lakeexportd.lake.configured import lake_of
 
 _SEVERITY = {EX_OK: 0, EX_TEMPFAIL: 1, EX_FAILED: 2, EX_CONFIG: 3}
+
+Line = TypeVar("Line", bound=ProgressLine)
+
+
+def each_feed(command: str, feeds: Sequence[Feed], progress_of: Callable[[Feed], Line],
+              work: Callable[[Feed, Line], list[str]]) -> int:
+    """``work`` for each feed in turn with its progress line (`tier`, `compact`): its report
+    on stdout, or its failure on stderr and the next feed; the worst exit code."""
+    worst = EX_OK
+    for feed in feeds:
+        progress = progress_of(feed)
+        try:
+            lines = work(feed, progress)
+        except LakeExportError as exc:
+            progress.done()
+            print(f"{command} {feed.name}: failed: {exc}", file=sys.stderr)
+            worst = max(worst, exit_code(exc), key=_SEVERITY.__getitem__)
+            continue
+        progress.done()
+        print("\n".join(lines))
+    return worst
 
 
 def add_export_arguments(parser: argparse.ArgumentParser) -> None:

@@ -20,11 +20,11 @@ import datetime as dt
 import sys
 
 from lakeexportd.audit.text_table import human_bytes
-from lakeexportd.cli.export import _SEVERITY, _select, _UsageError
+from lakeexportd.cli.export import _select, _UsageError, each_feed
 from lakeexportd.cli.options import ProgressLine, add_config_argument, count, plain
 from lakeexportd.config.load import default_config_path, load_config
 from lakeexportd.config.model import Feed
-from lakeexportd.errors import EX_OK, EX_USAGE, LakeExportError, exit_code
+from lakeexportd.errors import EX_OK, EX_USAGE
 from lakeexportd.lake import layout
 from lakeexportd.lake.configured import lake_of
 from lakeexportd.lake.metadata_model import FileEntry
@@ -102,21 +102,12 @@ def run(args: argparse.Namespace) -> int:
         return EX_OK
     lake = lake_of(config.lake)
     tierer = Tierer(lake.storage, lake.root, lock_wait=config.scheduler.lock_wait)
-    worst = EX_OK
-    for feed in feeds:
+
+    def tier(feed: Feed, progress: _Progress) -> list[str]:
         assert feed.tiering is not None
-        progress = _Progress(feed.name)
         dir_mode, file_mode = layout.modes(feed.security)
-        try:
-            result = tierer.tier(feed.name, feed.tiering.storage_class,
-                                 after_days=feed.tiering.after_days, timezone=feed.timezone,
-                                 now=dt.datetime.now(dt.UTC), dir_mode=dir_mode,
-                                 file_mode=file_mode, dry_run=args.dry_run, progress=progress)
-        except LakeExportError as exc:
-            progress.done()
-            print(f"tier {feed.name}: failed: {exc}", file=sys.stderr)
-            worst = max(worst, exit_code(exc), key=_SEVERITY.__getitem__)
-            continue
-        progress.done()
-        print("\n".join(report(result)))
-    return worst
+        return report(tierer.tier(feed.name, feed.tiering.storage_class,
+                                  after_days=feed.tiering.after_days, timezone=feed.timezone,
+                                  now=dt.datetime.now(dt.UTC), dir_mode=dir_mode,
+                                  file_mode=file_mode, dry_run=args.dry_run, progress=progress))
+    return each_feed("tier", feeds, lambda feed: _Progress(feed.name), tier)

@@ -28,6 +28,7 @@ connections are kept alive on both sides (obstore pools them).
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import re
 import select
@@ -173,10 +174,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._answer(status, headers, answer, head=method == "HEAD")
         except _Cut:
             self.close_connection = True
-            try:
+            with contextlib.suppress(OSError):  # the client may have hung up already
                 self.connection.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
 
     do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _relay  # noqa: N815 (stdlib's names)
 
@@ -336,10 +335,8 @@ class FaultProxy:
         with self._guard:
             still_open = list(self._open)
         for connection in still_open:
-            try:
+            with contextlib.suppress(OSError):  # already closed by its handler
                 connection.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
         end = time.monotonic() + 10
         while time.monotonic() < end:
             with self._guard:

@@ -256,12 +256,12 @@ class DeltaRun(Run):
                 table = self.delta.load()
                 if table is not None and self.delta.transaction_version(table) == self._txn:
                     return  # the commit landed: the files are the table's now
-            for w in self._written:
-                self.store.storage.delete(self.feed_dir / w.partition / w.name
-                                          if w.partition else self.feed_dir / w.name)
-            for sink in self._sinks:
-                for path in sink.created:
-                    self.store.storage.delete(path)
+            # In place (object stores) a sink's created objects are its written files too.
+            own = {self.feed_dir / w.partition / w.name if w.partition else self.feed_dir / w.name
+                   for w in self._written}
+            own.update(path for sink in self._sinks for path in sink.created)
+            for path in own:
+                self.store.storage.delete(path)
         except (LakeExportError, OSError):
             pass  # left for the vacuum (after the grace)
 

@@ -155,7 +155,6 @@ class Commit:
     rows: int | None
     bytes: int | None
     files_added: int | None
-    files_removed: int | None
     run_id: str | None
     mode: str | None = None  # a WRITE's save mode: "Append" or "Overwrite"
 
@@ -354,20 +353,17 @@ def _commit_of(entry: Mapping[str, Any]) -> Commit:
     rows = _int(entry.get(f"{META_PREFIX}rows"))
     size = _int(entry.get(f"{META_PREFIX}bytes"))
     added = _int(entry.get(f"{META_PREFIX}files"))
-    removed = _int(entry.get(f"{META_PREFIX}files_removed"))
     if rows is None:
         rows = _int(metrics.get("num_added_rows") or metrics.get("numOutputRows"))
     if added is None:
         added = _int(metrics.get("numFilesAdded") or metrics.get("num_added_files"))
     if size is None and metrics.get("filesAdded") is not None:
         size = _total_size(metrics.get("filesAdded"))
-    if removed is None:
-        removed = _int(metrics.get("numFilesRemoved") or metrics.get("num_removed_files"))
     return Commit(
         version=int(entry["version"]),
         timestamp_ms=int(entry.get("timestamp") or 0),
         operation=str(entry.get("operation") or "?"),
-        rows=rows, bytes=size, files_added=added, files_removed=removed,
+        rows=rows, bytes=size, files_added=added,
         run_id=entry.get(f"{META_PREFIX}run_id"),
         mode=(entry.get("operationParameters") or {}).get("mode"),
     )

@@ -7,6 +7,8 @@ operator (or the daemon) should do about it::
      +-- ConfigError            fix the config: exit 78 at start, keep the old config on reload
      |    +-- KsqlDBAuthError   ksqlDB answered 401/403: credentials or roles are wrong
      |    +-- KsqlDBTLSError    the TLS handshake failed: CA bundle, certificate or key is wrong
+     +-- CatalogError           the Iceberg catalog failed or refused; the lake stands, the
+     |                          catalog is caught up by the next run or `catalog sync`
      +-- FeedError              this feed is broken until its config (or its source) changes
      |    +-- KsqlDBRequestError     ksqlDB refused the statement (4xx with error_code/message)
      |    +-- SchemaError            unsupported type, or an incompatible schema change
@@ -85,6 +87,11 @@ class ConfigError(LakeExportError):
     """The configuration is wrong; nothing will work until an operator fixes it."""
 
     exit_code = EX_CONFIG
+
+
+class CatalogError(LakeExportError):
+    """The Iceberg catalog could not follow the lake: down, slow, refused a commit, or the
+    feed cannot be an Iceberg table. The lake's commit stands; the feed is marked behind."""
 
 
 class FeedError(LakeExportError):

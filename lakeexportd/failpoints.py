@@ -100,6 +100,10 @@ FAILPOINTS: dict[str, str] = {
     "delta.before_log_commit": "files written, fence passed, Delta log commit not yet tried",
     "delta.after_log_commit": "the Delta log commit landed, _metadata.json not yet rewritten",
     "compact.delta_after_optimize": "a closed day of a Delta stream optimized, not vacuumed",
+    # the Iceberg catalog (catalog/iceberg.py), after the lake's own commit
+    "catalog.after_create": "the feed's Iceberg table created, no file registered yet",
+    "catalog.before_commit": "the lake committed, the catalog's snapshot built, not committed",
+    "catalog.after_commit": "the catalog's snapshot committed, older snapshots not expired",
     # feed lock
     "lock.after_acquire": "feed lock held, nothing done yet",
     "lock.before_release": "work done, lock about to be released",

@@ -21,6 +21,7 @@ from lakeexportd.config.model import (
     KSQL_IDENTIFIER,
     MIN_TARGET_FILE_SIZE,
     Api,
+    CatalogSettings,
     Compaction,
     Config,
     Feed,
@@ -43,14 +44,20 @@ from lakeexportd.config.model import (
 )
 from lakeexportd.config.reader import Node, show
 
-TOP_KEYS = ("ksqldb", "lake", "scheduler", "defaults", "metrics", "logging", "feeds")
+TOP_KEYS = ("ksqldb", "lake", "catalog", "scheduler", "defaults", "metrics", "logging", "feeds")
+CATALOG_KEYS = ("type", "uri", "namespace", "security_namespaces", "warehouse", "timeout",
+                "password_env", "password_file", "properties")
 KSQLDB_KEYS = ("url", "username", "password_env", "password_file", "connect_timeout",
                "read_timeout", "max_retries", "http2", "api", "tls")
 DEFAULT_KEYS = tuple(f.name for f in fields(FeedDefaults))
 STREAM_ONLY = ("settle_delay", "start", "event_time", "timezone", "retention_days",
                "max_open_partitions", "tiering", "compaction")
 TABLE_ONLY = ("retention_versions",)
-FEED_KEYS = ("name", "source", "kind", "enabled", "event_time", *DEFAULT_KEYS)
+FEED_KEYS = ("name", "source", "kind", "enabled", "event_time", "description", *DEFAULT_KEYS)
+# A catalog namespace or an owner/tag: printable, no control characters, bounded.
+_LABEL = re.compile(r"[^\x00-\x1f\x7f]{1,200}")
+_DESCRIPTION = re.compile(r"[^\x00-\x09\x0b-\x1f\x7f]{1,1000}")
+_NAMESPACE = re.compile(r"[a-z][a-z0-9_]{0,62}")
 
 # Bounds of `every`: below a second a feed spins (1ms burned 93% CPU and ~20 GB of logs a day);
 # above a year APScheduler's next-run arithmetic overflows and takes the daemon down.
@@ -70,6 +77,7 @@ def build_config(root: Node, path: Path, environ: Mapping[str, str]) -> Config:
     defaults = _defaults(root.section("defaults"))
     feeds = _feeds(root, defaults)
     _check_tiering(root, lake)
+    catalog = _catalog(root.section("catalog"), base, environ) if root.has("catalog") else None
     return Config(
         path=path.absolute(),
         ksqldb=_ksqldb(root.section("ksqldb", required=True), base, environ),
@@ -79,6 +87,7 @@ def build_config(root: Node, path: Path, environ: Mapping[str, str]) -> Config:
         metrics=_metrics(root.section("metrics")),
         logging=_logging(root.section("logging"), base, lake),
         feeds=feeds,
+        catalog=catalog,
     )
 
 
@@ -138,6 +147,70 @@ def _password(node: Node, environ: Mapping[str, str], base: Path) -> Secret | No
                             "write the password into the file")
         return Secret(value)
     return None
+
+
+def _catalog(node: Node, base: Path, environ: Mapping[str, str]) -> CatalogSettings:
+    """``catalog:`` (DESIGN 13). A SQL catalog's URI is checked here, its password read from
+    the environment or a file (never from the YAML, never in the URI), a relative SQLite path
+    resolved against the config file's folder."""
+    node.check_keys(CATALOG_KEYS, where="in catalog")
+    kind = node.string("type", "sql")
+    uri = node.opt_string("uri")
+    if kind == "sql":
+        if uri is None:
+            raise node.fail("uri", "missing required key",
+                            "add `uri: sqlite:////var/lib/lakeexportd/catalog.db` (one machine) "
+                            "or `uri: postgresql://lakeexportd@dbhost:5432/catalog` (shared)")
+        uri = _sql_uri(node, uri, base)
+    elif uri is not None and urlsplit(uri).password:
+        raise node.fail("uri", "a password written in the catalog URI",
+                        "remove it from the URI and use `password_env:` or `password_file:`")
+    namespace = node.matching("namespace", _NAMESPACE, "a catalog namespace",
+                              "1-63 characters: a lowercase letter, then lowercase letters, "
+                              "digits or _") if node.has("namespace") else "lake"
+    password = _password(node, environ, base)
+    if password is not None and kind == "sql" and uri is not None and uri.startswith("sqlite"):
+        raise node.fail("password_env" if node.has("password_env") else "password_file",
+                        "a SQLite catalog has no password", "remove the password keys")
+    return CatalogSettings(
+        type=kind,
+        uri=uri,
+        namespace=namespace,
+        security_namespaces=node.boolean("security_namespaces", False),
+        warehouse=node.opt_string("warehouse"),
+        timeout=node.duration("timeout", 10.0, positive=True),
+        password=password,
+        properties=_store_options(node.section("properties"), base, environ),
+        origin=f"{node.file}: {node.path}",
+    )
+
+
+_SQL_SCHEMES = ("sqlite", "postgresql", "postgresql+psycopg2", "postgres")
+
+
+def _sql_uri(node: Node, uri: str, base: Path) -> str:
+    """A SQLAlchemy URL pyiceberg's SQL catalog can open: SQLite (relative paths resolved) or
+    PostgreSQL through psycopg2 (the driver lakeexportd installs)."""
+    parts = urlsplit(uri)
+    scheme = parts.scheme.lower()
+    if scheme not in _SQL_SCHEMES:
+        raise node.fail("uri", f"{show(uri)} is not a SQLite or PostgreSQL URL",
+                        "write sqlite:////abs/path/catalog.db or "
+                        "postgresql://user@host:5432/database")
+    if scheme == "sqlite":
+        path = uri[len("sqlite:///"):] if uri.lower().startswith("sqlite:///") else ""
+        if not path or path == ":memory:":
+            raise node.fail("uri", f"{show(uri)} names no database file",
+                            "write sqlite:////abs/path/catalog.db (four slashes: absolute) or "
+                            "sqlite:///catalog.db (relative to this file's folder)")
+        return f"sqlite:///{(base / path).resolve()}"
+    if parts.password:
+        raise node.fail("uri", "a password written in the catalog URI",
+                        "remove it from the URI and use `password_env:` or `password_file:`")
+    if not parts.hostname or not parts.path.strip("/"):
+        raise node.fail("uri", f"{show(uri)} names no host or database",
+                        "write postgresql://user@host:5432/database")
+    return "postgresql+psycopg2://" + uri.split("://", 1)[1]
 
 
 def _tls(node: Node, base: Path) -> TLSSettings:
@@ -392,7 +465,26 @@ def _settings(node: Node, base: FeedDefaults) -> FeedDefaults:
         tiering=_tiering(node, base.tiering),
         format=cast(TableFormat, node.choice("format", ("parquet", "delta"), base.format)),
         compaction=_compaction(node, base.compaction),
+        owner=_label(node, "owner") if node.has("owner") else base.owner,
+        tags=_tags(node) if node.has("tags") else base.tags,
     )
+
+
+def _label(node: Node, key: str) -> str:
+    return node.matching(key, _LABEL, "one line of text",
+                         "write one line of up to 200 characters, e.g. `team-payments`")
+
+
+def _tags(node: Node) -> tuple[str, ...]:
+    """``tags: [finance, pii]``: distinct one-line labels, in the order written."""
+    value = node.data.get("tags")
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not all(isinstance(t, str) and _LABEL.fullmatch(t)
+                                              for t in value):
+        raise node.fail("tags", f"expected a list of one-line labels, got {show(value)}",
+                        "write e.g. `tags: [finance, pii]`")
+    return tuple(dict.fromkeys(value))
 
 
 def _tiering(node: Node, base: Tiering | None) -> Tiering | None:
@@ -527,5 +619,8 @@ def build_feed(node: Node, defaults: FeedDefaults) -> Feed:
         kind=kind,
         event_time=event_time,
         enabled=node.boolean("enabled", True),
+        description=node.matching("description", _DESCRIPTION, "a description",
+                                  "write up to 1000 characters of text") if node.has(
+                                      "description") else None,
         **{f.name: getattr(resolved, f.name) for f in fields(FeedDefaults)},
     )

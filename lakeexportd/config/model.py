@@ -121,6 +121,38 @@ class LakeSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class CatalogSettings:
+    """``catalog:``: the Apache Iceberg catalog every Parquet feed is registered in (DESIGN 13).
+
+    ``type: sql`` (the tested default) takes ``uri``: ``sqlite:////abs/catalog.db`` or
+    ``postgresql+psycopg2://user@host:5432/db``, its password from ``password_env`` /
+    ``password_file`` only (``url_with_password`` puts it in). Other pyiceberg types (``rest``,
+    ``glue``, ``hive``) get ``uri`` and ``properties`` as pyiceberg names them (untested).
+    ``warehouse`` is where Iceberg's own metadata files go (default: ``<lake>/_catalog``).
+    With ``security_namespaces`` a feed's table is ``<namespace>_<security>.<feed>`` so access
+    can be granted per level; otherwise ``<namespace>.<feed>`` (the level is a table property).
+    """
+
+    type: str = "sql"
+    uri: str | None = None
+    namespace: str = "lake"
+    security_namespaces: bool = False
+    warehouse: str | None = None
+    timeout: float = 10.0  # seconds to connect to the catalog before the feed is marked behind
+    password: Secret | None = field(default=None, repr=False)
+    properties: tuple[tuple[str, str], ...] = field(default=(), repr=False)
+    origin: str = field(default="", repr=False, compare=False)
+
+    def namespace_of(self, security: Security) -> str:
+        return f"{self.namespace}_{security}" if self.security_namespaces else self.namespace
+
+    @property
+    def where(self) -> str:
+        """The catalog as the operator wrote it, password never included."""
+        return f"{self.type} catalog {self.uri}" if self.uri else f"{self.type} catalog"
+
+
+@dataclass(frozen=True, slots=True)
 class SchedulerSettings:
     workers: int = 4
     jitter: float = 0.0
@@ -206,6 +238,9 @@ class FeedDefaults:
     format: TableFormat = "parquet"
     # On by default: without it a stream's _metadata.json lists every file of every run forever.
     compaction: Compaction | None = Compaction()
+    # Who to ask about the data, and labels to find it by: in the catalog and the HTML report.
+    owner: str | None = None
+    tags: tuple[str, ...] = ()
 
 
 BUILTIN: Final = FeedDefaults()
@@ -232,6 +267,9 @@ class Feed:
     tiering: Tiering | None = BUILTIN.tiering
     format: TableFormat = BUILTIN.format
     compaction: Compaction | None = BUILTIN.compaction
+    owner: str | None = BUILTIN.owner
+    tags: tuple[str, ...] = BUILTIN.tags
+    description: str | None = None
     enabled: bool = True
 
     @property
@@ -249,6 +287,7 @@ class Config:
     metrics: MetricsSettings
     logging: LoggingSettings
     feeds: tuple[Feed, ...]
+    catalog: CatalogSettings | None = None
 
     def feed(self, name: str) -> Feed:
         for feed in self.feeds:

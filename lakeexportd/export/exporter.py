@@ -32,6 +32,7 @@ from pathlib import Path
 
 import structlog
 
+from lakeexportd.catalog.iceberg import LakeCatalog
 from lakeexportd.config.model import Config, Feed
 from lakeexportd.errors import FeedError, LakeStateError
 from lakeexportd.export import backfill as backfills
@@ -62,8 +63,10 @@ def exporter_from_config(
     closes ``exporter.client``); the daemon passes ``observer`` for its request metrics."""
     client = client_from_settings(config.ksqldb, observer=observer)
     lake = lake_of(config.lake)
+    catalog = LakeCatalog(config.catalog, lake) if config.catalog is not None else None
     return DataLakeExporter(client, lake.root, lock_wait=config.scheduler.lock_wait,
-                            storage=lake.storage, orphan_grace=config.lake.orphan_grace)
+                            storage=lake.storage, orphan_grace=config.lake.orphan_grace,
+                            catalog=catalog)
 
 
 class DataLakeExporter:
@@ -78,14 +81,17 @@ class DataLakeExporter:
         store: MetadataStore | None = None,
         storage: Storage | None = None,
         orphan_grace: float = 3600.0,
+        catalog: LakeCatalog | None = None,
     ) -> None:
         """``storage`` holds the lake at ``lake_root`` (``lake_of(config.lake)`` gives both; a
         local folder when omitted); ``store`` overrides the metadata store built on it.
-        ``orphan_grace``: on object stores, unlisted objects younger than this are kept."""
+        ``orphan_grace``: on object stores, unlisted objects younger than this are kept.
+        ``catalog``: the Iceberg catalog that follows each Parquet feed's commits."""
         self.client = client
         self.root = lake_root
         self.lock_wait = lock_wait
         self.orphan_grace = orphan_grace
+        self.catalog = catalog
         self.store = store or MetadataStore(storage or open_storage(lake_root))
         self._kinds: dict[str, str] = {}  # source -> what DESCRIBE says it is
 
@@ -126,6 +132,7 @@ class DataLakeExporter:
             progress=progress,
             run_id=run_id,
             orphan_grace=self.orphan_grace,
+            catalog=self.catalog,
         )
         dir_mode, _ = layout.modes(feed.security)
         with FeedLock(feed_dir, feed=feed.name, wait=self.lock_wait, dir_mode=dir_mode,

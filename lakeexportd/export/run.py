@@ -19,8 +19,10 @@ from typing import Literal
 import pyarrow as pa
 import structlog
 
+from lakeexportd.catalog.iceberg import LakeCatalog
 from lakeexportd.config.model import Feed
 from lakeexportd.errors import (
+    CatalogError,
     CommitOutcomeUnknown,
     ExportAborted,
     LakeExportError,
@@ -75,6 +77,9 @@ class ExportResult:
     listed_files: int | None = None
     listed_bytes: int | None = None
     delta_version: int | None = None  # Delta feeds: the table version after the run
+    # With a catalog: None when it is level with this commit, else why it is behind.
+    catalog_behind: str | None = None
+    catalogued: bool = False  # the feed has a catalog to follow it (a Parquet feed)
 
 
 def epoch_ms(moment: dt.datetime) -> int:
@@ -106,6 +111,7 @@ class Run:
         progress: Progress | None,
         run_id: str | None,
         orphan_grace: float = 3600.0,
+        catalog: LakeCatalog | None = None,
     ) -> None:
         self.client = client
         self.root = root
@@ -128,6 +134,10 @@ class Run:
         self.orphan_grace = orphan_grace
         self._sinks: list[AppendSink | SnapshotSink] = []  # what they created is this run's
         self.listed: FeedMetadata | None = None  # the last document committed (or summarised)
+        # The Iceberg catalog that follows a Parquet feed's commits (DESIGN 13), and why it is
+        # behind this run's commit (None: level, or no catalog).
+        self.catalog = catalog if feed.format == "parquet" else None
+        self.catalog_behind: str | None = None
 
     def execute(self, fence: Callable[[], None] = lambda: None) -> ExportResult:
         """Run it; ``fence`` is called right before every commit and raises when this run
@@ -141,7 +151,10 @@ class Run:
                 "a feed's format cannot change in place. "
                 "Set `format: delta` back, or export Parquet under a new feed name")
         removed: list[Path] = []
-        if not self.leases:  # a local lake: the flock excludes every other writer
+        # Unlisted files may still be in a catalog that fell behind (a deferred delete):
+        # bring it level first, or keep them until it is.
+        catalog_level = self.catalog is None or self._catalog_caught_up()
+        if not self.leases and catalog_level:  # a local lake: the flock excludes every other writer
             removed = cleanup.remove_orphans(
                 self.feed_dir, doc, kind=self.feed.kind, staging_dir=self.staging,
                 storage=self.store.storage,
@@ -167,9 +180,39 @@ class Run:
                 self._remove_unlisted()
             self._record_failure(doc, exc)
             raise
-        if self.leases:
+        if self.leases and self.catalog_behind is None:
             removed = self._sweep_after_commit()
-        return dataclasses.replace(result, orphans_removed=len(removed))
+        return dataclasses.replace(result, orphans_removed=len(removed),
+                                   catalog_behind=self.catalog_behind,
+                                   catalogued=self.catalog is not None)
+
+    # -- the catalog -----------------------------------------------------------------------
+
+    def _catalog_caught_up(self) -> bool:
+        """Before the run's cleanup: a catalog not known to be level is synced now; if it
+        cannot be, files it may still list are kept (the run itself goes on)."""
+        assert self.catalog is not None
+        if self.catalog.known_level(self.feed.name):
+            return True
+        return self._follow_catalog()
+
+    def _follow_catalog(self) -> bool:
+        """The catalog follows the lake's commit; a catalog that is down, slow or refuses is
+        logged and the feed marked behind, never a failed run (the lake's commit stands)."""
+        if self.catalog is None:
+            return True
+        try:
+            synced = self.catalog.sync_within(self.feed, self.catalog.settings.timeout)
+        except CatalogError as exc:
+            self.catalog_behind = str(exc)
+            log.warning("catalog.behind", feed=self.feed.name, run_id=self.run_id,
+                        error=str(exc), hint="files the lake dropped are kept until the catalog "
+                        "is level; `lakeexportd catalog sync` catches up by hand")
+            return False
+        self.catalog_behind = None
+        if synced.waiting:
+            log.debug("catalog.waiting", feed=self.feed.name, reason=synced.waiting)
+        return True
 
     def _log_removed(self, removed: list[Path]) -> None:
         if removed:
@@ -230,10 +273,13 @@ class Run:
         new, expired = update.expire_retired(new, self.now, self.orphan_grace)
         self._commit(new)
         failpoint("export.after_commit")
-        if dropped:
-            cleanup.delete_partitions(self.feed_dir, dropped, storage=self.store.storage)
-        if expired:
-            cleanup.delete_retired(self.feed_dir, expired, storage=self.store.storage)
+        # Files the commit dropped go once the catalog no longer lists them either; a catalog
+        # left behind keeps them (unlisted: a later run's cleanup takes them when it is level).
+        if self._follow_catalog():
+            if dropped:
+                cleanup.delete_partitions(self.feed_dir, dropped, storage=self.store.storage)
+            if expired:
+                cleanup.delete_retired(self.feed_dir, expired, storage=self.store.storage)
         failpoint("export.after_prune")
         return self._result(written, watermark_ms=upper, window_from_ms=lower)
 
@@ -301,7 +347,7 @@ class Run:
         )
         self._commit(new)
         failpoint("export.after_commit")
-        if dropped:
+        if self._follow_catalog() and dropped:  # as for streams: after the catalog is level
             cleanup.delete_versions(self.feed_dir, dropped, storage=self.store.storage)
         failpoint("export.after_prune")
         return self._result(
@@ -418,6 +464,8 @@ class Run:
                              run_id=self.run_id, removed=[str(p) for p in removed],
                              hint="this failed run's own objects; no commit lists them")
                 return
+            if self.catalog is not None and not self.catalog.known_level(self.feed.name):
+                return  # unlisted files may be deferred deletes a lagging catalog still lists
             cleanup.remove_orphans(
                 self.feed_dir,
                 doc,

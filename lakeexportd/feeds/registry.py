@@ -121,8 +121,10 @@ def feed_options(feed: Feed) -> dict[str, Any]:
                     "after": f"{value.after_days}d",
                     "target_file_size": format_size(value.target_file_size)}
             continue
-        if value is None:
+        if value is None or value == ():  # unset owner/description, no tags: as before them
             continue
+        if isinstance(value, tuple):
+            value = list(value)
         if isinstance(value, Tiering):
             value = {"after": f"{value.after_days}d", "class": value.storage_class}
         out[f.name] = format_duration(value) if f.name in _DURATIONS else value

@@ -1,0 +1,689 @@
+"""Every Parquet feed as an Apache Iceberg table, kept level with the lake (DESIGN 13).
+
+The only module that imports pyiceberg. ``LakeCatalog.sync(feed)`` makes the feed's table in
+the catalog list exactly the files the lake's ``_metadata.json`` lists, and nothing else:
+
+- **The lake is the truth.** A sync reads the catalog's current snapshot *first*, then the
+  lake's document, diffs the two file sets and commits the difference as one Iceberg snapshot
+  (adds: ``fast_append``; any removal: ``overwrite``). The commit is a compare-and-swap on the
+  snapshot it read (the SQL catalog's ``UPDATE ... WHERE metadata_location = <read>``), so a
+  commit that raced another one fails and the sync starts again from a fresh read. pyiceberg's
+  own retry re-applies the same append on top of the winner's: it would list a file twice, so
+  every table carries ``commit.retry.num-retries=0`` and this module retries by diffing again.
+- **A diff is idempotent.** A kill between the lake's commit and the catalog's, an outage, or
+  two daemons syncing the same feed all end the same way: the next sync adds what is missing
+  and removes what the lake no longer lists. No state is kept anywhere else.
+- **Files are registered, never rewritten.** A data file keeps its path; its Iceberg entry
+  gets the row count and column bounds from its own Parquet footer. The files carry no Iceberg
+  field ids, so the table's name mapping (``schema.name-mapping.default``) maps columns by name.
+- **Partitions.** A stream's files lie in ``year=/month=/day=`` folders by event time in the
+  feed's time zone; those three values are not columns of the files. They are declared as
+  ``int`` columns with identity partitioning, filled from each file's folder: Iceberg readers
+  project them from the partition data (the spec's rule for identity columns absent from a
+  file), as Hive-style tables migrated to Iceberg do. Tables (snapshots) are unpartitioned.
+- **Versions.** A table feed's versions become snapshots (``lakeexportd.version`` in their
+  summary), one per version, in order, also when catching up after an outage. Snapshots that
+  name files the lake has deleted (or is about to) are expired, so time travel never reaches a
+  missing file: a snapshot is kept while every later removal only removed files the lake still
+  holds (listed, or retired and in their grace).
+
+Iceberg's own metadata (table JSON, manifests) goes under the catalog's warehouse, by default
+``<lake>/_catalog/<namespace>/<feed>/metadata``, never into a feed's folder.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import datetime as dt
+import threading
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path, PurePath
+from typing import Any, Final
+from urllib.parse import quote, urlsplit
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import structlog
+from pyiceberg.catalog import Catalog, load_catalog
+from pyiceberg.exceptions import (
+    CommitFailedException,
+    NamespaceAlreadyExistsError,
+    NoSuchTableError,
+    TableAlreadyExistsError,
+)
+from pyiceberg.io.pyarrow import (
+    compute_statistics_plan,
+    data_file_statistics_from_parquet_metadata,
+    parquet_path_to_id_mapping,
+)
+from pyiceberg.manifest import DataFile, DataFileContent, FileFormat, ManifestEntryStatus
+from pyiceberg.table import Table
+from pyiceberg.table.name_mapping import create_mapping_from_schema
+from pyiceberg.table.snapshots import Snapshot
+from pyiceberg.typedef import Record
+
+from lakeexportd.config.model import CatalogSettings, Feed
+from lakeexportd.errors import CatalogError
+from lakeexportd.failpoints import failpoint
+from lakeexportd.lake import layout
+from lakeexportd.lake.configured import ConfiguredLake
+from lakeexportd.lake.metadata import MetadataStore
+from lakeexportd.lake.metadata_model import (
+    FeedMetadata,
+    FileEntry,
+    StreamMetadata,
+    TableMetadata,
+    kept_paths,
+)
+
+log = structlog.get_logger(__name__)
+
+PARTITION_COLUMNS: Final = ("year", "month", "day")
+RUN_ID: Final = "lakeexportd.run-id"
+VERSION: Final = "lakeexportd.version"
+WATERMARK: Final = "lakeexportd.watermark-ms"
+MAX_DECIMAL_DIGITS: Final = 38
+COMMIT_ATTEMPTS: Final = 4  # fresh diffs after losing a race to another writer's commit
+_PROPERTY_KEYS: Final = ("comment", "owner", "lakeexportd.tags", "lakeexportd.security",
+                         "lakeexportd.source", "lakeexportd.kind", "lakeexportd.feed")
+
+
+@dataclass(frozen=True)
+class SyncResult:
+    """What one sync of one feed did."""
+
+    feed: str
+    table: str  # "lake.transactions"
+    added: int = 0
+    removed: int = 0
+    snapshots: int = 0  # snapshots committed (a table catching up commits one per version)
+    expired: int = 0
+    created: bool = False
+    waiting: str | None = None  # why nothing is registered yet (no files, no document)
+
+
+@dataclass(frozen=True)
+class CatalogState:
+    """How a feed's table compares with the lake, read-only (``catalog show``, ``verify``)."""
+
+    feed: str
+    table: str
+    exists: bool
+    snapshot_id: int | None = None
+    snapshot_time: dt.datetime | None = None
+    files: int = 0  # the catalog's current snapshot
+    records: int = 0
+    missing: tuple[str, ...] = ()  # lake files the catalog does not list
+    extra: tuple[str, ...] = ()  # catalog files the lake does not list
+    version: int | None = None  # tables: the version the current snapshot is
+    lake_version: int | None = None
+    properties: Mapping[str, str] | None = None
+    snapshots: int = 0
+    location: str | None = None
+    metadata_location: str | None = None
+
+    @property
+    def level(self) -> bool:
+        return not self.missing and not self.extra and self.version == self.lake_version
+
+
+class LakeCatalog:
+    """The configured Iceberg catalog of one lake (opened on first use, one per daemon)."""
+
+    def __init__(self, settings: CatalogSettings, lake: ConfiguredLake) -> None:
+        self.settings = settings
+        self.lake = lake
+        self.store = MetadataStore(lake.storage)
+        self._catalog: Catalog | None = None
+        self._open_guard = threading.Lock()
+        self._in_flight: dict[str, concurrent.futures.Future[SyncResult]] = {}
+        self._flight_guard = threading.Lock()
+        self._level: dict[str, bool] = {}  # feed -> its last sync in this process succeeded
+
+    # -- opening ---------------------------------------------------------------------------
+
+    @property
+    def where(self) -> str:
+        return self.settings.where
+
+    def catalog(self) -> Catalog:
+        with self._open_guard:
+            if self._catalog is None:
+                with self._errors("open"):
+                    self._catalog = load_catalog("lakeexportd", **self._properties())
+            return self._catalog
+
+    def close(self) -> None:
+        with self._open_guard:
+            catalog, self._catalog = self._catalog, None
+        engine = getattr(catalog, "engine", None)
+        if engine is not None:
+            engine.dispose()
+
+    def _properties(self) -> dict[str, str]:
+        settings = self.settings
+        props = dict(settings.properties)
+        props.update(self._file_io())
+        props["type"] = settings.type
+        props["warehouse"] = self.warehouse
+        if settings.uri is not None:
+            props["uri"] = self._uri()
+        if settings.type == "sql":
+            props.setdefault("pool_pre_ping", "true")
+        return props
+
+    def _uri(self) -> str:
+        """The SQL catalog's URL with its password and a connect timeout put in."""
+        uri = self.settings.uri or ""
+        timeout = max(1, round(self.settings.timeout))
+        if uri.startswith("postgresql"):
+            scheme, rest = uri.split("://", 1)
+            password = self.settings.password
+            if password is not None and "@" in rest:
+                user, host = rest.split("@", 1)
+                rest = f"{user}:{quote(password.reveal(), safe='')}@{host}"
+            separator = "&" if "?" in rest else "?"
+            return f"{scheme}://{rest}{separator}connect_timeout={timeout}"
+        if uri.startswith("sqlite"):
+            separator = "&" if "?" in uri else "?"
+            return f"{uri}{separator}timeout={timeout}"
+        return uri
+
+    def _file_io(self) -> dict[str, str]:
+        """pyiceberg's FileIO options for the lake's store (it writes Iceberg's metadata)."""
+        url, options = self.lake.storage.table_location(self.lake.root)
+        scheme = urlsplit(url).scheme.lower() if "://" in url else ""
+        if scheme in ("", "file"):
+            return {}
+        if scheme not in ("s3", "s3a"):
+            raise CatalogError(
+                f"{self.where}: a catalog for a {scheme}:// lake is not built (local and S3 "
+                "lakes are): remove `catalog:` or move the lake")
+        names = {"endpoint": "s3.endpoint", "access_key_id": "s3.access-key-id",
+                 "secret_access_key": "s3.secret-access-key", "session_token": "s3.session-token",
+                 "region": "s3.region", "default_region": "s3.region"}
+        io: dict[str, str] = {}
+        for key, value in options.items():
+            name = names.get(key.lower().removeprefix("aws_"))
+            if name is not None:
+                io[name] = value
+        return io
+
+    @property
+    def warehouse(self) -> str:
+        return self.settings.warehouse or self._uri_of(self.lake.root / "_catalog")
+
+    def _uri_of(self, path: PurePath) -> str:
+        """The URI Iceberg records for a lake path: ``file:///abs/path`` or ``s3://b/key``."""
+        url, _ = self.lake.storage.table_location(path)
+        return url if "://" in url else f"file://{url}"
+
+    def identifier(self, feed: Feed) -> tuple[str, str]:
+        return self.settings.namespace_of(feed.security), feed.name
+
+    def name(self, feed: Feed) -> str:
+        return ".".join(self.identifier(feed))
+
+    @contextlib.contextmanager
+    def _errors(self, action: str, feed: str | None = None) -> Iterator[None]:
+        """Whatever pyiceberg, SQLAlchemy or the store raise becomes a ``CatalogError`` that
+        says which catalog, which feed, and that the lake is unharmed."""
+        try:
+            yield
+        except (CatalogError, CommitFailedException):
+            raise  # ours already, or a lost race ``sync`` answers with a fresh diff
+        except Exception as exc:  # noqa: BLE001 - a foreign library's whole error surface
+            what = f"feed {feed!r}: " if feed else ""
+            detail = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
+            raise CatalogError(
+                f"{what}{self.where}: {action} failed ({type(exc).__name__}: {detail}). The "
+                "lake is unaffected; the next run or `lakeexportd catalog sync` catches up"
+            ) from exc
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def load(self, feed: Feed) -> Table | None:
+        with self._errors("loading the table", feed.name):
+            try:
+                return self.catalog().load_table(self.identifier(feed))
+            except NoSuchTableError:
+                return None
+
+    def tables(self) -> list[tuple[str, str]]:
+        """Every table in lakeexportd's namespaces (the one, or one per security level)."""
+        namespaces = ([self.settings.namespace] if not self.settings.security_namespaces else
+                      [self.settings.namespace_of(level)
+                       for level in ("raw", "anonymized", "aggregated")])
+        found: list[tuple[str, str]] = []
+        catalog = self.catalog()
+        with self._errors("listing tables"):
+            existing = {ns[0] if len(ns) == 1 else ".".join(ns)
+                        for ns in catalog.list_namespaces()}
+            for namespace in namespaces:
+                if namespace in existing:
+                    found.extend((namespace, ident[-1])
+                                 for ident in catalog.list_tables(namespace))
+        return sorted(found)
+
+    def state(self, feed: Feed) -> CatalogState:
+        """The feed's table against the lake, without changing either."""
+        name = self.name(feed)
+        table = self.load(feed)
+        doc = self.store.load(self._feed_dir(feed))
+        wanted = self._wanted(feed, doc, _current_version(doc))
+        lake_version = _current_version(doc)
+        if table is None:
+            return CatalogState(feed.name, name, exists=False, missing=tuple(sorted(wanted)),
+                                lake_version=lake_version)
+        with self._errors("reading the table", feed.name):
+            listed = self._listed(table)
+            snapshot = table.current_snapshot()
+            records = sum(f.record_count for f in listed.values())
+            version = _snapshot_version(snapshot)
+            return CatalogState(
+                feed.name, name, exists=True,
+                snapshot_id=snapshot.snapshot_id if snapshot else None,
+                snapshot_time=_snapshot_time(snapshot),
+                files=len(listed), records=records,
+                missing=tuple(sorted(set(wanted) - set(listed))),
+                extra=tuple(sorted(set(listed) - set(wanted))),
+                version=version if isinstance(doc, TableMetadata) else None,
+                lake_version=lake_version,
+                properties=dict(table.properties),
+                snapshots=len(table.metadata.snapshots),
+                location=table.location(),
+                metadata_location=table.metadata_location,
+            )
+
+    # -- syncing ---------------------------------------------------------------------------
+
+    def known_level(self, feed: str) -> bool:
+        """The feed's last sync in this process brought its table level (unknown: False)."""
+        return self._level.get(feed, False)
+
+    def sync_within(self, feed: Feed, deadline: float) -> SyncResult:
+        """``sync`` in a worker thread, waited for at most ``deadline`` seconds: a slow or
+        frozen catalog delays no export. A sync that overruns goes on in the background (its
+        commit is still a compare-and-swap, so it can only bring the table level or fail);
+        until it ends, further syncs of the feed are refused as in flight."""
+        with self._flight_guard:
+            running = self._in_flight.get(feed.name)
+            if running is not None and not running.done():
+                raise CatalogError(
+                    f"feed {feed.name!r}: {self.where}: the previous sync has not ended "
+                    "(the catalog is slow or hangs); the feed stays behind until it does")
+            future: concurrent.futures.Future[SyncResult] = concurrent.futures.Future()
+            self._in_flight[feed.name] = future
+
+        def work() -> None:
+            try:
+                future.set_result(self.sync(feed))
+            except BaseException as exc:  # noqa: BLE001 - handed to the waiting thread
+                future.set_exception(exc)
+
+        self._level[feed.name] = False
+        threading.Thread(target=work, name=f"catalog-sync-{feed.name}", daemon=True).start()
+        try:
+            result = future.result(timeout=deadline)
+        except concurrent.futures.TimeoutError:
+            raise CatalogError(
+                f"feed {feed.name!r}: {self.where}: no answer within {deadline:g}s (catalog "
+                "slow or down); the export stands, the feed is marked behind and the next "
+                "run catches up") from None
+        self._level[feed.name] = True  # level, or nothing to register yet
+        return result
+
+    def sync(self, feed: Feed) -> SyncResult:
+        """Make the feed's table list exactly the lake's files (see the module docstring)."""
+        if feed.format != "parquet":
+            raise CatalogError(f"feed {feed.name!r}: only `format: parquet` feeds are "
+                               "catalogued (a Delta table is its own catalog of files)")
+        last: CommitFailedException | None = None
+        for _ in range(COMMIT_ATTEMPTS):
+            try:
+                return self._sync_once(feed)
+            except CommitFailedException as exc:  # another writer's commit won: diff again
+                last = exc
+        raise CatalogError(
+            f"feed {feed.name!r}: {self.where}: {COMMIT_ATTEMPTS} commits in a row lost a race "
+            f"to other writers ({last}); the next run tries again")
+
+    def _sync_once(self, feed: Feed) -> SyncResult:
+        name = self.name(feed)
+        with self._errors("sync", feed.name):
+            table = self._load_for_commit(feed)  # the catalog first, then the lake: see above
+            doc = self.store.load(self._feed_dir(feed))
+            if doc is None:
+                return SyncResult(feed.name, name, waiting="the feed has no _metadata.json yet")
+            created = False
+            if table is None:
+                newest = self._newest_file(feed, doc)
+                if newest is None:
+                    return SyncResult(feed.name, name, waiting="the feed has no data file yet")
+                table = self._create(feed, doc, newest)
+                created = True
+            table = self._evolve(feed, doc, table)
+            added = removed = snapshots = 0
+            for version in self._pending_versions(doc, table):
+                wanted = self._wanted(feed, doc, version)
+                listed = self._listed(table)
+                add = [path for path in wanted if path not in listed]
+                drop = [listed[path] for path in listed if path not in wanted]
+                if not add and not drop and (version is None
+                                             or _snapshot_version(table.current_snapshot())
+                                             == version):
+                    continue
+                table = self._commit(feed, table, doc, version,
+                                     [self._data_file(feed, table, wanted[p]) for p in add], drop)
+                added += len(add)
+                removed += len(drop)
+                snapshots += 1
+            expired = self._expire(feed, table, doc)
+            return SyncResult(feed.name, name, added=added, removed=removed,
+                              snapshots=snapshots, expired=expired, created=created)
+
+    def _load_for_commit(self, feed: Feed) -> Table | None:
+        """The table, with pyiceberg's commit retries off (see the module docstring): a table
+        someone created or edited without it gets it back before any file is committed."""
+        table = self.load(feed)
+        if table is not None and table.properties.get("commit.retry.num-retries") != "0":
+            table = table.transaction().set_properties(
+                {"commit.retry.num-retries": "0"}).commit_transaction()
+        return table
+
+    def _feed_dir(self, feed: Feed) -> Path:
+        return layout.feed_dir(self.lake.root, feed.kind, feed.name)
+
+    def _wanted(self, feed: Feed, doc: FeedMetadata | None,
+                version: int | None) -> dict[str, tuple[str, FileEntry]]:
+        """URI -> (folder, entry) of the files the lake lists (a table: ``version``'s)."""
+        if doc is None:
+            return {}
+        feed_dir = self._feed_dir(feed)
+        if isinstance(doc, StreamMetadata):
+            pairs = [(p.path, f) for p in doc.partitions for f in p.files]
+        else:
+            pairs = [(v.path, f) for v in doc.versions if v.version == version for f in v.files]
+        return {self._uri_of(feed_dir / folder / entry.name): (folder, entry)
+                for folder, entry in pairs}
+
+    def _listed(self, table: Table) -> dict[str, DataFile]:
+        snapshot = table.current_snapshot()
+        if snapshot is None:
+            return {}
+        return {entry.data_file.file_path: entry.data_file
+                for manifest in snapshot.manifests(table.io)
+                for entry in manifest.fetch_manifest_entry(table.io, discard_deleted=True)}
+
+    def _pending_versions(self, doc: FeedMetadata, table: Table) -> list[int | None]:
+        """Streams: one diff. Tables: each kept version newer than the table's, in order (the
+        current one always last), so every version a reader could see becomes a snapshot."""
+        if isinstance(doc, StreamMetadata):
+            return [None]
+        current = doc.current_version
+        if current is None:
+            return []
+        done = _snapshot_version(table.current_snapshot())
+        newer = [v.version for v in doc.versions
+                 if (done is None or v.version > done) and v.version < current]
+        return [*sorted(newer), current]
+
+    def _newest_file(self, feed: Feed, doc: FeedMetadata) -> PurePath | None:
+        wanted = self._wanted(feed, doc, _current_version(doc))
+        if not wanted:
+            return None
+        folder, entry = max(wanted.values(), key=lambda item: (item[1].name, item[0]))
+        return self._feed_dir(feed) / folder / entry.name
+
+    def _file_schema(self, path: PurePath) -> pa.Schema:
+        with self.lake.storage.open_read(path) as source:
+            return pq.read_schema(source)
+
+    def _create(self, feed: Feed, doc: FeedMetadata, sample: PurePath) -> Table:
+        """The feed's table: its files' schema (plus the partition columns of a stream), its
+        partitioning, name mapping and properties, in one create commit."""
+        schema = _catalog_schema(feed, self._file_schema(sample))
+        catalog = self.catalog()
+        namespace, _ = self.identifier(feed)
+        with contextlib.suppress(NamespaceAlreadyExistsError):
+            catalog.create_namespace_if_not_exists(namespace)
+        self._move_from_other_level(feed)
+        properties = {
+            **self._described(feed),
+            "format-version": "2",
+            "commit.retry.num-retries": "0",
+            "write.metadata.path": f"{self.warehouse}/{namespace}/{feed.name}/metadata",
+            "write.parquet.compression-codec": "snappy",
+        }
+        try:
+            tx = catalog.create_table_transaction(
+                self.identifier(feed), schema=schema,
+                location=self._uri_of(self._feed_dir(feed)), properties=properties)
+            if isinstance(doc, StreamMetadata):
+                with tx.update_spec() as spec:
+                    for column in PARTITION_COLUMNS:
+                        spec.add_identity(column)
+            tx.set_properties({"schema.name-mapping.default": create_mapping_from_schema(
+                tx.table_metadata.schema()).model_dump_json()})
+            table = tx.commit_transaction()
+        except TableAlreadyExistsError:  # another daemon created it first: use theirs
+            table = catalog.load_table(self.identifier(feed))
+        log.info("catalog.table_created", feed=feed.name, table=self.name(feed),
+                 catalog=self.where, location=table.location())
+        failpoint("catalog.after_create")
+        return catalog.load_table(self.identifier(feed))
+
+    def _move_from_other_level(self, feed: Feed) -> None:
+        """A feed whose security level changed under ``security_namespaces`` has its table in
+        the old level's namespace: rename it, so readers keep its history."""
+        if not self.settings.security_namespaces:
+            return
+        catalog = self.catalog()
+        for level in ("raw", "anonymized", "aggregated"):
+            old = (self.settings.namespace_of(level), feed.name)
+            if old != self.identifier(feed) and catalog.table_exists(old):
+                catalog.rename_table(old, self.identifier(feed))
+                log.warning("catalog.table_moved", feed=feed.name, old=".".join(old),
+                            table=self.name(feed), hint="the feed's security level changed")
+
+    def _described(self, feed: Feed) -> dict[str, str]:
+        """The feed's config as table properties: ``comment`` and ``owner`` as Trino, Spark
+        and Hive name them; the rest under ``lakeexportd.``."""
+        return {
+            "comment": feed.description or "",
+            "owner": feed.owner or "",
+            "lakeexportd.tags": ",".join(feed.tags),
+            "lakeexportd.security": feed.security,
+            "lakeexportd.source": feed.source,
+            "lakeexportd.kind": feed.kind,
+            "lakeexportd.feed": feed.name,
+        }
+
+    def _evolve(self, feed: Feed, doc: FeedMetadata, table: Table) -> Table:
+        """Columns the lake's files gained (ksqlDB added them) join the table's schema, with
+        the name mapping; described properties follow the config."""
+        tx = table.transaction()
+        changed = False
+        properties = self._described(feed)
+        if any(table.properties.get(k) != v for k, v in properties.items()):
+            tx.set_properties(properties)
+            changed = True
+        known = {field.name for field in table.schema().fields}
+        newest = self._newest_file(feed, doc)
+        if newest is not None and any(column.name not in known for column in doc.schema):
+            file_schema = _catalog_schema(feed, self._file_schema(newest))
+            if any(name not in known for name in file_schema.names):
+                with tx.update_schema() as update:
+                    update.union_by_name(file_schema)
+                tx.set_properties({"schema.name-mapping.default": create_mapping_from_schema(
+                    tx.table_metadata.schema()).model_dump_json()})
+                changed = True
+        return tx.commit_transaction() if changed else table
+
+    def _data_file(self, feed: Feed, table: Table, item: tuple[str, FileEntry]) -> DataFile:
+        """The Iceberg entry of one lake file, from its own footer: nothing is rewritten."""
+        folder, entry = item
+        path = self._feed_dir(feed) / folder / entry.name
+        with self.lake.storage.open_read(path) as source:
+            footer = pq.read_metadata(source)
+        schema = table.schema()
+        stats = data_file_statistics_from_parquet_metadata(
+            parquet_metadata=footer,
+            stats_columns=compute_statistics_plan(schema, table.metadata.properties),
+            parquet_column_mapping=parquet_path_to_id_mapping(schema),
+        )
+        spec = table.spec()
+        partition = Record(*_partition_values(folder)) if spec.fields else Record()
+        return DataFile.from_args(
+            content=DataFileContent.DATA,
+            file_path=self._uri_of(path),
+            file_format=FileFormat.PARQUET,
+            partition=partition,
+            file_size_in_bytes=entry.size_bytes,
+            sort_order_id=None,
+            spec_id=spec.spec_id,
+            equality_ids=None,
+            key_metadata=None,
+            **stats.to_serialized_dict(),
+        )
+
+    def _commit(self, feed: Feed, table: Table, doc: FeedMetadata, version: int | None,
+                add: list[DataFile], drop: list[DataFile]) -> Table:
+        summary = {RUN_ID: _last_run(doc)}
+        if version is not None:
+            summary[VERSION] = str(version)
+        if isinstance(doc, StreamMetadata) and doc.watermark_ms is not None:
+            summary[WATERMARK] = str(doc.watermark_ms)
+        tx = table.transaction()
+        update = tx.update_snapshot(snapshot_properties=summary)
+        producer: Any = update.overwrite() if drop else update.fast_append()
+        with producer:
+            for data_file in drop:
+                producer.delete_data_file(data_file)
+            for data_file in add:
+                producer.append_data_file(data_file)
+        failpoint("catalog.before_commit")
+        table = tx.commit_transaction()
+        failpoint("catalog.after_commit")
+        snapshot = table.current_snapshot()
+        log.info("catalog.committed", feed=feed.name, table=self.name(feed),
+                 snapshot_id=snapshot.snapshot_id if snapshot else None,
+                 added=len(add), removed=len(drop), version=version)
+        return table
+
+    def _expire(self, feed: Feed, table: Table, doc: FeedMetadata) -> int:
+        """Expire the snapshots that name a file the lake no longer keeps (module docstring):
+        walking back from the newest, everything before the first snapshot that removed such
+        a file goes."""
+        kept = {self._uri_of(self._feed_dir(feed) / path) for path in kept_paths(doc)}
+        snapshots = sorted(table.metadata.snapshots, key=lambda s: s.timestamp_ms, reverse=True)
+        doomed: list[int] = []
+        for index, snapshot in enumerate(snapshots):
+            if _removed_count(snapshot) and any(
+                    path not in kept for path in self._removed_by(table, snapshot)):
+                doomed = [s.snapshot_id for s in snapshots[index + 1:]]
+                break
+        if not doomed:
+            return 0
+        table.maintenance.expire_snapshots().by_ids(doomed).commit()
+        log.info("catalog.snapshots_expired", feed=feed.name, table=self.name(feed),
+                 count=len(doomed), hint="they named files the lake has deleted")
+        return len(doomed)
+
+    def _removed_by(self, table: Table, snapshot: Snapshot) -> Iterator[str]:
+        for manifest in snapshot.manifests(table.io):
+            if manifest.added_snapshot_id != snapshot.snapshot_id:
+                continue
+            for entry in manifest.fetch_manifest_entry(table.io, discard_deleted=False):
+                if entry.status == ManifestEntryStatus.DELETED:
+                    yield entry.data_file.file_path
+
+    # -- dropping --------------------------------------------------------------------------
+
+    def drop(self, feed: Feed) -> bool:
+        """Remove the feed's table from the catalog; its files stay in the lake (pyiceberg's
+        ``drop_table`` deletes no data file; ``purge_table``, which would, is never used)."""
+        with self._errors("dropping the table", feed.name):
+            try:
+                self.catalog().drop_table(self.identifier(feed))
+            except NoSuchTableError:
+                return False
+        log.warning("catalog.table_dropped", feed=feed.name, table=self.name(feed),
+                    hint="the lake's files are kept; `lakeexportd catalog sync` registers "
+                    "the feed again")
+        return True
+
+
+def _catalog_schema(feed: Feed, file_schema: pa.Schema) -> pa.Schema:
+    """The Arrow schema the table is made from: the files' columns (field metadata dropped),
+    then a stream's partition columns. Types Iceberg cannot hold exactly are refused here."""
+    for field in file_schema:
+        problem = _unrepresentable(field.type)
+        if problem:
+            raise CatalogError(
+                f"feed {feed.name!r}: column {field.name} is {problem}, which an Iceberg table "
+                f"cannot hold (decimals have at most {MAX_DECIMAL_DIGITS} digits). The feed "
+                "stays in the lake, uncatalogued: export it through a ksqlDB stream that "
+                "casts or drops that column to register it")
+        if field.name.lower() in PARTITION_COLUMNS and feed.kind == "stream":
+            raise CatalogError(
+                f"feed {feed.name!r}: column {field.name} clashes with the partition column "
+                f"{field.name.lower()} the catalog adds: rename it in ksqlDB (AS) to register "
+                "the feed")
+    fields = [pa.field(f.name, f.type, nullable=f.nullable) for f in file_schema]
+    if feed.kind == "stream":
+        fields += [pa.field(name, pa.int32()) for name in PARTITION_COLUMNS]
+    return pa.schema(fields)
+
+
+def _unrepresentable(kind: pa.DataType) -> str | None:
+    if pa.types.is_decimal(kind) and kind.precision > MAX_DECIMAL_DIGITS:
+        return f"DECIMAL({kind.precision}, {kind.scale})"
+    children: list[pa.DataType] = []
+    if pa.types.is_struct(kind):
+        children = [kind.field(i).type for i in range(kind.num_fields)]
+    elif pa.types.is_map(kind):
+        children = [kind.key_type, kind.item_type]
+    elif pa.types.is_list(kind) or pa.types.is_large_list(kind):
+        children = [kind.value_type]
+    for child in children:
+        problem = _unrepresentable(child)
+        if problem:
+            return f"{problem} inside {kind}"
+    return None
+
+
+def _partition_values(folder: str) -> tuple[int, int, int]:
+    day = layout.partition_day(folder)
+    return day.year, day.month, day.day
+
+
+def _current_version(doc: FeedMetadata | None) -> int | None:
+    return doc.current_version if isinstance(doc, TableMetadata) else None
+
+
+def _snapshot_version(snapshot: Snapshot | None) -> int | None:
+    if snapshot is None or snapshot.summary is None:
+        return None
+    value = snapshot.summary.additional_properties.get(VERSION)
+    return int(value) if value is not None and value.isdigit() else None
+
+
+def _snapshot_time(snapshot: Snapshot | None) -> dt.datetime | None:
+    if snapshot is None:
+        return None
+    return dt.datetime.fromtimestamp(snapshot.timestamp_ms / 1000, dt.UTC)
+
+
+def _removed_count(snapshot: Snapshot) -> int:
+    summary = snapshot.summary
+    value = summary.additional_properties.get("deleted-data-files") if summary else None
+    return int(value) if value is not None and value.isdigit() else 0
+
+
+def _last_run(doc: FeedMetadata) -> str:
+    runs = [r.run_id for r in doc.exports if r.status == "success"]
+    return runs[-1] if runs else ""
+

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import TypeVar
 
 import pytest
@@ -18,6 +17,7 @@ from objectstores import (
     start_azurite,
     start_moto,
 )
+from pgserver import PostgresDatabase, PostgresServer, start_postgres
 
 
 @pytest.fixture(autouse=True)
@@ -30,10 +30,10 @@ def _close_ksqldb_clients() -> Iterator[None]:
 Server = TypeVar("Server")
 
 
-def _start_or_fail(start: Callable[[Path], Server], workdir: Path) -> Server:
+def _start_or_fail(start: Callable[[], Server]) -> Server:
     """Start a test server; if it cannot start, fail (never skip) with what to run."""
     try:
-        return start(workdir)
+        return start()
     except ServerStartError as exc:
         message = str(exc)
     pytest.fail(message, pytrace=False)
@@ -46,7 +46,7 @@ def moto_s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoS3]:
     Gives ``endpoint``, ``region``, ``access_key_id``, ``secret_access_key``, ``config`` (obstore
     keys), ``create_bucket()`` and ``store(bucket)``; stopped by PID when the session ends.
     """
-    server = _start_or_fail(start_moto, tmp_path_factory.mktemp("moto"))
+    server = _start_or_fail(lambda: start_moto(tmp_path_factory.mktemp("moto")))
     try:
         yield server
     finally:
@@ -61,7 +61,7 @@ def azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Azurite]:
     ``account_key`` (the emulator's well-known ones), ``config``, ``create_container()``,
     ``store(container)`` and ``request(...)`` (SharedKey-signed raw REST); stopped by PID.
     """
-    server = _start_or_fail(start_azurite, tmp_path_factory.mktemp("azurite"))
+    server = _start_or_fail(lambda: start_azurite(tmp_path_factory.mktemp("azurite")))
     try:
         yield server
     finally:
@@ -78,3 +78,29 @@ def s3_bucket(moto_s3: MotoS3) -> Bucket:
 def azure_container(azurite: Azurite) -> Bucket:
     """A fresh empty container on ``azurite`` and an obstore ``AzureStore`` for it."""
     return azure_container_on(azurite)
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """A real PostgreSQL 15 server (``tests/pgserver.py``) on a free 127.0.0.1 port.
+
+    Gives ``host``, ``port``, ``user``/``password`` (the ``lakeexportd`` role), ``database``
+    (``catalog``, owned by it), ``url`` (``postgresql+psycopg2://...``), ``create_database()``,
+    ``pause()``/``resume()``/``paused()`` (SIGSTOP/SIGCONT: a hung server), ``down()`` (stopped,
+    then started again on the same port) and ``stop()``; stopped by PID, its directory removed.
+    """
+    server = _start_or_fail(start_postgres)
+    try:
+        yield server
+    finally:
+        server.remove()
+
+
+@pytest.fixture
+def postgres_database(postgres: PostgresServer) -> Iterator[PostgresDatabase]:
+    """A fresh empty database on ``postgres`` for this test alone (``.url``, ``.name``)."""
+    database = postgres.create_database()
+    try:
+        yield database
+    finally:
+        postgres.drop_database(database.name)

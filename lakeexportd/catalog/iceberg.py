@@ -37,7 +37,7 @@ import concurrent.futures
 import contextlib
 import datetime as dt
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePath
 from typing import Any, Final
@@ -58,7 +58,13 @@ from pyiceberg.io.pyarrow import (
     data_file_statistics_from_parquet_metadata,
     parquet_path_to_id_mapping,
 )
-from pyiceberg.manifest import DataFile, DataFileContent, FileFormat, ManifestEntryStatus
+from pyiceberg.manifest import (
+    DataFile,
+    DataFileContent,
+    FileFormat,
+    ManifestEntryStatus,
+    read_manifest_list,
+)
 from pyiceberg.table import Table
 from pyiceberg.table.name_mapping import create_mapping_from_schema
 from pyiceberg.table.snapshots import Snapshot
@@ -86,6 +92,10 @@ VERSION: Final = "lakeexportd.version"
 WATERMARK: Final = "lakeexportd.watermark-ms"
 MAX_DECIMAL_DIGITS: Final = 38
 COMMIT_ATTEMPTS: Final = 4  # fresh diffs after losing a race to another writer's commit
+STREAM_HISTORY_MS: Final = 24 * 3_600_000
+"""A stream's snapshots stay this long for time travel (one per run: a day of them); they are
+expired in batches, once the oldest is an hour past it, with the files only they named."""
+_EXPIRY_BATCH_MS: Final = 3_600_000
 _PROPERTY_KEYS: Final = ("comment", "owner", "lakeexportd.tags", "lakeexportd.security",
                          "lakeexportd.source", "lakeexportd.kind", "lakeexportd.feed")
 
@@ -335,6 +345,22 @@ class LakeCatalog:
         self._level[feed.name] = True  # level, or nothing to register yet
         return result
 
+    def follow(self, feed: Feed, **context: str) -> str | None:
+        """After a lake commit: bring the feed's table level within ``settings.timeout``.
+        ``None`` when it is; else why not, logged as ``catalog.behind`` (never raised: the
+        lake's commit stands whatever the catalog does). Callers delete what the commit
+        dropped only on ``None``."""
+        try:
+            synced = self.sync_within(feed, self.settings.timeout)
+        except CatalogError as exc:
+            log.warning("catalog.behind", feed=feed.name, error=str(exc), **context,
+                        hint="files the lake dropped are kept until the catalog is level; "
+                        "`lakeexportd catalog sync` catches up by hand")
+            return str(exc)
+        if synced.waiting:
+            log.debug("catalog.waiting", feed=feed.name, reason=synced.waiting)
+        return None
+
     def sync(self, feed: Feed) -> SyncResult:
         """Make the feed's table list exactly the lake's files (see the module docstring)."""
         if feed.format != "parquet":
@@ -434,7 +460,10 @@ class LakeCatalog:
         wanted = self._wanted(feed, doc, _current_version(doc))
         if not wanted:
             return None
-        folder, entry = max(wanted.values(), key=lambda item: (item[1].name, item[0]))
+        # The last committed file has every column the feed has now (a compacted file takes
+        # its newest input's commit time, and the feed's schema).
+        folder, entry = max(wanted.values(), key=lambda item: (item[1].added or "",
+                                                               item[1].name, item[0]))
         return self._feed_dir(feed) / folder / entry.name
 
     def _file_schema(self, path: PurePath) -> pa.Schema:
@@ -456,6 +485,11 @@ class LakeCatalog:
             "commit.retry.num-retries": "0",
             "write.metadata.path": f"{self.warehouse}/{namespace}/{feed.name}/metadata",
             "write.parquet.compression-codec": "snappy",
+            # A stream commits once a run: merge small manifests (pyiceberg's default is off)
+            # and keep 20 old metadata files, not one per run forever.
+            "commit.manifest-merge.enabled": "true",
+            "write.metadata.delete-after-commit.enabled": "true",
+            "write.metadata.previous-versions-max": "20",
         }
         try:
             tx = catalog.create_table_transaction(
@@ -558,7 +592,7 @@ class LakeCatalog:
             summary[WATERMARK] = str(doc.watermark_ms)
         tx = table.transaction()
         update = tx.update_snapshot(snapshot_properties=summary)
-        producer: Any = update.overwrite() if drop else update.fast_append()
+        producer: Any = update.overwrite() if drop else update.merge_append()
         with producer:
             for data_file in drop:
                 producer.delete_data_file(data_file)
@@ -576,21 +610,54 @@ class LakeCatalog:
     def _expire(self, feed: Feed, table: Table, doc: FeedMetadata) -> int:
         """Expire the snapshots that name a file the lake no longer keeps (module docstring):
         walking back from the newest, everything before the first snapshot that removed such
-        a file goes."""
-        kept = {self._uri_of(self._feed_dir(feed) / path) for path in kept_paths(doc)}
+        a file goes. A stream's snapshots older than ``STREAM_HISTORY_MS`` go too."""
+        feed_dir = self._feed_dir(feed)
+        # Retired compaction inputs stay readable for their grace on object stores; a local
+        # lake hides them right after the swap (renamed ``.<name>.retired``): gone for readers.
+        hidden = ({r.path for r in doc.retired} if isinstance(doc, StreamMetadata)
+                  and self.lake.storage.atomic_rename else set())
+        kept = {self._uri_of(feed_dir / path) for path in kept_paths(doc) - hidden}
         snapshots = sorted(table.metadata.snapshots, key=lambda s: s.timestamp_ms, reverse=True)
-        doomed: list[int] = []
+        current = table.current_snapshot()
+        doomed: set[int] = set()
         for index, snapshot in enumerate(snapshots):
             if _removed_count(snapshot) and any(
                     path not in kept for path in self._removed_by(table, snapshot)):
-                doomed = [s.snapshot_id for s in snapshots[index + 1:]]
+                doomed = {s.snapshot_id for s in snapshots[index + 1:]}
                 break
+        if isinstance(doc, StreamMetadata) and snapshots:
+            horizon = snapshots[0].timestamp_ms - STREAM_HISTORY_MS
+            if snapshots[-1].timestamp_ms < horizon - _EXPIRY_BATCH_MS:
+                doomed |= {s.snapshot_id for s in snapshots if s.timestamp_ms < horizon}
+        if current is not None:
+            doomed.discard(current.snapshot_id)
         if not doomed:
             return 0
-        table.maintenance.expire_snapshots().by_ids(doomed).commit()
+        lists = [s.manifest_list for s in snapshots if s.snapshot_id in doomed]
+        table.maintenance.expire_snapshots().by_ids(sorted(doomed)).commit()
+        self._collect(self.catalog().load_table(self.identifier(feed)), lists)
         log.info("catalog.snapshots_expired", feed=feed.name, table=self.name(feed),
-                 count=len(doomed), hint="they named files the lake has deleted")
+                 count=len(doomed), hint="they named files the lake has deleted, or were "
+                 "older than the stream's day of time travel")
         return len(doomed)
+
+    def _collect(self, table: Table, manifest_lists: list[str]) -> None:
+        """Delete what only the expired snapshots used: their manifest lists (one per
+        snapshot, never shared) and the manifests no remaining snapshot lists. Iceberg's
+        metadata under the warehouse is this module's own; the lake's data files are never
+        touched here. A failure only leaves garbage: logged, the next expiry tries again."""
+        try:
+            live = {m.manifest_path for s in table.metadata.snapshots
+                    for m in s.manifests(table.io)}
+            dead: set[str] = set()
+            for manifest_list in manifest_lists:
+                with contextlib.suppress(FileNotFoundError, OSError):
+                    dead |= {m.manifest_path for m in read_manifest_list(
+                        table.io.new_input(manifest_list))} - live
+            for path in [*manifest_lists, *sorted(dead)]:
+                table.io.delete(path)
+        except Exception as exc:  # noqa: BLE001 - garbage left, nothing lost
+            log.warning("catalog.metadata_not_collected", table=table.name(), error=str(exc))
 
     def _removed_by(self, table: Table, snapshot: Snapshot) -> Iterator[str]:
         for manifest in snapshot.manifests(table.io):
@@ -614,6 +681,14 @@ class LakeCatalog:
                     hint="the lake's files are kept; `lakeexportd catalog sync` registers "
                     "the feed again")
         return True
+
+
+def follow_catalog(catalog: LakeCatalog | None, feed: Feed) -> Callable[[], bool] | None:
+    """For code below this layer (compaction): a call that brings ``feed``'s table level
+    after a lake commit and says whether it is (no catalog, or a Delta feed: None)."""
+    if catalog is None or feed.format != "parquet":
+        return None
+    return lambda: catalog.follow(feed) is None
 
 
 def _catalog_schema(feed: Feed, file_schema: pa.Schema) -> pa.Schema:

@@ -21,6 +21,7 @@ import datetime as dt
 import sys
 
 from lakeexportd.audit.text_table import human_bytes
+from lakeexportd.catalog.iceberg import LakeCatalog, follow_catalog
 from lakeexportd.cli.export import _select, _UsageError, each_feed
 from lakeexportd.cli.options import ProgressLine, add_config_argument, count, plain
 from lakeexportd.config.load import default_config_path, load_config
@@ -155,10 +156,12 @@ def run(args: argparse.Namespace) -> int:
         print("lakeexportd compact: no active stream feed has `compaction:`; nothing to do")
         return EX_OK
     lake = lake_of(config.lake)
+    catalog = LakeCatalog(config.catalog, lake) if config.catalog and not args.dry_run else None
 
     def compact(feed: Feed, progress: _Progress) -> list[str]:
         return report(compact_feed(lake.storage, lake.root, feed, now=dt.datetime.now(dt.UTC),
                                    lock_wait=config.scheduler.lock_wait,
                                    orphan_grace=config.lake.orphan_grace, before=args.before,
-                                   dry_run=args.dry_run, progress=progress))
+                                   dry_run=args.dry_run, progress=progress,
+                                   follow=follow_catalog(catalog, feed)))
     return each_feed("compact", feeds, lambda feed: _Progress(feed.name), compact)

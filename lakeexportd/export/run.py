@@ -22,7 +22,6 @@ import structlog
 from lakeexportd.catalog.iceberg import LakeCatalog
 from lakeexportd.config.model import Feed
 from lakeexportd.errors import (
-    CatalogError,
     CommitOutcomeUnknown,
     ExportAborted,
     LakeExportError,
@@ -201,18 +200,8 @@ class Run:
         logged and the feed marked behind, never a failed run (the lake's commit stands)."""
         if self.catalog is None:
             return True
-        try:
-            synced = self.catalog.sync_within(self.feed, self.catalog.settings.timeout)
-        except CatalogError as exc:
-            self.catalog_behind = str(exc)
-            log.warning("catalog.behind", feed=self.feed.name, run_id=self.run_id,
-                        error=str(exc), hint="files the lake dropped are kept until the catalog "
-                        "is level; `lakeexportd catalog sync` catches up by hand")
-            return False
-        self.catalog_behind = None
-        if synced.waiting:
-            log.debug("catalog.waiting", feed=self.feed.name, reason=synced.waiting)
-        return True
+        self.catalog_behind = self.catalog.follow(self.feed, run_id=self.run_id)
+        return self.catalog_behind is None
 
     def _log_removed(self, removed: list[Path]) -> None:
         if removed:

@@ -191,11 +191,17 @@ class Compactor:
     """Compacts one stream feed's closed days; see the module doc."""
 
     def __init__(self, storage: Storage, root: Path, *, lock_wait: float,
-                 orphan_grace: float) -> None:
+                 orphan_grace: float, follow: Callable[[], bool] | None = None) -> None:
         self.storage = storage
         self.root = root
         self.lock_wait = lock_wait
         self.orphan_grace = orphan_grace
+        # With a catalog (DESIGN 13): called after each commit, True once the catalog lists
+        # what the lake does. Files a commit took out are hidden or deleted only then.
+        self.follow = follow
+
+    def _level(self) -> bool:
+        return self.follow is None or self.follow()
 
     def compact(
         self, feed: str, *, target_file_size: int, before: dt.date, now: dt.datetime,
@@ -219,7 +225,7 @@ class Compactor:
         lock = FeedLock(feed_dir, feed=feed, wait=self.lock_wait, dir_mode=dir_mode,
                         storage=self.storage)
         with lock:
-            if not self.storage.leases:  # a local lake: the flock excludes every other writer
+            if not self.storage.leases and self._level():  # local: the flock excludes others
                 # Leftovers of a killed run (an export's or a compaction's) go first, as at
                 # an export's start: a glob reader would otherwise count their rows twice.
                 cleanup.remove_orphans(feed_dir, store.load(feed_dir), kind="stream",
@@ -260,8 +266,9 @@ class Compactor:
         if expired:
             fence()
             store.commit(feed_dir, doc, file_mode=file_mode)
-            result.expired += len(cleanup.delete_retired(feed_dir, expired,
-                                                         storage=self.storage))
+            if self._level():
+                result.expired += len(cleanup.delete_retired(feed_dir, expired,
+                                                             storage=self.storage))
 
     def _day(
         self, doc: StreamMetadata, day: DayPlan, feed_dir: Path, now: dt.datetime,
@@ -304,7 +311,7 @@ class Compactor:
                     pass  # unlisted: the next run's cleanup removes it
             raise
         failpoint("compact.after_commit")
-        if self.storage.atomic_rename:
+        if self._level() and self.storage.atomic_rename:
             self._hide(directory, day.inputs)
         return written
 
@@ -375,9 +382,11 @@ def compact_feed(
     storage: Storage, root: Path, feed: Feed, *, now: dt.datetime, lock_wait: float,
     orphan_grace: float, before: dt.date | None = None, dry_run: bool = False,
     progress: Progress | None = None, cancel: threading.Event | None = None,
+    follow: Callable[[], bool] | None = None,
 ) -> CompactResult | delta.DeltaCompaction:
     """Compact ``feed`` as its config says (``before`` replaces the ``after`` cutoff): the
-    one entry point of the CLI and the daemon; a feed's format picks the implementation."""
+    one entry point of the CLI and the daemon; a feed's format picks the implementation.
+    ``follow`` brings the feed's catalog level after each commit (see ``Compactor``)."""
     if feed.kind != "stream":
         raise FeedError(f"feed {feed.name!r} is a table: compaction applies to streams only")
     if feed.compaction is None and before is None:
@@ -393,7 +402,8 @@ def compact_feed(
             target_size=target, orphan_grace=orphan_grace, lock_wait=lock_wait,
             dir_mode=dir_mode, file_mode=file_mode, dry_run=dry_run, cancel=cancel,
             progress=progress)
-    compactor = Compactor(storage, root, lock_wait=lock_wait, orphan_grace=orphan_grace)
+    compactor = Compactor(storage, root, lock_wait=lock_wait, orphan_grace=orphan_grace,
+                          follow=follow)
     return compactor.compact(feed.name, target_file_size=target, before=before, now=now,
                              dir_mode=dir_mode, file_mode=file_mode, dry_run=dry_run,
                              progress=progress, cancel=cancel)

@@ -1,6 +1,6 @@
 """What runs an export: an exporter and the ksqlDB client it owns, shared by every feed's runs.
 
-A reload that changes the ``ksqldb`` section, the lake root or the lock wait builds a new
+A reload that changes the ``ksqldb`` section, the lake, the catalog or the lock wait builds a new
 ``Backend`` for later runs and retires the old one, which closes its client once the runs that
 started with it have ended (a running export is never cut off by a reload).
 """
@@ -29,7 +29,7 @@ def build_exporter(
 
 
 def backend_key(config: Config) -> tuple[object, ...]:
-    return (config.ksqldb, config.lake, config.scheduler.lock_wait)
+    return (config.ksqldb, config.lake, config.scheduler.lock_wait, config.catalog)
 
 
 @dataclass

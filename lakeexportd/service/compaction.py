@@ -17,6 +17,7 @@ from pathlib import Path
 
 import structlog
 
+from lakeexportd.catalog.iceberg import LakeCatalog, follow_catalog
 from lakeexportd.config.model import Feed
 from lakeexportd.errors import LakeExportError
 from lakeexportd.lake.compaction import compact_feed
@@ -36,16 +37,18 @@ then tiering: a compacted day is rewritten in the default class, so tiering move
 def run_compaction(
     storage: Storage, root: Path, feed: Feed, now: dt.datetime, *, lock_wait: float,
     orphan_grace: float, cancel: threading.Event, metrics: Metrics,
-    monotonic: Callable[[], float] = time.monotonic,
+    monotonic: Callable[[], float] = time.monotonic, catalog: LakeCatalog | None = None,
 ) -> Result | None:
-    """Compact ``feed`` as of ``now``; log and count it. None: nothing to compact by config."""
+    """Compact ``feed`` as of ``now``; log and count it. None: nothing to compact by config.
+    With a ``catalog``, it follows each day's swap (``LakeCatalog.follow``)."""
     if feed.compaction is None or feed.kind != "stream":
         return None
     started = monotonic()
     with structlog.contextvars.bound_contextvars(feed=feed.name):
         try:
             result = compact_feed(storage, root, feed, now=now, lock_wait=lock_wait,
-                                  orphan_grace=orphan_grace, cancel=cancel)
+                                  orphan_grace=orphan_grace, cancel=cancel,
+                                  follow=follow_catalog(catalog, feed))
         except Exception as exc:
             outcome = classify(exc)
             metrics.observe_compaction_run(feed.name, outcome, files=0)

@@ -404,11 +404,13 @@ class Daemon:
         """The daily compaction job of ``feed`` (a stream with ``compaction``)."""
         def compact() -> str | None:
             lake = lake_of(self.config.lake)
+            backend = self._backend
+            catalog = getattr(backend.exporter, "catalog", None) if backend else None
             return compaction.run_compaction(
                 lake.storage, lake.root, feed, self.clock(),
                 lock_wait=self.config.scheduler.lock_wait,
                 orphan_grace=self.config.lake.orphan_grace, cancel=self.cancel,
-                metrics=self.metrics)
+                metrics=self.metrics, catalog=catalog)
         return self._daily_job(feed, compact)
 
     def _daily_job(self, feed: Feed, work: Callable[[], str | None]) -> str | None:

@@ -126,7 +126,7 @@ class CatalogSettings:
 
     ``type: sql`` (the tested default) takes ``uri``: ``sqlite:////abs/catalog.db`` or
     ``postgresql+psycopg2://user@host:5432/db``, its password from ``password_env`` /
-    ``password_file`` only (``url_with_password`` puts it in). Other pyiceberg types (``rest``,
+    ``password_file`` only (the catalog module puts it in). Other pyiceberg types (``rest``,
     ``glue``, ``hive``) get ``uri`` and ``properties`` as pyiceberg names them (untested).
     ``warehouse`` is where Iceberg's own metadata files go (default: ``<lake>/_catalog``).
     With ``security_namespaces`` a feed's table is ``<namespace>_<security>.<feed>`` so access
@@ -308,6 +308,11 @@ def summarize(config: Config) -> list[str]:
         f"ksqldb {config.ksqldb.url} ({auth}); lake {config.lake.where}; "
         f"metrics {config.metrics.listen}",
     ]
+    if config.catalog is not None:
+        catalog = config.catalog
+        namespace = (f"namespaces {catalog.namespace}_<security>" if catalog.security_namespaces
+                     else f"namespace {catalog.namespace}")
+        lines.append(f"catalog: {catalog.where}, {namespace} (Parquet feeds)")
     width = max((len(feed.name) for feed in feeds), default=0)
     source_width = max((len(feed.source) for feed in feeds), default=0)
     for feed in feeds:

@@ -162,7 +162,7 @@ class LakeCatalog:
         with self._open_guard:
             if self._catalog is None:
                 with self._errors("open"):
-                    self._catalog = load_catalog("lakeexportd", **self._properties())
+                    self._catalog = load_catalog(self.settings.name, **self._properties())
             return self._catalog
 
     def close(self) -> None:

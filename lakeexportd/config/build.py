@@ -45,7 +45,7 @@ from lakeexportd.config.model import (
 from lakeexportd.config.reader import Node, show
 
 TOP_KEYS = ("ksqldb", "lake", "catalog", "scheduler", "defaults", "metrics", "logging", "feeds")
-CATALOG_KEYS = ("type", "uri", "namespace", "security_namespaces", "warehouse", "timeout",
+CATALOG_KEYS = ("type", "uri", "name", "namespace", "security_namespaces", "warehouse", "timeout",
                 "password_env", "password_file", "properties")
 KSQLDB_KEYS = ("url", "username", "password_env", "password_file", "connect_timeout",
                "read_timeout", "max_retries", "http2", "api", "tls")
@@ -172,9 +172,13 @@ def _catalog(node: Node, base: Path, environ: Mapping[str, str]) -> CatalogSetti
     if password is not None and kind == "sql" and uri is not None and uri.startswith("sqlite"):
         raise node.fail("password_env" if node.has("password_env") else "password_file",
                         "a SQLite catalog has no password", "remove the password keys")
+    name = node.matching("name", _NAMESPACE, "a catalog name",
+                         "1-63 characters: a lowercase letter, then lowercase letters, digits "
+                         "or _") if node.has("name") else "lakeexportd"
     return CatalogSettings(
         type=kind,
         uri=uri,
+        name=name,
         namespace=namespace,
         security_namespaces=node.boolean("security_namespaces", False),
         warehouse=node.opt_string("warehouse"),

@@ -135,6 +135,9 @@ class CatalogSettings:
 
     type: str = "sql"
     uri: str | None = None
+    # The catalog's own name: a SQL catalog keys its rows by it, so every reader (Spark's
+    # catalog name, Trino's jdbc-catalog.catalog-name) must use the same one.
+    name: str = "lakeexportd"
     namespace: str = "lake"
     security_namespaces: bool = False
     warehouse: str | None = None

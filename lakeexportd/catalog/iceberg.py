@@ -161,6 +161,11 @@ class LakeCatalog:
     def catalog(self) -> Catalog:
         with self._open_guard:
             if self._catalog is None:
+                uri = self.settings.uri or ""
+                if uri.startswith("sqlite:///"):  # a first start: SQLite makes no folders
+                    with self._errors("creating the SQLite catalog's folder"):
+                        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True,
+                                                                            exist_ok=True)
                 with self._errors("open"):
                     self._catalog = load_catalog(self.settings.name, **self._properties())
             return self._catalog
@@ -366,6 +371,9 @@ class LakeCatalog:
         if feed.format != "parquet":
             raise CatalogError(f"feed {feed.name!r}: only `format: parquet` feeds are "
                                "catalogued (a Delta table is its own catalog of files)")
+        if not feed.catalogued:
+            raise CatalogError(f"feed {feed.name!r} has `catalog: false`: the catalog leaves "
+                               "it out (remove that key to register it)")
         last: CommitFailedException | None = None
         for _ in range(COMMIT_ATTEMPTS):
             try:
@@ -686,7 +694,7 @@ class LakeCatalog:
 def follow_catalog(catalog: LakeCatalog | None, feed: Feed) -> Callable[[], bool] | None:
     """For code below this layer (compaction): a call that brings ``feed``'s table level
     after a lake commit and says whether it is (no catalog, or a Delta feed: None)."""
-    if catalog is None or feed.format != "parquet":
+    if catalog is None or feed.format != "parquet" or not feed.catalogued:
         return None
     return lambda: catalog.follow(feed) is None
 

@@ -53,7 +53,8 @@ DEFAULT_KEYS = tuple(f.name for f in fields(FeedDefaults))
 STREAM_ONLY = ("settle_delay", "start", "event_time", "timezone", "retention_days",
                "max_open_partitions", "tiering", "compaction")
 TABLE_ONLY = ("retention_versions",)
-FEED_KEYS = ("name", "source", "kind", "enabled", "event_time", "description", *DEFAULT_KEYS)
+FEED_KEYS = ("name", "source", "kind", "enabled", "event_time", "description", "catalog",
+             *DEFAULT_KEYS)
 # A catalog namespace or an owner/tag: printable, no control characters, bounded.
 _LABEL = re.compile(r"[^\x00-\x1f\x7f]{1,200}")
 _DESCRIPTION = re.compile(r"[^\x00-\x09\x0b-\x1f\x7f]{1,1000}")
@@ -623,6 +624,7 @@ def build_feed(node: Node, defaults: FeedDefaults) -> Feed:
         kind=kind,
         event_time=event_time,
         enabled=node.boolean("enabled", True),
+        catalogued=node.boolean("catalog", True),
         description=node.matching("description", _DESCRIPTION, "a description",
                                   "write up to 1000 characters of text") if node.has(
                                       "description") else None,

@@ -273,6 +273,7 @@ class Feed:
     owner: str | None = BUILTIN.owner
     tags: tuple[str, ...] = BUILTIN.tags
     description: str | None = None
+    catalogued: bool = True  # `catalog: false`: a Parquet feed the catalog leaves out
     enabled: bool = True
 
     @property

@@ -135,7 +135,7 @@ class Run:
         self.listed: FeedMetadata | None = None  # the last document committed (or summarised)
         # The Iceberg catalog that follows a Parquet feed's commits (DESIGN 13), and why it is
         # behind this run's commit (None: level, or no catalog).
-        self.catalog = catalog if feed.format == "parquet" else None
+        self.catalog = catalog if feed.format == "parquet" and feed.catalogued else None
         self.catalog_behind: str | None = None
 
     def execute(self, fence: Callable[[], None] = lambda: None) -> ExportResult:

@@ -123,6 +123,10 @@ def feed_options(feed: Feed) -> dict[str, Any]:
             continue
         if value is None or value == ():  # unset owner/description, no tags: as before them
             continue
+        if f.name == "catalogued":  # YAML `catalog: false`; left out when on (as before it)
+            if not value:
+                out["catalog"] = False
+            continue
         if isinstance(value, tuple):
             value = list(value)
         if isinstance(value, Tiering):

@@ -14,7 +14,7 @@ from pathlib import Path
 import obstore
 import pyarrow as pa
 import pytest
-from lakecheck import NOW, assert_exactly_once, feed
+from lakecheck import assert_exactly_once, feed
 from objectlake import document, listed
 from objectstores import Bucket
 from pyiceberg.catalog.sql import SqlCatalog

@@ -246,6 +246,11 @@ def test_a_feed_iceberg_cannot_hold_is_refused_by_name_and_its_export_stands(
     with pytest.raises(CatalogError, match="at most 38 digits"):
         lake.catalog.sync(wide)
     assert ("lake",) not in lake.independent().list_namespaces()  # nothing was registered
+    # `catalog: false` leaves it out on purpose: no run says it is behind any more.
+    quiet = feed("wide", "WIDE_DECIMALS", catalogued=False)
+    sandbox.generate(5)
+    result = lake.exporter.export(quiet, NOW + dt.timedelta(minutes=1))
+    assert result.catalog_behind is None and not result.catalogued
 
 
 def test_security_namespaces_put_each_level_apart_and_a_level_change_moves_the_table(

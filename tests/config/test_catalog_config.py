@@ -110,3 +110,11 @@ def test_validate_names_the_catalog_without_its_password() -> None:
                 environ={"PW": "hunter2"})
     text = "\n".join(summarize(cfg))
     assert "catalog" in text and "db:5432/catalog" in text and "hunter2" not in text
+
+
+def test_catalog_false_leaves_a_feed_out_and_round_trips_through_the_registry() -> None:
+    out, default = parse({"uri": "sqlite:///c.db"}, feeds=[
+        {**STREAM, "catalog": False}, {"name": "users", "source": "U", "kind": "table"}]).feeds
+    assert (out.catalogued, default.catalogued) == (False, True)
+    assert feed_options(out)["catalog"] is False and "catalog" not in feed_options(default)
+    assert feed_from_options(feed_options(out), where="registry") == out

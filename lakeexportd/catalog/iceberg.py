@@ -25,7 +25,8 @@ the catalog list exactly the files the lake's ``_metadata.json`` lists, and noth
   summary), one per version, in order, also when catching up after an outage. Snapshots that
   name files the lake has deleted (or is about to) are expired, so time travel never reaches a
   missing file: a snapshot is kept while every later removal only removed files the lake still
-  holds (listed, or retired and in their grace).
+  holds under that path (listed, or on an object store retired and in their grace; a local
+  lake hides retired inputs under another name at once).
 
 Iceberg's own metadata (table JSON, manifests) goes under the catalog's warehouse, by default
 ``<lake>/_catalog/<namespace>/<feed>/metadata``, never into a feed's folder.
@@ -82,6 +83,7 @@ from lakeexportd.lake.metadata_model import (
     StreamMetadata,
     TableMetadata,
     kept_paths,
+    listed_paths,
 )
 
 log = structlog.get_logger(__name__)
@@ -398,6 +400,7 @@ class LakeCatalog:
                     return SyncResult(feed.name, name, waiting="the feed has no data file yet")
                 table = self._create(feed, doc, newest)
                 created = True
+            self._refuse_changed_columns(feed, doc, table)
             table = self._evolve(feed, doc, table)
             added = removed = snapshots = 0
             for version in self._pending_versions(doc, table):
@@ -422,10 +425,45 @@ class LakeCatalog:
         """The table, with pyiceberg's commit retries off (see the module docstring): a table
         someone created or edited without it gets it back before any file is committed."""
         table = self.load(feed)
+        if table is not None:
+            self._refuse_foreign(feed, table)
         if table is not None and table.properties.get("commit.retry.num-retries") != "0":
             table = table.transaction().set_properties(
                 {"commit.retry.num-retries": "0"}).commit_transaction()
         return table
+
+    def _refuse_foreign(self, feed: Feed, table: Table) -> None:
+        """A table at the feed's name that lakeexportd did not make for this feed of this lake
+        (no ``lakeexportd.feed`` property, another feed's, or another location: someone
+        else's table, or another lake's sharing the catalog) is never changed or dropped: a
+        sync would remove its files from it and register the lake's into it."""
+        owner = table.properties.get("lakeexportd.feed")
+        location = table.location().rstrip("/")
+        expected = self._uri_of(self._feed_dir(feed))
+        if owner == feed.name and location == expected:
+            return
+        raise CatalogError(
+            f"feed {feed.name!r}: {self.where}: table {self.name(feed)} was not made by "
+            f"lakeexportd for this feed (lakeexportd.feed={owner!r}, location {location}, "
+            f"expected {expected}); it is left untouched and the feed stays uncatalogued. "
+            "Rename or drop that table, or set `catalog.namespace` to another namespace")
+
+    def _refuse_changed_columns(self, feed: Feed, doc: FeedMetadata, table: Table) -> None:
+        """A column of the table that is not the feed's was renamed or added in the catalog by
+        someone: files registered now would read it as nulls and the lake's column under a new
+        id, so nothing is committed until an operator decides. (A feed's column the table
+        lacks is added back by ``_evolve``: the lake's columns are the truth.)"""
+        own = {column.name for column in doc.schema}
+        if feed.kind == "stream":
+            own.update(PARTITION_COLUMNS)
+        foreign = sorted(f.name for f in table.schema().fields if f.name not in own)
+        if foreign:
+            raise CatalogError(
+                f"feed {feed.name!r}: {self.where}: table {self.name(feed)} has column(s) "
+                f"{', '.join(foreign)} that the feed does not (renamed or added in the "
+                "catalog); nothing was registered and the feed stays behind. Rename them back, "
+                f"or drop the table (`lakeexportd catalog drop {feed.name}`, the lake's files "
+                "are kept) and the next run registers the feed again")
 
     def _feed_dir(self, feed: Feed) -> Path:
         return layout.feed_dir(self.lake.root, feed.kind, feed.name)
@@ -512,6 +550,7 @@ class LakeCatalog:
             table = tx.commit_transaction()
         except TableAlreadyExistsError:  # another daemon created it first: use theirs
             table = catalog.load_table(self.identifier(feed))
+            self._refuse_foreign(feed, table)  # unless it is no lakeexportd table of the feed
         log.info("catalog.table_created", feed=feed.name, table=self.name(feed),
                  catalog=self.where, location=table.location())
         failpoint("catalog.after_create")
@@ -618,13 +657,13 @@ class LakeCatalog:
     def _expire(self, feed: Feed, table: Table, doc: FeedMetadata) -> int:
         """Expire the snapshots that name a file the lake no longer keeps (module docstring):
         walking back from the newest, everything before the first snapshot that removed such
-        a file goes. A stream's snapshots older than ``STREAM_HISTORY_MS`` go too."""
-        feed_dir = self._feed_dir(feed)
-        # Retired compaction inputs stay readable for their grace on object stores; a local
-        # lake hides them right after the swap (renamed ``.<name>.retired``): gone for readers.
-        hidden = ({r.path for r in doc.retired} if isinstance(doc, StreamMetadata)
-                  and self.lake.storage.atomic_rename else set())
-        kept = {self._uri_of(feed_dir / path) for path in kept_paths(doc) - hidden}
+        a file goes. A stream's snapshots older than ``STREAM_HISTORY_MS`` go too. A local
+        lake renames compaction inputs to ``.<name>.retired`` right after the swap
+        (``compaction.Compactor._hide``): their paths are gone at once, so there only listed
+        files count as kept, not the retired ones in their grace."""
+        hidden = self.lake.storage.atomic_rename
+        paths = listed_paths(doc) if hidden else kept_paths(doc)
+        kept = {self._uri_of(self._feed_dir(feed) / path) for path in paths}
         snapshots = sorted(table.metadata.snapshots, key=lambda s: s.timestamp_ms, reverse=True)
         current = table.current_snapshot()
         doomed: set[int] = set()
@@ -681,6 +720,10 @@ class LakeCatalog:
         """Remove the feed's table from the catalog; its files stay in the lake (pyiceberg's
         ``drop_table`` deletes no data file; ``purge_table``, which would, is never used)."""
         with self._errors("dropping the table", feed.name):
+            table = self.load(feed)
+            if table is None:
+                return False
+            self._refuse_foreign(feed, table)  # never someone else's table
             try:
                 self.catalog().drop_table(self.identifier(feed))
             except NoSuchTableError:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -159,7 +160,7 @@ def target_schema(doc: StreamMetadata, inputs: Sequence[pa.Schema]) -> pa.Schema
         candidates = [s.field(column.name) for s in inputs if column.name in s.names]
         if not candidates:
             continue
-        exact = [f for f in candidates if str(f.type) == column.arrow_type]
+        exact = [f for f in candidates if _same_type(str(f.type), column.arrow_type)]
         if not exact:
             raise LakeStateError(
                 f"feed {doc.feed!r}: column {column.name} is {candidates[0].type} in the files "
@@ -168,6 +169,19 @@ def target_schema(doc: StreamMetadata, inputs: Sequence[pa.Schema]) -> pa.Schema
                 f"{doc.feed}`")
         out.append(exact[-1])
     return pa.schema(out)
+
+
+_LIST_ITEM = re.compile(r"list<(?:item|element): ")
+_MAP_ENTRIES = re.compile(r" \('[^']*'\)")
+
+
+def _same_type(file_type: str, documented: str) -> bool:
+    """Arrow's text of a type names a list's item field and a map's entries field, which
+    differ between the decoder's schema (``item``) and a Parquet file read back (``element``,
+    the column's name): the same type for every reader, so those names are not compared."""
+    def plain(text: str) -> str:
+        return _MAP_ENTRIES.sub("", _LIST_ITEM.sub("list<", text))
+    return plain(file_type) == plain(documented)
 
 
 def _conformed(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -167,8 +167,10 @@ def _kept_rows(
 
 
 def run(client: KsqlDBClient, store: MetadataStore, feed: Feed, feed_dir: Path,
-        doc: StreamMetadata, the_plan: Plan, *, now: dt.datetime, run_id: str) -> Result:
-    """Write and commit the backfill (the caller holds the feed's lock)."""
+        doc: StreamMetadata, the_plan: Plan, *, now: dt.datetime, run_id: str,
+        follow: Callable[[], bool] | None = None) -> Result:
+    """Write and commit the backfill (the caller holds the feed's lock). ``follow`` brings
+    the feed's catalog level after the commit; the replaced files go only once it is."""
     window = the_plan.window
     query = sql.stream_window(feed.source, window.from_ms, window.to_ms)
     written: list[WrittenFile] = []
@@ -203,7 +205,9 @@ def run(client: KsqlDBClient, store: MetadataStore, feed: Feed, feed_dir: Path,
                                     added=record.finished)
     new = update.with_export(step, record)
     store.commit(feed_dir, new, file_mode=layout.modes(feed.security)[1])
-    if store.storage.leases:
+    if follow is not None and not follow():
+        pass  # the catalog still lists the replaced files: a later run removes them
+    elif store.storage.leases:
         # An object store: only the files this commit dropped; other unlisted objects may be
         # a paused writer's, and wait for orphan_grace (the next run's sweep, or repair).
         cleanup.remove_own(feed_dir, new, [feed_dir / p / f.name for p, f in the_plan.replaced],

@@ -32,9 +32,9 @@ from pathlib import Path
 
 import structlog
 
-from lakeexportd.catalog.iceberg import LakeCatalog
+from lakeexportd.catalog.iceberg import LakeCatalog, follow_catalog
 from lakeexportd.config.model import Config, Feed
-from lakeexportd.errors import FeedError, LakeStateError
+from lakeexportd.errors import CatalogError, FeedError, LakeStateError
 from lakeexportd.export import backfill as backfills
 from lakeexportd.export.delta_repair import DeltaRepair, repair_delta
 from lakeexportd.export.delta_run import new_run
@@ -187,7 +187,8 @@ class DataLakeExporter:
             if not confirm(plan.describe(feed.name)):
                 return None
             result = backfills.run(self.client, self.store, feed, feed_dir, doc, plan, now=now,
-                                   run_id="backfill-" + new_run_id(now))
+                                   run_id="backfill-" + new_run_id(now),
+                                   follow=follow_catalog(self.catalog, feed))
         log.info("export.backfilled", feed=feed.name, from_ms=window.from_ms,
                  to_ms=window.to_ms, rows=result.rows, window_rows=result.window_rows,
                  files=result.files, replaced=len(plan.replaced))
@@ -257,6 +258,13 @@ class DataLakeExporter:
                              removed=[str(p) for p in repaired.removed],
                              summary=repaired.summary, delta_version=repaired.delta_version)
                 return repaired
+            follow = follow_catalog(self.catalog, feed)
+            if not dry_run and follow is not None and not follow():
+                raise CatalogError(
+                    f"feed {feed.name!r}: its catalog table is behind the lake, and may still "
+                    "list files _metadata.json no longer does: repair deleted nothing. Bring "
+                    f"the catalog level (`lakeexportd catalog sync {feed.name}`), then repair "
+                    "again (--dry-run lists what it would remove)")
             doc = self.store.load(feed_dir)
             staging = layout.staging_dir(self.root, feed.name) if feed.kind == "table" else None
             swept = cleanup.sweep(

@@ -29,6 +29,7 @@ from lakeexportd.errors import CatalogError
 from lakeexportd.export.exporter import DataLakeExporter
 from lakeexportd.lake import compaction
 from lakeexportd.lake.configured import ConfiguredLake
+from lakeexportd.lake.metadata_model import Window
 from lakeexportd.lake.storage import LOCAL
 from lakeexportd.sandbox import Sandbox
 
@@ -285,3 +286,38 @@ def test_drop_removes_the_table_and_keeps_every_lake_file_and_sync_registers_it_
     assert not lake.catalog.drop(flat)  # already gone: said, not an error
     assert lake.catalog.sync(flat).created
     assert_level(lake, "stream", "flat")
+
+
+def test_backfill_and_repair_wait_for_a_catalog_that_is_behind(
+        sandbox: Sandbox, tmp_path: Path) -> None:
+    """A backfill replaces files: with the catalog down they stay on disk (the catalog still
+    lists them) and go once a later run brought it level; a repair deletes nothing then."""
+    folder = tmp_path / "cat"
+    folder.mkdir()
+    settings = CatalogSettings(uri=f"sqlite:///{folder / 'catalog.db'}")
+    root = tmp_path / "lake"
+    ex = exporter(sandbox.url, root)
+    ex.catalog = LakeCatalog(settings, ConfiguredLake(LOCAL, root, str(root)))
+    flat = feed("flat", "TRANSACTION_FLATTENED")
+    ex.export(flat, NOW)
+    feed_dir = root / "streams" / "flat"
+    before = {p for p in feed_dir.rglob("data_*.parquet")}
+    folder.rename(tmp_path / "cat.away")
+    folder.write_text("not a folder: the catalog cannot be opened")
+    ex.catalog = LakeCatalog(settings, ConfiguredLake(LOCAL, root, str(root)))  # no pooled link
+    lowest = min(r["ROWTIME"] for r in sandbox.rows("TRANSACTION_FLATTENED"))
+    result = ex.backfill(flat, Window(lowest - 1, lowest + DAY_MS), NOW, confirm=lambda _: True)
+    assert result is not None and result.files > 0
+    assert before <= set(feed_dir.rglob("data_*.parquet"))  # replaced, yet kept on disk
+    with pytest.raises(CatalogError, match="repair deleted nothing"):
+        ex.repair(flat)
+    assert before <= set(feed_dir.rglob("data_*.parquet"))
+    folder.unlink()
+    (tmp_path / "cat.away").rename(folder)
+    ex.catalog = LakeCatalog(settings, ConfiguredLake(LOCAL, root, str(root)))
+    ex.export(flat, NOW + dt.timedelta(minutes=1))  # catches up, then cleans up
+    lake = Lake.__new__(Lake)
+    lake.root, lake.db = root, folder / "catalog.db"
+    table = assert_level(lake, "stream", "flat")
+    assert not before <= set(feed_dir.rglob("data_*.parquet"))  # the replaced ones are gone
+    assert table.scan().to_arrow().num_rows == len(sandbox.rows("TRANSACTION_FLATTENED"))

@@ -443,7 +443,7 @@ class LakeCatalog:
         if owner == feed.name and location == expected:
             return
         raise CatalogError(
-            f"feed {feed.name!r}: {self.where}: table {self.name(feed)} was not made by "
+            f"feed {feed.name!r}: {self.where}: table {'.'.join(table.name())} was not made by "
             f"lakeexportd for this feed (lakeexportd.feed={owner!r}, location {location}, "
             f"expected {expected}); it is left untouched and the feed stays uncatalogued. "
             "Rename or drop that table, or set `catalog.namespace` to another namespace")
@@ -565,6 +565,7 @@ class LakeCatalog:
         for level in ("raw", "anonymized", "aggregated"):
             old = (self.settings.namespace_of(level), feed.name)
             if old != self.identifier(feed) and catalog.table_exists(old):
+                self._refuse_foreign(feed, catalog.load_table(old))  # only ever our own
                 catalog.rename_table(old, self.identifier(feed))
                 log.warning("catalog.table_moved", feed=feed.name, old=".".join(old),
                             table=self.name(feed), hint="the feed's security level changed")

@@ -209,7 +209,8 @@ class Run:
                 "metadata.orphans_removed",
                 feed=self.feed.name,
                 removed=[str(p) for p in removed],
-                hint="files of an interrupted run; their rows are exported again",
+                hint="files no commit lists: an interrupted run's (their rows are exported "
+                "again), or deletes deferred while the catalog was behind",
             )
 
     def _sweep_after_commit(self) -> list[Path]:

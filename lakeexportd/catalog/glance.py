@@ -50,7 +50,8 @@ class Glance:
         if state is None:
             return "unknown"
         if not state.exists:
-            return "not registered" + ("" if state.missing else " (no data file yet)")
+            return "not registered" + (f" ({len(state.missing)} files in the lake)"
+                                       if state.missing else " (no data file yet)")
         if state.level:
             return "level"
         parts = [f"{len(state.missing)} missing", f"{len(state.extra)} extra"]

@@ -157,6 +157,19 @@ def state_cell(state: dict[str, Any] | None) -> str | None:
     return text if len(text) <= CELL else text[:CELL - 3] + "..."
 
 
+def long_states(states: dict[str, str], *, prefix: bool = False) -> list[str]:
+    """The states ``state_cell`` cut, whole, under the table: one line per distinct text
+    (an unreachable catalog says the same for every feed); ``prefix``: say they are the
+    catalog's (``catalog refused: ...``), in tables about more than the catalog."""
+    feeds: dict[str, list[str]] = {}
+    for name, text in sorted(states.items()):
+        if prefix and not text.startswith("catalog"):
+            text = f"catalog {text}"
+        if len(text) > CELL:
+            feeds.setdefault(text, []).append(name)
+    return [f"{', '.join(names)}: {text}" for text, names in feeds.items()]
+
+
 # -- list ------------------------------------------------------------------------------------
 
 def _list(catalog: LakeCatalog, feeds: list[Feed], as_json: bool,
@@ -172,13 +185,12 @@ def _list(catalog: LakeCatalog, feeds: list[Feed], as_json: bool,
     else:
         print(f"{catalog.where}, namespace {catalog.settings.namespace}")
         print(render(("FEED", "TABLE", "STATE", "SNAPSHOT", "SNAPSHOT TIME", "FILES", "ROWS"),
-                     [(r["feed"], r["table"], _short(r["state"]), r["snapshot_id"],
+                     [(r["feed"], r["table"], state_cell(r), r["snapshot_id"],
                        r["snapshot_time"], r["files"] if r["exists"] else None,
                        f"{r['records']:,}" if r["exists"] else None) for r in rows],
                      right=("FILES", "ROWS")))
-        for r in rows:
-            if len(r["state"]) > 60:
-                print(f"{r['feed']}: {r['state']}")
+        for line in long_states({r["feed"]: r["state"] for r in rows}):
+            print(line)
         for table in orphans:
             name = table.rsplit(".", 1)[1]
             print(f"{table}: in the catalog, but no configured feed owns it "
@@ -186,11 +198,6 @@ def _list(catalog: LakeCatalog, feeds: list[Feed], as_json: bool,
     if unreachable:
         return EX_TEMPFAIL
     return EX_FAILED if any(g.error for g in glances.values()) else EX_OK
-
-
-def _short(state: str) -> str:
-    """A long state (an error, a refusal) in one table cell; printed whole under the table."""
-    return state if len(state) <= 60 else state[:57] + "..."
 
 
 def _glance_json(g: Glance) -> dict[str, Any]:

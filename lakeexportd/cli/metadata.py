@@ -24,7 +24,7 @@ from lakeexportd.audit.report import FORMATS, MetadataAnalyzer, MetadataReader
 from lakeexportd.audit.report_format import HEADERS, NUMERIC, stats_lines, summary_row
 from lakeexportd.audit.summaries import FeedAbout
 from lakeexportd.audit.text_table import human_age, human_bytes, render
-from lakeexportd.cli.catalog import CELL, configured_feeds, feed_states, state_cell
+from lakeexportd.cli.catalog import configured_feeds, feed_states, long_states, state_cell
 from lakeexportd.cli.options import add_config_argument, plain
 from lakeexportd.config.load import default_config_path, load_config
 from lakeexportd.config.model import Config
@@ -122,7 +122,8 @@ def run(args: argparse.Namespace) -> int:
             print(render((*HEADERS, "CATALOG"),
                          [(*summary_row(s), state_cell(states.get(s.feed)))
                           for s in summaries], right=NUMERIC))
-            _long_states(states)
+            for line in long_states({n: st["state"] for n, st in states.items()}, prefix=True):
+                print(line)
     for s in summaries:
         if s.error:
             print(f"lakeexportd metadata: {s.feed}: {s.error}", file=sys.stderr)
@@ -132,12 +133,6 @@ def run(args: argparse.Namespace) -> int:
 def about_feeds(config: Config) -> dict[str, FeedAbout]:
     """Description, owner and tags of each configured feed, for the report."""
     return {f.name: FeedAbout(f.description, f.owner, f.tags) for f in configured_feeds(config)}
-
-
-def _long_states(states: dict[str, dict[str, Any]]) -> None:
-    for name, state in sorted(states.items()):
-        if len(str(state["state"])) > CELL:
-            print(f"{name}: catalog: {state['state']}")
 
 
 def _partition_tiers(doc: FeedMetadata | None) -> dict[str, str]:

@@ -23,7 +23,7 @@ from typing import Any
 
 from lakeexportd.audit.report import MetadataReader
 from lakeexportd.audit.text_table import human_age, render
-from lakeexportd.cli.catalog import CELL, feed_states, state_cell
+from lakeexportd.cli.catalog import feed_states, long_states, state_cell
 from lakeexportd.cli.options import add_config_argument, plain
 from lakeexportd.config.load import default_config_path, load_config
 from lakeexportd.errors import EX_OK, EX_USAGE
@@ -114,8 +114,9 @@ def run(args: argparse.Namespace) -> int:
             print(f"{r['feed']}: held by another daemon or process; standing by: pid {pids}")
         if r["error"]:
             print(f"{r['feed']}: {r['error']}")
-        if r["catalog"] is not None and len(r["catalog"]["state"]) > CELL:
-            print(f"{r['feed']}: catalog: {r['catalog']['state']}")
+    for note in long_states({r["feed"]: r["catalog"]["state"] for r in rows
+                             if r["catalog"] is not None}, prefix=True):
+        print(note)
     return EX_OK
 
 

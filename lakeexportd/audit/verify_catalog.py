@@ -14,6 +14,7 @@ from collections import Counter
 
 from lakeexportd.audit.verify import Mismatch
 from lakeexportd.catalog import tables
+from lakeexportd.catalog.glance import refusal
 from lakeexportd.catalog.iceberg import LakeCatalog
 from lakeexportd.config.model import Feed
 from lakeexportd.lake import layout
@@ -34,8 +35,10 @@ def verify_catalog_feed(catalog: LakeCatalog, feed: Feed) -> list[Mismatch]:
     if found is None:
         if not lake:
             return []
+        why = refusal(catalog, feed)
+        fix = f"the catalog refuses it: {why}" if why else f"run {sync}"
         return [Mismatch(name, WHOLE, f"{table_name} is not registered in {catalog.where} "
-                         f"though the lake lists {len(lake)} files: run {sync}")]
+                         f"though the lake lists {len(lake)} files; {fix}")]
     view, listed = found
     view_version = next((s.version for s in view.snapshots if s.current), None)
     prefix = tables.feed_uri(catalog, feed) + "/"

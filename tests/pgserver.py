@@ -258,9 +258,18 @@ class PostgresServer:
         postmaster = self._postmaster()
         os.kill(postmaster, signal.SIGSTOP)
         self._paused = True
-        for pid in self._children(postmaster):
+        children = self._children(postmaster)
+        for pid in children:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGSTOP)
+        # A signal is delivered when the process next runs: on a busy machine a backend can
+        # still show R for a moment. Paused means every process is stopped, so wait for it.
+        deadline = time.monotonic() + START_DEADLINE
+        for pid in (postmaster, *children):
+            while _state(pid) not in ("T", None):
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"PostgreSQL process {pid} did not stop on SIGSTOP")
+                time.sleep(0.01)
 
     def resume(self) -> None:
         """SIGCONT what ``pause`` stopped: the children, then the postmaster."""
@@ -381,3 +390,12 @@ def _initdb(server: PostgresServer) -> None:
         raise ServerStartError(
             f"initdb ({server.bin_dir}) failed ({done.returncode}):\n{done.stdout}{done.stderr}"
         )
+
+
+def _state(pid: int) -> str | None:
+    """The one-letter state in /proc/<pid>/stat (T: stopped by a signal); None once gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[0]

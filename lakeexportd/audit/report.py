@@ -16,12 +16,13 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import json
+from collections.abc import Mapping
 from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any, Literal
 
 from lakeexportd.audit import report_format  # renderers live apart: one idea per module
-from lakeexportd.audit.summaries import FeedSummary, LakeStatistics, PartitionInfo
+from lakeexportd.audit.summaries import FeedAbout, FeedSummary, LakeStatistics, PartitionInfo
 from lakeexportd.errors import LakeStateError
 from lakeexportd.feeds.registry import RegistryFiles, UnknownFeed, check_name
 from lakeexportd.lake import layout
@@ -208,18 +209,24 @@ class MetadataAnalyzer:
     def __init__(self, reader: MetadataReader) -> None:
         self.reader = reader
 
-    def generate_report(self, format: Format = "table") -> str:
+    def generate_report(self, format: Format = "table",
+                        about: Mapping[str, FeedAbout] | None = None) -> str:
+        """The report of every feed; ``about`` (from the configuration: the lake does not
+        hold it) adds description, owner and tags to the HTML and JSON reports."""
         summaries = self.reader.list_all_metadata()
         stats = self.reader.get_statistics(summaries)
+        about = about or {}
         if format == "json":
             return json.dumps({"generated": self.reader.now.isoformat(),
                                "lake": str(self.reader.root), "statistics": asdict(stats),
-                               "feeds": [asdict(s) for s in summaries]}, indent=2)
+                               "feeds": [asdict(s) | {"about": asdict(about[s.feed])
+                                                      if s.feed in about else None}
+                                         for s in summaries]}, indent=2)
         if format == "markdown":
             return report_format.markdown(summaries, stats, self.reader.now)
         if format == "html":
             return report_format.html(summaries, stats, self.reader.rows_per_day(),
-                                      self.reader.now, str(self.reader.root))
+                                      self.reader.now, str(self.reader.root), about)
         if format == "table":
             return report_format.text(summaries, stats)
         raise ValueError(f"unknown report format {format!r}; use one of {', '.join(FORMATS)}")

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import datetime as dt
 import html as html_lib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
-from lakeexportd.audit.summaries import FeedSummary, LakeStatistics
+from lakeexportd.audit.summaries import FeedAbout, FeedSummary, LakeStatistics
 from lakeexportd.audit.text_table import human_age, human_bytes, render
 
 HEADERS = ("FEED", "KIND", "FORMAT", "STATE", "SOURCE", "RECORDS", "SIZE", "FILES", "PARTS/VERS",
@@ -136,8 +136,23 @@ svg text{font-size:11px;fill:#333} svg .axis{stroke:#888}
 """
 
 
+def about_table(summaries: Sequence[FeedSummary], about: Mapping[str, FeedAbout]) -> str:
+    """The "About the feeds" table: who to ask about each feed and what it holds (the
+    configuration's description, owner and tags; ``-`` where it says nothing)."""
+    esc = html_lib.escape
+    rows = []
+    for s in summaries:
+        info = about.get(s.feed, FeedAbout())
+        cells = [s.feed, info.description or "-", info.owner or "-", ", ".join(info.tags) or "-"]
+        rows.append("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in cells) + "</tr>")
+    head = "".join(f"<th>{h}</th>" for h in ("FEED", "DESCRIPTION", "OWNER", "TAGS"))
+    return (f'<table class="about"><thead><tr>{head}</tr></thead><tbody>\n'
+            + "\n".join(rows) + "\n</tbody></table>")
+
+
 def html(summaries: Sequence[FeedSummary], stats: LakeStatistics,
-         daily: dict[str, dict[str, int]], now: dt.datetime, lake: str) -> str:
+         daily: dict[str, dict[str, int]], now: dt.datetime, lake: str,
+         about: Mapping[str, FeedAbout] | None = None) -> str:
     esc = html_lib.escape
     head = "".join(f"<th>{esc(h)}</th>" for h in HEADERS)
     body = []
@@ -155,6 +170,7 @@ def html(summaries: Sequence[FeedSummary], stats: LakeStatistics,
         f"<title>lakeexportd report</title><style>{_CSS}</style></head><body>\n"
         f"<h1>Lake report</h1><p>{esc(lake)} at {now:%Y-%m-%d %H:%M:%S} UTC</p>\n"
         f"<ul>{items}</ul>\n<h2>Feeds</h2>\n<table><thead><tr>{head}</tr></thead><tbody>\n"
-        + "\n".join(body) + "\n</tbody></table>\n<h2>Rows per day per stream</h2>\n"
+        + "\n".join(body) + "\n</tbody></table>\n<h2>About the feeds</h2>\n"
+        + about_table(summaries, about or {}) + "\n<h2>Rows per day per stream</h2>\n"
         + chart(daily) + "\n</body></html>\n"
     )

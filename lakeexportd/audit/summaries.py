@@ -35,6 +35,16 @@ class FeedSummary:
 
 
 @dataclass(frozen=True)
+class FeedAbout:
+    """What the configuration says about a feed for people: the same ``description``,
+    ``owner`` and ``tags`` the catalog's table properties carry (DESIGN 13)."""
+
+    description: str | None = None
+    owner: str | None = None
+    tags: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class PartitionInfo:
     """A stream's day partition or a table's version."""
 

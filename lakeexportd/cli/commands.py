@@ -179,6 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_validate(sub)
     _add_run(sub)
     _add_export(sub)
+    from lakeexportd.cli import catalog as cli_catalog
     from lakeexportd.cli import check_store as cli_check_store
     from lakeexportd.cli import compact as cli_compact
     from lakeexportd.cli import feeds as cli_feeds  # operations
@@ -198,13 +199,14 @@ def build_parser() -> argparse.ArgumentParser:
     cli_check_store.register(sub)
     cli_tier.register(sub)
     cli_compact.register(sub)
+    cli_catalog.register(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     use_lean_arrow_memory()  # bounded RSS for exports (see parquet_writer)
-    if args.command in ("export", "repair", "backfill", "tier", "compact"):
+    if args.command in ("export", "repair", "backfill", "tier", "compact", "catalog"):
         # Results go to stdout, log events to stderr (structlog's default, stdout, mixed them).
         from lakeexportd.service import logs
 

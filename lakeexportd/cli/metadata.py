@@ -2,9 +2,12 @@
 
 ``list`` (one line per feed), ``show FEED``, ``stats`` (lake-wide), ``partitions FEED`` (day
 partitions or table versions), ``report [--format table|markdown|json|html] [-o FILE]`` and
-``export-csv FILE [--partitions]``. Read-only: a broken ``_metadata.json`` is reported with the
-fix and left as it is. Exit codes: 0 ok; 1 a feed's metadata is unreadable; 2 unknown feed or
-bad name; 78 invalid configuration.
+``export-csv FILE [--partitions]``. With a ``catalog:``, ``list`` and ``show`` also give each
+Parquet feed's Iceberg table state (level, behind: N missing, M extra; asked within
+catalog.timeout, else "catalog unreachable: <reason>", never a failure of the command), and
+the report shows each feed's description, owner and tags. Read-only: a broken
+``_metadata.json`` is reported with the fix and left as it is. Exit codes: 0 ok; 1 a feed's
+metadata is unreadable; 2 unknown feed or bad name; 78 invalid configuration.
 """
 
 from __future__ import annotations
@@ -19,9 +22,12 @@ from typing import Any
 
 from lakeexportd.audit.report import FORMATS, MetadataAnalyzer, MetadataReader
 from lakeexportd.audit.report_format import HEADERS, NUMERIC, stats_lines, summary_row
+from lakeexportd.audit.summaries import FeedAbout
 from lakeexportd.audit.text_table import human_age, human_bytes, render
+from lakeexportd.cli.catalog import configured_feeds, feed_states, long_states, state_cell
 from lakeexportd.cli.options import add_config_argument, plain
 from lakeexportd.config.load import default_config_path, load_config
+from lakeexportd.config.model import Config
 from lakeexportd.errors import EX_FAILED, EX_OK
 from lakeexportd.lake.configured import lake_of
 from lakeexportd.lake.metadata_model import FeedMetadata, StreamMetadata
@@ -42,8 +48,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         parser.set_defaults(handler=run)
         return parser
 
-    action("list", "one line per feed: records, size, last export, freshness, lag")
-    action("show", "one feed's summary and recent exports").add_argument("feed", metavar="FEED")
+    action("list", "one line per feed: records, size, last export, freshness, lag (and the "
+           "catalog's state with a `catalog:`)")
+    action("show", "one feed's summary, recent exports (and catalog state)").add_argument(
+        "feed", metavar="FEED")
     action("stats", "lake-wide statistics")
     action("partitions", "a stream's day partitions or a table's versions").add_argument(
         "feed", metavar="FEED")
@@ -66,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
     reader = MetadataReader(lake.root, now=dt.datetime.now(dt.UTC), storage=lake.storage)
     analyzer = MetadataAnalyzer(reader)
     if args.action == "report":
-        text = analyzer.generate_report(args.format)
+        text = analyzer.generate_report(args.format, about=about_feeds(config))
         if args.output:
             args.output.write_text(text, encoding="utf-8")
             print(f"wrote {args.format} report to {args.output}", file=sys.stderr)
@@ -95,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
         print(render(headers, rows, right=("RECORDS", "SIZE", "FILES")))
         return EX_OK
     if args.action == "show":
-        return _show(reader, args.feed, args.json)
+        return _show(reader, args.feed, args.json, config)
     summaries = reader.list_all_metadata()
     if args.action == "stats":
         stats = reader.get_statistics(summaries)
@@ -103,14 +111,28 @@ def run(args: argparse.Namespace) -> int:
             _dump(asdict(stats))
         else:
             print("\n".join(stats_lines(stats)))
-    elif args.json:
-        _dump([asdict(s) for s in summaries])
     else:
-        print(render(HEADERS, [summary_row(s) for s in summaries], right=NUMERIC))
+        states = feed_states(config, configured_feeds(config))  # None without a catalog
+        if args.json:
+            _dump([asdict(s) | ({"catalog": states.get(s.feed)} if states is not None else {})
+                   for s in summaries])
+        elif states is None:
+            print(render(HEADERS, [summary_row(s) for s in summaries], right=NUMERIC))
+        else:
+            print(render((*HEADERS, "CATALOG"),
+                         [(*summary_row(s), state_cell(states.get(s.feed)))
+                          for s in summaries], right=NUMERIC))
+            for line in long_states({n: st["state"] for n, st in states.items()}, prefix=True):
+                print(line)
     for s in summaries:
         if s.error:
             print(f"lakeexportd metadata: {s.feed}: {s.error}", file=sys.stderr)
     return EX_FAILED if any(s.error for s in summaries) else EX_OK
+
+
+def about_feeds(config: Config) -> dict[str, FeedAbout]:
+    """Description, owner and tags of each configured feed, for the report."""
+    return {f.name: FeedAbout(f.description, f.owner, f.tags) for f in configured_feeds(config)}
 
 
 def _partition_tiers(doc: FeedMetadata | None) -> dict[str, str]:
@@ -134,13 +156,18 @@ def _status(reader: MetadataReader) -> int:
     return EX_FAILED if broken else EX_OK
 
 
-def _show(reader: MetadataReader, feed: str, as_json: bool) -> int:
+def _show(reader: MetadataReader, feed: str, as_json: bool, config: Config) -> int:
     doc = reader.read_metadata(feed)  # raises on a broken file: exit 1 with the fix
     summary = reader.summary(feed)
     exports = list(doc.exports[-10:]) if doc else []
     tiers = _bytes_per_tier(doc)
+    settings = {f.name: f for f in configured_feeds(config)}.get(feed)
+    states = feed_states(config, [settings]) if settings is not None else None
+    catalog = states.get(feed) if states is not None else None
+    about = FeedAbout(settings.description, settings.owner, settings.tags) if settings else None
     if as_json:
-        _dump({**asdict(summary), "bytes_per_tier": tiers,
+        _dump({**asdict(summary), "bytes_per_tier": tiers, "catalog": catalog,
+               "about": asdict(about) if about else None,
                "recent_exports": [asdict(e) for e in exports],
                "schema": [asdict(c) for c in doc.schema] if doc else []})
         return EX_OK
@@ -151,6 +178,13 @@ def _show(reader: MetadataReader, feed: str, as_json: bool) -> int:
             value = f"{human_bytes(value)} ({value:,} bytes)"
         if value is not None:
             print(f"{key + ':':<17}{value}")
+    if about is not None:
+        for key, text in (("description", about.description), ("owner", about.owner),
+                          ("tags", ", ".join(about.tags))):
+            if text:
+                print(f"{key + ':':<17}{text}")
+    if catalog is not None:
+        print(f"{'catalog:':<17}{catalog['table']} {catalog['state']}")
     if tiers:
         print(f"{'tiers:':<17}" + ", ".join(f"{tier} {human_bytes(size)} ({size:,} bytes)"
                                              for tier, size in tiers.items()))

@@ -5,7 +5,8 @@ summarises), last run and its result and lag (``_metadata.json``), next run and
 whether it runs now (asked of each running daemon's ``/status``), and which daemons stand by
 for it (their last run found it held by another daemon or process). On top: the daemons
 running on the lake (``<lake>/.daemons/``), with a warning when there is more than one.
-Read-only.
+With a ``catalog:``, each Parquet feed's Iceberg table state too (level, behind: N missing, M
+extra; asked within catalog.timeout, else "catalog unreachable: <reason>"). Read-only.
 Exit 0; 2 for an unknown feed; 78 for a bad config.
 """
 
@@ -22,6 +23,7 @@ from typing import Any
 
 from lakeexportd.audit.report import MetadataReader
 from lakeexportd.audit.text_table import human_age, render
+from lakeexportd.cli.catalog import feed_states, long_states, state_cell
 from lakeexportd.cli.options import add_config_argument, plain
 from lakeexportd.config.load import default_config_path, load_config
 from lakeexportd.errors import EX_OK, EX_USAGE
@@ -66,8 +68,10 @@ def run(args: argparse.Namespace) -> int:
     daemons = live_daemons(root, lake.storage)
     answers = {d.pid: _ask(d) for d in daemons}
     reader = MetadataReader(root, now=now, storage=lake.storage)
+    names = sorted(known) if args.feed is None else [args.feed]
+    catalog = feed_states(config, [known[name][0] for name in names])  # None: no catalog
     rows: list[dict[str, Any]] = []
-    for name in sorted(known) if args.feed is None else [args.feed]:
+    for name in names:
         feed, state = known[name]
         summary = reader.summary(name) if name in reader.feeds() else None
         scheduled = [(d, a["feeds"][name]) for d in daemons
@@ -84,6 +88,7 @@ def run(args: argparse.Namespace) -> int:
             "standby": [d.pid for d, s in scheduled if s.get("held_elsewhere")],
             "daemons": [d.pid for d, _ in scheduled],
             "error": summary.error if summary else None,
+            "catalog": catalog.get(name) if catalog is not None else None,
         })
     if args.json:
         print(json.dumps({"lake": str(root), "daemons": [asdict(d) | {"answers": answers[d.pid]
@@ -92,20 +97,28 @@ def run(args: argparse.Namespace) -> int:
                           "feeds": rows}, indent=2))
         return EX_OK
     _print_daemons(root, daemons, answers)
-    print(render(
-        ["FEED", "STATE", "KIND", "FORMAT", "LAST RUN", "RESULT", "LAG", "NEXT RUN", "RUNNING"],
-        [[r["feed"], r["state"], r["kind"], _format(r), r["last_run"], r["result"],
-          human_age(r["lag_s"]),
-          r["next_run"][:19] + "Z" if r["next_run"] else None, "yes" if r["running"] else "no"]
-         for r in rows],
-    ))
+    headers = ["FEED", "STATE", "KIND", "FORMAT", "LAST RUN", "RESULT", "LAG", "NEXT RUN",
+               "RUNNING"]
+    table = [[r["feed"], r["state"], r["kind"], _format(r), r["last_run"], r["result"],
+              human_age(r["lag_s"]),
+              r["next_run"][:19] + "Z" if r["next_run"] else None,
+              "yes" if r["running"] else "no"] for r in rows]
+    if catalog is not None:
+        headers.append("CATALOG")
+        for line, r in zip(table, rows, strict=True):
+            line.append(state_cell(r["catalog"]))
+    print(render(headers, table))
     for r in rows:
         if r["standby"]:
             pids = ", ".join(str(p) for p in r["standby"])
             print(f"{r['feed']}: held by another daemon or process; standing by: pid {pids}")
         if r["error"]:
             print(f"{r['feed']}: {r['error']}")
+    for note in long_states({r["feed"]: r["catalog"]["state"] for r in rows
+                             if r["catalog"] is not None}, prefix=True):
+        print(note)
     return EX_OK
+
 
 
 def _format(row: dict[str, Any]) -> str:

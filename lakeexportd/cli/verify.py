@@ -6,6 +6,9 @@ Delta feeds are checked against their log (``verify_delta``): every file the log
 with its size and row count, ``_metadata.json`` says what the log says (files, records, bytes,
 watermark = the feed's transaction version), and files no commit lists are reported;
 ``--deep`` also decodes every row group with page checksums verified.
+With a ``catalog:``, each Parquet feed's Iceberg table is compared with the lake too: every
+file the lake lists is in the table's current snapshot once, no other file is, each exists, the
+row counts agree and a table feed's snapshot is its current version (``verify_catalog``).
 With ``--source``: streams recount each recent exported ROWTIME window in ksqlDB and report late
 rows per window; tables compare the current version's row count with a table scan.
 
@@ -25,12 +28,21 @@ from typing import Any
 
 import pyarrow as pa
 
-from lakeexportd.audit import verify, verify_delta, verify_source
+from lakeexportd.audit import verify, verify_catalog, verify_delta, verify_source
 from lakeexportd.audit.report import MetadataReader
+from lakeexportd.catalog.iceberg import LakeCatalog
 from lakeexportd.cli.options import add_config_argument, plain
 from lakeexportd.config.load import default_config_path, load_config
 from lakeexportd.config.model import Config, Feed
-from lakeexportd.errors import EX_CONFIG, EX_FAILED, EX_OK, EX_TEMPFAIL, LakeExportError, exit_code
+from lakeexportd.errors import (
+    EX_CONFIG,
+    EX_FAILED,
+    EX_OK,
+    EX_TEMPFAIL,
+    CatalogError,
+    LakeExportError,
+    exit_code,
+)
 from lakeexportd.feeds.registry import RegistryFiles, UnknownFeed, check_name
 from lakeexportd.ksqldb.client import KsqlDBClient, client_from_settings
 from lakeexportd.lake import layout
@@ -89,25 +101,30 @@ def run(args: argparse.Namespace) -> int:
     lake = lake_of(config.lake)
     targets = _targets(config, args.feed)
     client: KsqlDBClient | None = client_from_settings(config.ksqldb) if args.source else None
+    catalog = LakeCatalog(config.catalog, lake) if config.catalog is not None else None
     worst = EX_OK
     results: list[dict[str, Any]] = []
     try:
         for name, kind, feed, archived in targets:
-            result = _check(lake, name, kind, feed, client if not archived else None, args)
+            result = _check(lake, name, kind, feed, client if not archived else None, args,
+                            catalog)
             results.append(result)
             worst = max(worst, result["exit"], key=_SEVERITY.__getitem__)
     finally:
         if client is not None:
             client.close()
+        if catalog is not None:
+            catalog.close()
     if args.json:
         print(json.dumps(results, indent=2))
     return worst
 
 
 def _check(lake: ConfiguredLake, name: str, kind: layout.Kind, feed: Feed | None,
-           client: KsqlDBClient | None, args: argparse.Namespace) -> dict[str, Any]:
+           client: KsqlDBClient | None, args: argparse.Namespace,
+           catalog: LakeCatalog | None = None) -> dict[str, Any]:
     out: dict[str, Any] = {"feed": name, "kind": kind, "format": "parquet", "mismatches": [],
-                           "windows": [], "exit": EX_OK, "note": None}
+                           "windows": [], "exit": EX_OK, "note": None, "catalog": None}
 
     def say(text: str) -> None:
         if not args.json:
@@ -139,6 +156,10 @@ def _check(lake: ConfiguredLake, name: str, kind: layout.Kind, feed: Feed | None
             elif isinstance(doc, TableMetadata):
                 checked = verify_source.check_table(client, doc)
             problems += list(checked.mismatches) if checked else []
+        if catalog is not None and feed is not None and feed.format == "parquet" \
+                and not is_delta:
+            out["catalog"] = catalog.name(feed)
+            problems += _catalog_problems(catalog, feed)
     except LakeExportError as exc:
         say(f"{name}: {exc}")
         out.update(exit=exit_code(exc), note=str(exc))
@@ -164,7 +185,19 @@ def _check(lake: ConfiguredLake, name: str, kind: layout.Kind, feed: Feed | None
                 f", {len(checked.windows)} " + ("windows" if kind == "stream" else "scan") + \
                 " match ksqlDB"
         shown = f", Delta version {version}" if version is not None else ""
+        if out["catalog"] is not None and doc is not None:
+            extra += f", catalog {out['catalog']} level"
         say(f"{name}: ok ({files} files{shown}" + (", no export yet" if doc is None else "")
             + f"{extra})")
     out["exit"] = EX_FAILED if problems else EX_OK
     return out
+
+
+def _catalog_problems(catalog: LakeCatalog, feed: Feed) -> list[verify.Mismatch]:
+    """The table against the lake; a catalog that cannot be read is one problem of the feed
+    (the lake's own checks above still count)."""
+    try:
+        return verify_catalog.verify_catalog_feed(catalog, feed)
+    except CatalogError as exc:
+        return [verify.Mismatch(feed.name, verify_catalog.WHOLE,
+                                f"cannot compare with the catalog: {exc}")]

@@ -301,7 +301,8 @@ class Config:
 
 
 def summarize(config: Config) -> list[str]:
-    """Lines for ``lakeexportd validate``: where things go, then one line per feed."""
+    """Lines for ``lakeexportd validate``: where things go (the catalog too, if any), then one
+    line per feed."""
     feeds = config.feeds
     streams = sum(feed.kind == "stream" for feed in feeds)
     enabled = sum(feed.enabled for feed in feeds)
@@ -312,11 +313,16 @@ def summarize(config: Config) -> list[str]:
         f"ksqldb {config.ksqldb.url} ({auth}); lake {config.lake.where}; "
         f"metrics {config.metrics.listen}",
     ]
-    if config.catalog is not None:
-        catalog = config.catalog
-        namespace = (f"namespaces {catalog.namespace}_<security>" if catalog.security_namespaces
-                     else f"namespace {catalog.namespace}")
-        lines.append(f"catalog: {catalog.where}, {namespace} (Parquet feeds)")
+    catalog = config.catalog
+    if catalog is not None:
+        levels = (f"namespaces {catalog.namespace_of('raw')}, "
+                  f"{catalog.namespace_of('anonymized')}, {catalog.namespace_of('aggregated')} "
+                  "by security level" if catalog.security_namespaces
+                  else f"namespace {catalog.namespace}")
+        where = catalog.warehouse or f"{config.lake.where}/_catalog"
+        parquet = sum(feed.format == "parquet" for feed in feeds)
+        lines.append(f"catalog: {catalog.where}, {levels}, Iceberg metadata in {where}: "
+                     f"{parquet} Parquet feeds as tables")
     width = max((len(feed.name) for feed in feeds), default=0)
     source_width = max((len(feed.source) for feed in feeds), default=0)
     for feed in feeds:

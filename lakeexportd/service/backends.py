@@ -1,8 +1,9 @@
 """What runs an export: an exporter and the ksqlDB client it owns, shared by every feed's runs.
 
-A reload that changes the ``ksqldb`` section, the lake, the catalog or the lock wait builds a new
-``Backend`` for later runs and retires the old one, which closes its client once the runs that
-started with it have ended (a running export is never cut off by a reload).
+A reload that changes the ``ksqldb`` section, the lake, the ``catalog`` or the lock wait builds
+a new ``Backend`` for later runs and retires the old one, which closes its client (and its
+catalog) once the runs that started with it have ended (a running export is never cut off by a
+reload).
 """
 
 from __future__ import annotations
@@ -25,11 +26,19 @@ def build_exporter(
     from lakeexportd.export.exporter import exporter_from_config
 
     exporter = exporter_from_config(config, observer=observer)
-    return exporter, exporter.client.close
+    catalog = exporter.catalog
+
+    def close() -> None:
+        exporter.client.close()
+        if catalog is not None:
+            catalog.close()  # its SQL engine's pooled connections
+    return exporter, close
 
 
 def backend_key(config: Config) -> tuple[object, ...]:
-    return (config.ksqldb, config.lake, config.scheduler.lock_wait, config.catalog)
+    """What the exporter is built from: a reload that changes any of it builds a new one (a
+    changed ``catalog:`` too, or runs would go on syncing to the old catalog)."""
+    return (config.ksqldb, config.lake, config.catalog, config.scheduler.lock_wait)
 
 
 @dataclass

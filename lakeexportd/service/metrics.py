@@ -40,7 +40,7 @@ class _FeedState:
 
     __slots__ = ("lag_origin", "last_success", "table_versions", "rejected_columns",
                  "tier_bytes", "tier_results", "listed_files", "listed_bytes", "delta_version",
-                 "compaction_results")
+                 "compaction_results", "catalog_behind", "catalog_outcomes")
 
     def __init__(self) -> None:
         self.lag_origin: float | None = None  # epoch seconds the lag counts from
@@ -53,6 +53,8 @@ class _FeedState:
         self.listed_bytes: int | None = None
         self.delta_version: int | None = None  # Delta feeds only
         self.compaction_results: set[str] = set()  # label values of compaction_runs
+        self.catalog_behind: bool | None = None  # None: not catalogued, or no run yet
+        self.catalog_outcomes: set[str] = set()  # label values of catalog_syncs
 
 
 class _ScrapeTimeCollector(Collector):
@@ -124,6 +126,12 @@ class Metrics:
             "day's files become few files near compaction.target_file_size).",
             ["feed"], registry=registry,
         )
+        self.catalog_syncs = Counter(
+            "lakeexportd_catalog_syncs", "Iceberg catalog syncs after export runs, by feed and "
+            "outcome (success: the table is level with the run's commit; failed: the catalog "
+            "was down, slow or refused, and the feed is behind).",
+            ["feed", "outcome"], registry=registry,
+        )
         self.up = Gauge("lakeexportd_up", "1 while the daemon runs.", registry=registry)
         self.ready = Gauge(
             "lakeexportd_ready", "1 when the config is loaded and the scheduler runs.",
@@ -170,6 +178,8 @@ class Metrics:
             self.compaction_runs.remove(feed, outcome)
         if state.compaction_results:
             self.compacted_files.remove(feed)
+        for outcome in state.catalog_outcomes:
+            self.catalog_syncs.remove(feed, outcome)
 
     def rejected_value(self, feed: str, column: str) -> None:
         """Count a run that failed on a value ``column`` cannot hold exactly."""
@@ -198,6 +208,21 @@ class Metrics:
             state.compaction_results.add(result)
         self.compaction_runs.labels(feed=feed, result=result).inc()
         self.compacted_files.labels(feed=feed).inc(files)
+
+    def observe_catalog(self, feed: str, *, behind: bool) -> None:
+        """A run of a catalogued feed: its catalog sync succeeded (level) or not (behind).
+        Both outcomes' series appear with the first, so ``increase()`` sees the first
+        failure."""
+        with self._lock:
+            state = self._feeds.get(feed)
+            if state is None:
+                return
+            state.catalog_behind = behind
+            new = {"success", "failed"} - state.catalog_outcomes
+            state.catalog_outcomes |= new
+        for outcome in new:
+            self.catalog_syncs.labels(feed=feed, outcome=outcome)
+        self.catalog_syncs.labels(feed=feed, outcome="failed" if behind else "success").inc()
 
     def set_tier_bytes(self, feed: str, per_tier: dict[str, int]) -> None:
         """The feed's listed bytes per storage class, as shown (``default``: the store's)."""
@@ -312,6 +337,12 @@ class Metrics:
             "lakeexportd_delta_version", "The Delta table version after the feed's last run "
             "(`format: delta` feeds).", labels=["feed"],
         )
+        behind = GaugeMetricFamily(
+            "lakeexportd_catalog_behind", "1 when the feed's Iceberg table is behind the lake "
+            "(its last run's catalog sync failed; `lakeexportd catalog sync` catches up), 0 "
+            "when level (Parquet feeds with a `catalog:`, after their first run).",
+            labels=["feed"],
+        )
         with self._lock:
             states = sorted(self._feeds.items())
             tier_bytes = {feed: dict(state.tier_bytes) for feed, state in states}
@@ -331,7 +362,9 @@ class Metrics:
                 listed_bytes.add_metric([feed], state.listed_bytes)
             if state.delta_version is not None:
                 delta.add_metric([feed], state.delta_version)
-        yield from (lag, success, versions, tiers, files, listed_bytes, delta)
+            if state.catalog_behind is not None:
+                behind.add_metric([feed], 1 if state.catalog_behind else 0)
+        yield from (lag, success, versions, tiers, files, listed_bytes, delta, behind)
 
 
 class RequestCounter:

@@ -155,6 +155,8 @@ def run_export(
             table_versions=result.versions_kept, listed_files=result.listed_files,
             listed_bytes=result.listed_bytes, delta_version=result.delta_version,
         )
+        if result.catalogued:
+            metrics.observe_catalog(feed.name, behind=result.catalog_behind is not None)
         details = (
             {"watermark_ms": result.watermark_ms} if result.kind == "stream"
             else {"version": result.version, "versions_kept": result.versions_kept}

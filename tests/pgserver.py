@@ -266,7 +266,7 @@ class PostgresServer:
         # still show R for a moment. Paused means every process is stopped, so wait for it.
         deadline = time.monotonic() + START_DEADLINE
         for pid in (postmaster, *children):
-            while _state(pid) not in ("T", None):
+            while _state(pid) not in ("T", "t", "Z", "X", None):  # Z: exited, unreaped
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"PostgreSQL process {pid} did not stop on SIGSTOP")
                 time.sleep(0.01)

@@ -735,10 +735,15 @@ class LakeCatalog:
         return True
 
 
+def in_catalog(feed: Feed) -> bool:
+    """A feed the catalog registers: a Parquet feed without ``catalog: false``."""
+    return feed.format == "parquet" and feed.catalogued
+
+
 def follow_catalog(catalog: LakeCatalog | None, feed: Feed) -> Callable[[], bool] | None:
     """For code below this layer (compaction): a call that brings ``feed``'s table level
     after a lake commit and says whether it is (no catalog, or a Delta feed: None)."""
-    if catalog is None or feed.format != "parquet" or not feed.catalogued:
+    if catalog is None or not in_catalog(feed):
         return None
     return lambda: catalog.follow(feed) is None
 

@@ -29,7 +29,7 @@ from lakeexportd.audit.text_table import render
 from lakeexportd.catalog import tables
 from lakeexportd.catalog.catchup import CatchUp, sync_locked
 from lakeexportd.catalog.glance import Glance, close_unless_hung, glance_all
-from lakeexportd.catalog.iceberg import LakeCatalog
+from lakeexportd.catalog.iceberg import LakeCatalog, in_catalog
 from lakeexportd.cli.export import _known, each_feed
 from lakeexportd.cli.options import ProgressLine, add_config_argument, count, plain
 from lakeexportd.config.load import default_config_path, load_config
@@ -109,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _parquet_feeds(config: Config) -> list[Feed]:
     """Every feed of the YAML and the registry (any state) that is catalogued."""
-    return [feed for feed, _ in _known(config).values() if feed.format == "parquet"]
+    return [feed for feed, _ in _known(config).values() if in_catalog(feed)]
 
 
 def _feed(config: Config, name: str) -> Feed:
@@ -121,6 +121,9 @@ def _feed(config: Config, name: str) -> Feed:
     if feed.format != "parquet":
         raise _Usage(f"feed {name!r} is `format: {feed.format}`: only Parquet feeds are "
                      "catalogued (a Delta table is its own catalog of files)")
+    if not feed.catalogued:
+        raise _Usage(f"feed {name!r} has `catalog: false`: the catalog leaves it out (remove "
+                     "that key to register it)")
     return feed
 
 
@@ -140,7 +143,7 @@ def feed_states(config: Config, feeds: list[Feed]) -> dict[str, dict[str, Any]] 
     if config.catalog is None:
         return None
     catalog = LakeCatalog(config.catalog, lake_of(config.lake))
-    glances = glance_all(catalog, [f for f in feeds if f.format == "parquet"])
+    glances = glance_all(catalog, [f for f in feeds if in_catalog(f)])
     close_unless_hung(catalog, glances)
     return {name: {"table": g.table, "state": g.shown, "level": g.level}
             for name, g in glances.items()}

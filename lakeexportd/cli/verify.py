@@ -30,7 +30,7 @@ import pyarrow as pa
 
 from lakeexportd.audit import verify, verify_catalog, verify_delta, verify_source
 from lakeexportd.audit.report import MetadataReader
-from lakeexportd.catalog.iceberg import LakeCatalog
+from lakeexportd.catalog.iceberg import LakeCatalog, in_catalog
 from lakeexportd.cli.options import add_config_argument, plain
 from lakeexportd.config.load import default_config_path, load_config
 from lakeexportd.config.model import Config, Feed
@@ -156,8 +156,7 @@ def _check(lake: ConfiguredLake, name: str, kind: layout.Kind, feed: Feed | None
             elif isinstance(doc, TableMetadata):
                 checked = verify_source.check_table(client, doc)
             problems += list(checked.mismatches) if checked else []
-        if catalog is not None and feed is not None and feed.format == "parquet" \
-                and not is_delta:
+        if catalog is not None and feed is not None and in_catalog(feed) and not is_delta:
             out["catalog"] = catalog.name(feed)
             problems += _catalog_problems(catalog, feed)
     except LakeExportError as exc:

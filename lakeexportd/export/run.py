@@ -19,7 +19,7 @@ from typing import Literal
 import pyarrow as pa
 import structlog
 
-from lakeexportd.catalog.iceberg import LakeCatalog
+from lakeexportd.catalog.iceberg import LakeCatalog, in_catalog
 from lakeexportd.config.model import Feed
 from lakeexportd.errors import (
     CommitOutcomeUnknown,
@@ -135,7 +135,7 @@ class Run:
         self.listed: FeedMetadata | None = None  # the last document committed (or summarised)
         # The Iceberg catalog that follows a Parquet feed's commits (DESIGN 13), and why it is
         # behind this run's commit (None: level, or no catalog).
-        self.catalog = catalog if feed.format == "parquet" and feed.catalogued else None
+        self.catalog = catalog if in_catalog(feed) else None
         self.catalog_behind: str | None = None
 
     def execute(self, fence: Callable[[], None] = lambda: None) -> ExportResult:
@@ -197,9 +197,12 @@ class Run:
 
     def _follow_catalog(self) -> bool:
         """The catalog follows the lake's commit; a catalog that is down, slow or refuses is
-        logged and the feed marked behind, never a failed run (the lake's commit stands)."""
+        logged and the feed marked behind, never a failed run (the lake's commit stands).
+        One that failed at this run's start is not asked again (nor waited for twice)."""
         if self.catalog is None:
             return True
+        if self.catalog_behind is not None:
+            return False
         self.catalog_behind = self.catalog.follow(self.feed, run_id=self.run_id)
         return self.catalog_behind is None
 

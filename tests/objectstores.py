@@ -55,6 +55,15 @@ AZURITE_KEY = (
 AZURE_API_VERSION = "2021-10-04"
 
 
+def tail(log: Path, lines: int = 30) -> str:
+    """The last ``lines`` of a server's log, for failure messages."""
+    try:
+        text = log.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return "(no log)"
+    return "\n".join(text.splitlines()[-lines:]) or "(empty log)"
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -85,11 +94,7 @@ class ServerProcess:
         return self.process.pid
 
     def log_tail(self, lines: int = 30) -> str:
-        try:
-            text = self.log.read_text(encoding="utf-8", errors="replace")
-        except OSError:
-            return "(no log)"
-        return "\n".join(text.splitlines()[-lines:]) or "(empty log)"
+        return tail(self.log, lines)
 
     def wait_until_answers(self, url: str, deadline: float = START_DEADLINE) -> None:
         """Poll ``url`` until the server answers any HTTP status; fail if it exits or times out.

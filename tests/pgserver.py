@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import psycopg2
-from objectstores import ServerStartError, free_port
+from objectstores import ServerStartError, free_port, tail
 
 INSTALL = "apt-get install postgresql-15"
 START_DEADLINE = 60.0  # seconds until the first connection succeeds (cold start on 2 busy cores)
@@ -126,11 +126,7 @@ class PostgresServer:
         return f"postgresql+psycopg2://{self.user}:{self.password}@{self.host}:{self.port}/{database}"
 
     def log_tail(self, lines: int = 30) -> str:
-        try:
-            text = self.log.read_text(encoding="utf-8", errors="replace")
-        except OSError:
-            return "(no log)"
-        return "\n".join(text.splitlines()[-lines:]) or "(empty log)"
+        return tail(self.log, lines)
 
     def pid(self) -> int | None:
         """The postmaster's PID from ``postmaster.pid``, or None when it is not running."""

@@ -370,12 +370,8 @@ class LakeCatalog:
 
     def sync(self, feed: Feed) -> SyncResult:
         """Make the feed's table list exactly the lake's files (see the module docstring)."""
-        if feed.format != "parquet":
-            raise CatalogError(f"feed {feed.name!r}: only `format: parquet` feeds are "
-                               "catalogued (a Delta table is its own catalog of files)")
-        if not feed.catalogued:
-            raise CatalogError(f"feed {feed.name!r} has `catalog: false`: the catalog leaves "
-                               "it out (remove that key to register it)")
+        if (why := left_out(feed)) is not None:
+            raise CatalogError(why)
         last: CommitFailedException | None = None
         for _ in range(COMMIT_ATTEMPTS):
             try:
@@ -737,7 +733,18 @@ class LakeCatalog:
 
 def in_catalog(feed: Feed) -> bool:
     """A feed the catalog registers: a Parquet feed without ``catalog: false``."""
-    return feed.format == "parquet" and feed.catalogued
+    return left_out(feed) is None
+
+
+def left_out(feed: Feed) -> str | None:
+    """Why the catalog does not register ``feed`` (None: it does)."""
+    if feed.format != "parquet":
+        return (f"feed {feed.name!r} is `format: {feed.format}`: only Parquet feeds are "
+                "catalogued (a Delta table is its own catalog of files)")
+    if not feed.catalogued:
+        return (f"feed {feed.name!r} has `catalog: false`: the catalog leaves it out (remove "
+                "that key to register it)")
+    return None
 
 
 def follow_catalog(catalog: LakeCatalog | None, feed: Feed) -> Callable[[], bool] | None:

@@ -29,7 +29,7 @@ from lakeexportd.audit.text_table import render
 from lakeexportd.catalog import tables
 from lakeexportd.catalog.catchup import CatchUp, sync_locked
 from lakeexportd.catalog.glance import Glance, close_unless_hung, glance_all
-from lakeexportd.catalog.iceberg import LakeCatalog, in_catalog
+from lakeexportd.catalog.iceberg import LakeCatalog, in_catalog, left_out
 from lakeexportd.cli.export import _known, each_feed
 from lakeexportd.cli.options import ProgressLine, add_config_argument, count, plain
 from lakeexportd.config.load import default_config_path, load_config
@@ -118,12 +118,8 @@ def _feed(config: Config, name: str) -> Feed:
         raise _Usage(f"unknown feed {name!r} in {config.path} and the feed registry; known "
                      f"feeds: {', '.join(sorted(known)) or '(none)'}")
     feed = known[name][0]
-    if feed.format != "parquet":
-        raise _Usage(f"feed {name!r} is `format: {feed.format}`: only Parquet feeds are "
-                     "catalogued (a Delta table is its own catalog of files)")
-    if not feed.catalogued:
-        raise _Usage(f"feed {name!r} has `catalog: false`: the catalog leaves it out (remove "
-                     "that key to register it)")
+    if (why := left_out(feed)) is not None:
+        raise _Usage(why)
     return feed
 
 

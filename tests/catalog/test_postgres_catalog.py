@@ -35,7 +35,7 @@ import sqlalchemy.exc
 from pgserver import PostgresDatabase, PostgresServer
 from pyiceberg.catalog.sql import SqlCatalog
 from pyiceberg.exceptions import CommitFailedException
-from pyiceberg.table import Table
+from pyiceberg.table import Table, Transaction
 
 NAMESPACE = "lake"
 TABLE = "lake.orders"
@@ -92,6 +92,23 @@ def new_table(database: PostgresDatabase, warehouse: Path, properties: dict[str,
     catalog.engine.dispose()
 
 
+Daemon = tuple[RacingCatalog, Table, Transaction]
+
+
+def both_add(database: PostgresDatabase, warehouse: Path,
+             tmp_path: Path) -> tuple[Path, Daemon, Daemon]:
+    """One new file, and two daemons that each loaded the table and staged adding it."""
+    new = lake_file(tmp_path, "part-0.parquet", [1, 2, 3])
+    daemons = []
+    for _ in range(2):
+        catalog = daemon_catalog(database, warehouse)
+        table = catalog.load_table(TABLE)
+        tx = table.transaction()
+        tx.add_files([str(new)])
+        daemons.append((catalog, table, tx))
+    return new, daemons[0], daemons[1]
+
+
 def test_server_authenticates_the_lakeexportd_role(postgres: PostgresServer) -> None:
     """The role connects with its password over TCP and owns ``catalog``; a wrong password is refused."""
     engine = sqlalchemy.create_engine(postgres.url)
@@ -136,12 +153,8 @@ def test_commit_landing_inside_another_commit_is_refused(postgres_database: Post
     """A daemon's commit that lands between another's metadata write and its row swap makes the
     swap match no row in PostgreSQL: CommitFailedException, the file listed once."""
     new_table(postgres_database, warehouse, NO_RETRIES)
-    new = lake_file(tmp_path, "part-0.parquet", [1, 2, 3])
-    one, two = daemon_catalog(postgres_database, warehouse), daemon_catalog(postgres_database, warehouse)
-    table_one, table_two = one.load_table(TABLE), two.load_table(TABLE)
-    tx_one, tx_two = table_one.transaction(), table_two.transaction()
-    tx_one.add_files([str(new)])
-    tx_two.add_files([str(new)])
+    new, (one, table_one, tx_one), (two, _, tx_two) = both_add(postgres_database, warehouse,
+                                                                tmp_path)
     two.before_swap = tx_one.commit_transaction
 
     with pytest.raises(CommitFailedException, match="updated by another process"):
@@ -159,12 +172,8 @@ def test_default_retries_register_the_file_twice(postgres_database: PostgresData
     """Why the catalogue sets commit.retry.num-retries=0: with pyiceberg's default retries the
     losing daemon re-applies its add on top of the winner's, and the file is listed twice."""
     new_table(postgres_database, warehouse, {"commit.retry.min-wait-ms": "10"})
-    new = lake_file(tmp_path, "part-0.parquet", [1, 2, 3])
-    one, two = daemon_catalog(postgres_database, warehouse), daemon_catalog(postgres_database, warehouse)
-    table_one, table_two = one.load_table(TABLE), two.load_table(TABLE)
-    tx_one, tx_two = table_one.transaction(), table_two.transaction()
-    tx_one.add_files([str(new)])
-    tx_two.add_files([str(new)])
+    new, (one, table_one, tx_one), (two, _, tx_two) = both_add(postgres_database, warehouse,
+                                                                tmp_path)
     tx_one.commit_transaction()
     tx_two.commit_transaction()  # no error: the retry "succeeds"
 

@@ -26,10 +26,8 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import signal
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -40,7 +38,7 @@ from lakecheck import wire_truth
 from pyiceberg.catalog.sql import SqlCatalog
 from pyiceberg.table import Table
 
-from export.test_crash import setup_run
+from export.test_crash import export, setup_run
 from lakeexportd.catalog.iceberg import LakeCatalog
 from lakeexportd.config.load import load_config
 from lakeexportd.errors import CatalogError
@@ -78,16 +76,6 @@ feeds:
   - {{name: users, source: USER_SUMMARY, kind: table, retention_versions: 2}}
 """)
     return path
-
-
-def export(config: Path, feed: str, failpoint: str | None = None) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k != "LAKEEXPORTD_FAILPOINT"}
-    if failpoint:
-        env["LAKEEXPORTD_FAILPOINT"] = failpoint
-    return subprocess.run(
-        [sys.executable, "-m", "lakeexportd", "export", "-c", str(config), feed],
-        env=env, capture_output=True, text=True, timeout=120,
-    )
 
 
 def recent(sandbox: Sandbox, rows: int, lake: Path) -> None:
@@ -250,6 +238,17 @@ def old_files(lake: Path, feed: str) -> list[Path]:
     return old
 
 
+def set_up_stream(sandbox: Sandbox, tmp_path: Path,
+                  feed: str) -> tuple[Path, Path, Path, list[Path]]:
+    """A stream exported with 30 days kept (its SQLite catalog level), configured to keep
+    fewer: the lake, the catalog file, the config, and the old files its next run drops."""
+    lake, db = tmp_path / "lake", tmp_path / "catalog" / "catalog.db"
+    db.parent.mkdir()
+    config = write_config(tmp_path / "lakeexportd.yaml", sandbox, lake, db)
+    setup_run(write_config(tmp_path / "setup.yaml", sandbox, lake, db, retention_days=30), feed)
+    return lake, db, config, old_files(lake, feed)
+
+
 def log_lines(run: subprocess.CompletedProcess[str], event: str) -> list[str]:
     return [line for line in (run.stdout + run.stderr).splitlines() if event in line]
 
@@ -262,11 +261,7 @@ def test_catalog_down_delays_no_export_and_the_next_run_catches_up(
     retention dropped (the catalog still lists them); with the folder back the next run
     brings the catalog level and deletes them."""
     feed = FEEDS["stream"][0]
-    lake, db = tmp_path / "lake", tmp_path / "catalog" / "catalog.db"
-    db.parent.mkdir()
-    config = write_config(tmp_path / "lakeexportd.yaml", sandbox, lake, db)
-    setup_run(write_config(tmp_path / "setup.yaml", sandbox, lake, db, retention_days=30), feed)
-    dropped = old_files(lake, feed)
+    lake, db, config, dropped = set_up_stream(sandbox, tmp_path, feed)
     away = db.parent.with_name("catalog.away")
     db.parent.rename(away)
     db.parent.write_text("a regular file where the catalog's folder was\n")
@@ -351,11 +346,7 @@ def test_a_column_renamed_in_the_catalog_is_refused_until_renamed_back(
     stays as the rename left it, the feed behind, its dropped days kept on disk); renamed
     back, the next run brings it level."""
     feed = FEEDS["stream"][0]
-    lake, db = tmp_path / "lake", tmp_path / "catalog" / "catalog.db"
-    db.parent.mkdir()
-    config = write_config(tmp_path / "lakeexportd.yaml", sandbox, lake, db)
-    setup_run(write_config(tmp_path / "setup.yaml", sandbox, lake, db, retention_days=30), feed)
-    dropped = old_files(lake, feed)
+    lake, db, config, dropped = set_up_stream(sandbox, tmp_path, feed)
     catalog = reader(db)
     try:
         table = catalog.load_table(("lake", feed))

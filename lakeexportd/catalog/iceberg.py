@@ -50,7 +50,6 @@ import structlog
 from pyiceberg.catalog import Catalog, load_catalog
 from pyiceberg.exceptions import (
     CommitFailedException,
-    NamespaceAlreadyExistsError,
     NoSuchTableError,
     TableAlreadyExistsError,
 )
@@ -522,8 +521,7 @@ class LakeCatalog:
         schema = _catalog_schema(feed, self._file_schema(sample))
         catalog = self.catalog()
         namespace, _ = self.identifier(feed)
-        with contextlib.suppress(NamespaceAlreadyExistsError):
-            catalog.create_namespace_if_not_exists(namespace)
+        self._ensure_namespace(namespace)
         self._move_from_other_level(feed)
         properties = {
             **self._described(feed),
@@ -555,6 +553,18 @@ class LakeCatalog:
                  catalog=self.where, location=table.location())
         failpoint("catalog.after_create")
         return catalog.load_table(self.identifier(feed))
+
+    def _ensure_namespace(self, namespace: str) -> None:
+        """Create the namespace unless it exists. pyiceberg's SQL catalog checks, then inserts:
+        another writer's insert in between (this daemon's other workers registering their first
+        feeds, or another daemon) fails ours on the primary key, an ``IntegrityError`` it does
+        not translate. The namespace exists then, which is all a table needs."""
+        catalog = self.catalog()
+        try:
+            catalog.create_namespace_if_not_exists(namespace)
+        except Exception:  # noqa: BLE001 - re-raised unless the namespace is there now
+            if not catalog.namespace_exists(namespace):
+                raise
 
     def _move_from_other_level(self, feed: Feed) -> None:
         """A feed whose security level changed under ``security_namespaces`` has its table in

@@ -46,6 +46,7 @@ from urllib.parse import quote, urlsplit
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import sqlalchemy.exc
 import structlog
 from pyiceberg.catalog import Catalog, load_catalog
 from pyiceberg.exceptions import (
@@ -168,8 +169,17 @@ class LakeCatalog:
                         Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True,
                                                                             exist_ok=True)
                 with self._errors("open"):
-                    self._catalog = load_catalog(self.settings.name, **self._properties())
+                    self._catalog = self._open()
             return self._catalog
+
+    def _open(self) -> Catalog:
+        """pyiceberg's SQL catalog creates its tables when it finds none: two daemons opening
+        a new database at once both try, and PostgreSQL fails the second ``CREATE TABLE`` on
+        its own catalog's unique index (``pg_type``). The tables are there then: open again."""
+        try:
+            return load_catalog(self.settings.name, **self._properties())
+        except sqlalchemy.exc.IntegrityError:
+            return load_catalog(self.settings.name, **self._properties())
 
     def close(self) -> None:
         with self._open_guard:

@@ -174,11 +174,13 @@ class LakeCatalog:
 
     def _open(self) -> Catalog:
         """pyiceberg's SQL catalog creates its tables when it finds none: two daemons opening
-        a new database at once both try, and PostgreSQL fails the second ``CREATE TABLE`` on
-        its own catalog's unique index (``pg_type``). The tables are there then: open again."""
+        a new database at once both try. The second ``CREATE TABLE`` fails: "already exists"
+        (the first committed after our look) or, when it waited for the first's transaction,
+        a unique violation in PostgreSQL's own catalog (``pg_type``). The tables are there
+        then: open again, once."""
         try:
             return load_catalog(self.settings.name, **self._properties())
-        except sqlalchemy.exc.IntegrityError:
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError):
             return load_catalog(self.settings.name, **self._properties())
 
     def close(self) -> None:

@@ -6,8 +6,9 @@ test, tests/system/test_catalog_postgres.py): each lost race was a feed marked b
   with an ``IntegrityError`` pyiceberg does not translate. A daemon's workers registering their
   first feeds together, or two daemons, hit it.
 - The catalog's own tables: ``SqlCatalog`` creates them on open when it sees none. Two daemons
-  opening a new database at once both run ``CREATE TABLE``; PostgreSQL makes the second wait
-  for the first's transaction and then fails it on ``pg_type_typname_nsp_index``.
+  opening a new database at once both run ``CREATE TABLE``: the second fails with "relation
+  already exists" if the first committed after its look, or, if PostgreSQL made it wait for the
+  first's transaction, on ``pg_type_typname_nsp_index``.
 
 Each race is staged, not hoped for: the other writer's step lands exactly in the window.
 """
@@ -26,6 +27,7 @@ from pgserver import PostgresDatabase
 from pyiceberg.catalog import Catalog
 from pyiceberg.catalog.sql import SqlCatalog, SqlCatalogBaseTable
 from pyiceberg.typedef import Identifier
+from sqlalchemy.engine import Engine
 
 from lakeexportd.catalog.iceberg import LakeCatalog
 from lakeexportd.config.model import CatalogSettings
@@ -129,3 +131,30 @@ def test_catalog_tables_created_by_another_daemon_meanwhile_are_used(
     finally:
         catalog.close()
         engine.dispose()
+
+
+def test_catalog_tables_committed_by_another_daemon_just_before_our_create_are_used(
+    tmp_path: Path, postgres_database: PostgresDatabase,
+) -> None:
+    """We see no catalog tables; another daemon creates and commits them right before our
+    ``CREATE TABLE iceberg_tables`` runs: ours fails "already exists", the open succeeds."""
+    root = tmp_path / "lake"
+    catalog = LakeCatalog(CatalogSettings(uri=postgres_database.url),
+                          ConfiguredLake(LOCAL, root, str(root)))
+    other = sqlalchemy.create_engine(postgres_database.url)
+    staged: list[str] = []
+
+    def before_create(conn: object, cursor: object, statement: str, *args: object) -> None:
+        if statement.strip().startswith("CREATE TABLE iceberg_tables") and not staged:
+            staged.append(statement)
+            SqlCatalogBaseTable.metadata.create_all(other)  # its own transaction, committed
+
+    sqlalchemy.event.listen(Engine, "before_cursor_execute", before_create)
+    try:
+        opened = catalog.catalog()
+        assert staged, "the race was never staged"
+        assert isinstance(opened, SqlCatalog) and opened.list_namespaces() == []
+    finally:
+        sqlalchemy.event.remove(Engine, "before_cursor_execute", before_create)
+        catalog.close()
+        other.dispose()

@@ -4,9 +4,14 @@ Two real ``lakeexportd run`` daemons share one config: one S3 lake on moto (leas
 per feed at a time) and one PostgreSQL catalog (``tests/pgserver.py``; the password through
 ``password_env``, the URI without it). Each file is registered once, every listed file exists
 and the catalog's rows are the sandbox's rows exactly once. Then the catalog is stopped
-(``down``) while ``lakeexportd export`` runs, and frozen (``pause``: SIGSTOP) under a daemon
-holding open connections: exports go on, the feed is logged behind, files a retention drop
-deletes are kept until the catalog is level again, and the next run catches up.
+(``down``) while ``lakeexportd export`` runs: exports go on, each feed is logged behind,
+``metadata list`` says so, the files a retention drop deletes are kept until
+``lakeexportd catalog sync`` brings the tables level. And frozen (``pause``: SIGSTOP) under a
+daemon holding open connections: its runs go on behind (the sync's watchdog,
+``lakeexportd_catalog_behind``), and a run after SIGCONT catches up.
+
+The rows arrive from a thread calling ``Sandbox.generate`` rather than the sandbox's own
+``rate``: it can be stopped, so a table's truth is known when the test compares.
 
 The judge is independent of ``lakeexportd.catalog``: pyiceberg's own ``SqlCatalog`` opened on
 the PostgreSQL database, the feed's ``_metadata.json`` read as JSON, the store's listing, and
@@ -39,6 +44,7 @@ from objectstores import Bucket
 from pgserver import PostgresDatabase, PostgresServer
 from pyiceberg.catalog.sql import SqlCatalog
 from pyiceberg.table import Table
+from scrape import value
 
 from lakeexportd.sandbox import Sandbox
 
@@ -176,8 +182,9 @@ def reader(database: PostgresDatabase, bucket: Bucket | None = None) -> SqlCatal
         "s3.endpoint": bucket.config["endpoint"], "s3.region": bucket.config["region"],
         "s3.access-key-id": bucket.config["access_key_id"],
         "s3.secret-access-key": bucket.config["secret_access_key"]}
-    # The SQL catalog's rows carry the catalog's name: lakeexportd's is "lakeexportd".
-    return SqlCatalog("lakeexportd", uri=database.url, **io)
+    # The SQL catalog's rows carry the catalog's name: lakeexportd's is "lakeexportd". A judge
+    # only reads: it never creates the catalog's tables (lakeexportd must have).
+    return SqlCatalog("lakeexportd", uri=database.url, init_catalog_tables="false", **io)
 
 
 def registered(table: Table) -> list[str]:
@@ -340,10 +347,20 @@ def test_two_daemons_on_one_postgres_catalog_register_each_file_once(
 # --- 2. the catalog down: exports go on, the next run catches up --------------------------------
 
 
+def cli(*argv: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "lakeexportd", *argv],
+                          env={**os.environ, **env}, capture_output=True, text=True, timeout=120)
+
+
 def export(config: Path, env: dict[str, str], *feeds: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "lakeexportd", "export", "-c", str(config),
-                           *feeds], env={**os.environ, **env}, capture_output=True, text=True,
-                          timeout=120)
+    return cli("export", "-c", str(config), *feeds, env=env)
+
+
+def catalog_states(config: Path, env: dict[str, str]) -> dict[str, dict[str, Any]]:
+    """Each feed's catalog state as ``lakeexportd metadata list --json`` gives it."""
+    shown = cli("metadata", "list", "-c", str(config), "--json", env=env)
+    assert shown.returncode == 0, shown.stderr
+    return {row["feed"]: row["catalog"] for row in json.loads(shown.stdout)}
 
 
 def version_files(root: Path, version: int) -> list[Path]:
@@ -356,7 +373,8 @@ def test_catalog_down_exports_go_on_and_the_next_run_catches_up(
 ) -> None:
     """PostgreSQL stopped: ``lakeexportd export`` still commits rows, logs ``catalog.behind``
     naming each feed, and keeps the table version its retention drops (the catalog still
-    lists it); PostgreSQL back: the next run makes every table level and deletes that version."""
+    lists it); PostgreSQL back: ``metadata list`` says behind, ``lakeexportd catalog sync``
+    makes every table level and deletes that version."""
     root = tmp_path / "lake"
     users = {**USERS, "retention_versions": 1}
     config, _ = write_config(tmp_path / "cli", sandbox, f"{{root: '{root}'}}",
@@ -389,12 +407,15 @@ def test_catalog_down_exports_go_on_and_the_next_run_catches_up(
         assert tx is not None and tx["exports"][-1]["status"] == "success"
         assert tx["exports"][-1]["records"] > 0  # committed while the catalog was down
 
-    catch_up = export(config, env, "tx", "users")
+    # Reachable again, and behind until something syncs: `metadata list` says so.
+    states = catalog_states(config, env)
+    assert set(states) == {"tx", "users"}
+    for state in states.values():
+        assert not state["level"] and state["state"].startswith("behind"), state
+    catch_up = cli("catalog", "sync", "-c", str(config), env=env)
     assert catch_up.returncode == 0, catch_up.stderr
-    lines = cli_events(catch_up.stderr)
-    assert not [e for e in lines if e["event"] == "catalog.behind"]
-    assert {e["feed"] for e in lines if e["event"] == "catalog.committed"} >= {"tx", "users"}
-    judge = reader(postgres_database)
+    assert [p.exists() for p in v1] == [False] * len(v1), "the deferred delete never came"
+    judge = reader(postgres_database)  # the old one's connections died with the server
     tx_table = assert_level(judge, lake, "stream", "tx")
     tx_doc = lake.document("stream", "tx")
     assert tx_doc is not None
@@ -402,8 +423,6 @@ def test_catalog_down_exports_go_on_and_the_next_run_catches_up(
                                                  tx_doc["watermark"]["rowtime_ms"]),
                 "TRANSACTION_ID")
     assert_level(judge, lake, "table", "users")
-    assert [p.exists() for p in v1] == [False] * len(v1), "the deferred delete never came"
-    (tmp_path / "catch-up.log").write_text(down.stderr + catch_up.stderr)
 
 
 # --- 3. the catalog frozen: the watchdog marks the feed behind ---------------------------------
@@ -414,15 +433,16 @@ def test_catalog_frozen_the_export_completes_behind_and_catches_up_after(
     postgres_database: PostgresDatabase, daemons: Daemons,
 ) -> None:
     """A daemon with open connections to a SIGSTOPped PostgreSQL (``catalog.timeout: 2s``):
-    its runs still commit rows and log ``catalog.behind`` (the sync's watchdog); SIGCONT: a
-    later run brings the table level."""
+    its runs still commit rows, log ``catalog.behind`` (the sync's watchdog) and set
+    ``lakeexportd_catalog_behind``; SIGCONT: a later run brings the table level (metric 0)."""
     root = tmp_path / "lake"
     config, port = write_config(tmp_path / "daemon", sandbox, f"{{root: '{root}'}}",
                                 postgres_database, [TX], timeout="2s")
     lake = local_lake(root)
-    daemons.start((config, port))
+    (daemon,) = daemons.start((config, port))
 
-    judge = reader(postgres_database)
+    def behind_metric() -> float | None:
+        return value(daemon.scrape(), "lakeexportd_catalog_behind", feed="tx")
 
     def registered_after(start: int) -> bool:
         return any(e["event"] == "catalog.committed" and e["added"] > 0
@@ -438,6 +458,8 @@ def test_catalog_frozen_the_export_completes_behind_and_catches_up_after(
 
     sandbox.generate(20)
     newest = newest_row()
+    wait_for(lambda: registered_after(0), 60, "the first files registered")
+    judge = reader(postgres_database)
     wait_for(lambda: level_past(newest), 60, "the catalog level with every row")
     with postgres.paused():
         paused_at = len(events(config))
@@ -451,6 +473,7 @@ def test_catalog_frozen_the_export_completes_behind_and_catches_up_after(
                 and doc is not None and (doc["watermark"]["rowtime_ms"] or -1) >= newest
 
         wait_for(exported_behind, 60, "runs committing every row while the catalog hangs")
+        assert behind_metric() == 1
         later = events(config)[paused_at:]
         assert any(e["event"] == "export.finished" and e["rows"] > 0 for e in later)
         assert not registered_after(paused_at)
@@ -463,6 +486,7 @@ def test_catalog_frozen_the_export_completes_behind_and_catches_up_after(
     newest = newest_row()
     wait_for(lambda: level_past(newest), 60, "the catalog level with the lake after SIGCONT")
     assert registered_after(resumed_at)
+    wait_for(lambda: behind_metric() == 0, 30, "lakeexportd_catalog_behind back to 0")
     daemons.stop()
     table = assert_level(judge, lake, "stream", "tx")
     doc = lake.document("stream", "tx")

@@ -46,11 +46,11 @@ from urllib.parse import quote, urlsplit
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import sqlalchemy.exc
 import structlog
 from pyiceberg.catalog import Catalog, load_catalog
 from pyiceberg.exceptions import (
     CommitFailedException,
-    NamespaceAlreadyExistsError,
     NoSuchTableError,
     TableAlreadyExistsError,
 )
@@ -169,8 +169,19 @@ class LakeCatalog:
                         Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True,
                                                                             exist_ok=True)
                 with self._errors("open"):
-                    self._catalog = load_catalog(self.settings.name, **self._properties())
+                    self._catalog = self._open()
             return self._catalog
+
+    def _open(self) -> Catalog:
+        """pyiceberg's SQL catalog creates its tables when it finds none: two daemons opening
+        a new database at once both try. The second ``CREATE TABLE`` fails: "already exists"
+        (the first committed after our look) or, when it waited for the first's transaction,
+        a unique violation in PostgreSQL's own catalog (``pg_type``). The tables are there
+        then: open again, once."""
+        try:
+            return load_catalog(self.settings.name, **self._properties())
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError):
+            return load_catalog(self.settings.name, **self._properties())
 
     def close(self) -> None:
         with self._open_guard:
@@ -518,8 +529,7 @@ class LakeCatalog:
         schema = _catalog_schema(feed, self._file_schema(sample))
         catalog = self.catalog()
         namespace, _ = self.identifier(feed)
-        with contextlib.suppress(NamespaceAlreadyExistsError):
-            catalog.create_namespace_if_not_exists(namespace)
+        self._ensure_namespace(namespace)
         self._move_from_other_level(feed)
         properties = {
             **self._described(feed),
@@ -551,6 +561,18 @@ class LakeCatalog:
                  catalog=self.where, location=table.location())
         failpoint("catalog.after_create")
         return catalog.load_table(self.identifier(feed))
+
+    def _ensure_namespace(self, namespace: str) -> None:
+        """Create the namespace unless it exists. pyiceberg's SQL catalog checks, then inserts:
+        another writer's insert in between (this daemon's other workers registering their first
+        feeds, or another daemon) fails ours on the primary key, an ``IntegrityError`` it does
+        not translate. The namespace exists then, which is all a table needs."""
+        catalog = self.catalog()
+        try:
+            catalog.create_namespace_if_not_exists(namespace)
+        except Exception:  # noqa: BLE001 - re-raised unless the namespace is there now
+            if not catalog.namespace_exists(namespace):
+                raise
 
     def _move_from_other_level(self, feed: Feed) -> None:
         """A feed whose security level changed under ``security_namespaces`` has its table in

@@ -15,7 +15,8 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from lakeexportd.catalog.iceberg import CatalogState, LakeCatalog, _catalog_schema
+from lakeexportd.catalog.entries import catalog_schema
+from lakeexportd.catalog.iceberg import CatalogState, LakeCatalog
 from lakeexportd.config.model import Feed
 from lakeexportd.errors import CatalogError, LakeExportError
 
@@ -81,7 +82,7 @@ def refusal(catalog: LakeCatalog, feed: Feed) -> str | None:
     if newest is None:
         return None
     try:
-        _catalog_schema(feed, catalog._file_schema(newest))
+        catalog_schema(feed, catalog._file_schema(newest))
     except CatalogError as exc:
         return str(exc)
     return None

@@ -1,15 +1,18 @@
 """Every Parquet feed as an Apache Iceberg table, kept level with the lake (DESIGN 13).
 
-The only module that imports pyiceberg. ``LakeCatalog.sync(feed)`` makes the feed's table in
-the catalog list exactly the files the lake's ``_metadata.json`` lists, and nothing else:
+``LakeCatalog.sync(feed)`` makes the feed's table in the catalog list exactly the files the
+lake's ``_metadata.json`` lists, and nothing else (``connection`` opens the catalog, ``entries``
+makes the schema and the files' entries, ``snapshots`` says which snapshots go; only this
+package imports pyiceberg):
 
 - **The lake is the truth.** A sync reads the catalog's current snapshot *first*, then the
   lake's document, diffs the two file sets and commits the difference as one Iceberg snapshot
-  (adds: ``fast_append``; any removal: ``overwrite``). The commit is a compare-and-swap on the
-  snapshot it read (the SQL catalog's ``UPDATE ... WHERE metadata_location = <read>``), so a
-  commit that raced another one fails and the sync starts again from a fresh read. pyiceberg's
-  own retry re-applies the same append on top of the winner's: it would list a file twice, so
-  every table carries ``commit.retry.num-retries=0`` and this module retries by diffing again.
+  (adds: ``merge_append``, which merges small manifests; any removal: ``overwrite``). The
+  commit is a compare-and-swap on the snapshot it read (the SQL catalog's ``UPDATE ... WHERE
+  metadata_location = <read>``), so a commit that raced another one fails and the sync
+  starts again from a fresh read. pyiceberg's own retry re-applies the same append on top
+  of the winner's: it would list a file twice, so every table carries
+  ``commit.retry.num-retries=0`` and this module retries by diffing again.
 - **A diff is idempotent.** A kill between the lake's commit and the catalog's, an outage, or
   two daemons syncing the same feed all end the same way: the next sync adds what is missing
   and removes what the lake no longer lists. No state is kept anywhere else.
@@ -42,35 +45,23 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePath
 from typing import Any, Final
-from urllib.parse import quote, urlsplit
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-import sqlalchemy.exc
 import structlog
-from pyiceberg.catalog import Catalog, load_catalog
+from pyiceberg.catalog import Catalog
 from pyiceberg.exceptions import (
     CommitFailedException,
     NoSuchTableError,
     TableAlreadyExistsError,
 )
-from pyiceberg.io.pyarrow import (
-    compute_statistics_plan,
-    data_file_statistics_from_parquet_metadata,
-    parquet_path_to_id_mapping,
-)
 from pyiceberg.manifest import (
     DataFile,
-    DataFileContent,
-    FileFormat,
-    ManifestEntryStatus,
-    read_manifest_list,
 )
 from pyiceberg.table import Table
 from pyiceberg.table.name_mapping import create_mapping_from_schema
-from pyiceberg.table.snapshots import Snapshot
-from pyiceberg.typedef import Record
 
+from lakeexportd.catalog import connection, entries, snapshots
 from lakeexportd.config.model import CatalogSettings, Feed
 from lakeexportd.errors import CatalogError
 from lakeexportd.failpoints import failpoint
@@ -88,18 +79,7 @@ from lakeexportd.lake.metadata_model import (
 
 log = structlog.get_logger(__name__)
 
-PARTITION_COLUMNS: Final = ("year", "month", "day")
-RUN_ID: Final = "lakeexportd.run-id"
-VERSION: Final = "lakeexportd.version"
-WATERMARK: Final = "lakeexportd.watermark-ms"
-MAX_DECIMAL_DIGITS: Final = 38
 COMMIT_ATTEMPTS: Final = 4  # fresh diffs after losing a race to another writer's commit
-STREAM_HISTORY_MS: Final = 24 * 3_600_000
-"""A stream's snapshots stay this long for time travel (one per run: a day of them); they are
-expired in batches, once the oldest is an hour past it, with the files only they named."""
-_EXPIRY_BATCH_MS: Final = 3_600_000
-_PROPERTY_KEYS: Final = ("comment", "owner", "lakeexportd.tags", "lakeexportd.security",
-                         "lakeexportd.source", "lakeexportd.kind", "lakeexportd.feed")
 
 
 @dataclass(frozen=True)
@@ -163,25 +143,9 @@ class LakeCatalog:
     def catalog(self) -> Catalog:
         with self._open_guard:
             if self._catalog is None:
-                uri = self.settings.uri or ""
-                if uri.startswith("sqlite:///"):  # a first start: SQLite makes no folders
-                    with self._errors("creating the SQLite catalog's folder"):
-                        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True,
-                                                                            exist_ok=True)
                 with self._errors("open"):
-                    self._catalog = self._open()
+                    self._catalog = connection.open_catalog(self.settings, self.lake)
             return self._catalog
-
-    def _open(self) -> Catalog:
-        """pyiceberg's SQL catalog creates its tables when it finds none: two daemons opening
-        a new database at once both try. The second ``CREATE TABLE`` fails: "already exists"
-        (the first committed after our look) or, when it waited for the first's transaction,
-        a unique violation in PostgreSQL's own catalog (``pg_type``). The tables are there
-        then: open again, once."""
-        try:
-            return load_catalog(self.settings.name, **self._properties())
-        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError):
-            return load_catalog(self.settings.name, **self._properties())
 
     def close(self) -> None:
         with self._open_guard:
@@ -190,63 +154,12 @@ class LakeCatalog:
         if engine is not None:
             engine.dispose()
 
-    def _properties(self) -> dict[str, str]:
-        settings = self.settings
-        props = dict(settings.properties)
-        props.update(self._file_io())
-        props["type"] = settings.type
-        props["warehouse"] = self.warehouse
-        if settings.uri is not None:
-            props["uri"] = self._uri()
-        if settings.type == "sql":
-            props.setdefault("pool_pre_ping", "true")
-        return props
-
-    def _uri(self) -> str:
-        """The SQL catalog's URL with its password and a connect timeout put in."""
-        uri = self.settings.uri or ""
-        timeout = max(1, round(self.settings.timeout))
-        if uri.startswith("postgresql"):
-            scheme, rest = uri.split("://", 1)
-            password = self.settings.password
-            if password is not None and "@" in rest:
-                user, host = rest.split("@", 1)
-                rest = f"{user}:{quote(password.reveal(), safe='')}@{host}"
-            separator = "&" if "?" in rest else "?"
-            return f"{scheme}://{rest}{separator}connect_timeout={timeout}"
-        if uri.startswith("sqlite"):
-            separator = "&" if "?" in uri else "?"
-            return f"{uri}{separator}timeout={timeout}"
-        return uri
-
-    def _file_io(self) -> dict[str, str]:
-        """pyiceberg's FileIO options for the lake's store (it writes Iceberg's metadata)."""
-        url, options = self.lake.storage.table_location(self.lake.root)
-        scheme = urlsplit(url).scheme.lower() if "://" in url else ""
-        if scheme in ("", "file"):
-            return {}
-        if scheme not in ("s3", "s3a"):
-            raise CatalogError(
-                f"{self.where}: a catalog for a {scheme}:// lake is not built (local and S3 "
-                "lakes are): remove `catalog:` or move the lake")
-        names = {"endpoint": "s3.endpoint", "access_key_id": "s3.access-key-id",
-                 "secret_access_key": "s3.secret-access-key", "session_token": "s3.session-token",
-                 "region": "s3.region", "default_region": "s3.region"}
-        io: dict[str, str] = {}
-        for key, value in options.items():
-            name = names.get(key.lower().removeprefix("aws_"))
-            if name is not None:
-                io[name] = value
-        return io
-
     @property
     def warehouse(self) -> str:
-        return self.settings.warehouse or self._uri_of(self.lake.root / "_catalog")
+        return connection.warehouse(self.settings, self.lake)
 
     def _uri_of(self, path: PurePath) -> str:
-        """The URI Iceberg records for a lake path: ``file:///abs/path`` or ``s3://b/key``."""
-        url, _ = self.lake.storage.table_location(path)
-        return url if "://" in url else f"file://{url}"
+        return connection.uri_of(self.lake, path)
 
     def identifier(self, feed: Feed) -> tuple[str, str]:
         return self.settings.namespace_of(feed.security), feed.name
@@ -309,11 +222,11 @@ class LakeCatalog:
             listed = self._listed(table)
             snapshot = table.current_snapshot()
             records = sum(f.record_count for f in listed.values())
-            version = _snapshot_version(snapshot)
+            version = snapshots.version_of(snapshot)
             return CatalogState(
                 feed.name, name, exists=True,
                 snapshot_id=snapshot.snapshot_id if snapshot else None,
-                snapshot_time=_snapshot_time(snapshot),
+                snapshot_time=snapshots.time_of(snapshot),
                 files=len(listed), records=records,
                 missing=tuple(sorted(set(wanted) - set(listed))),
                 extra=tuple(sorted(set(listed) - set(wanted))),
@@ -409,24 +322,24 @@ class LakeCatalog:
                 created = True
             self._refuse_changed_columns(feed, doc, table)
             table = self._evolve(feed, doc, table)
-            added = removed = snapshots = 0
+            added = removed = committed = 0
             for version in self._pending_versions(doc, table):
                 wanted = self._wanted(feed, doc, version)
                 listed = self._listed(table)
                 add = [path for path in wanted if path not in listed]
                 drop = [listed[path] for path in listed if path not in wanted]
                 if not add and not drop and (version is None
-                                             or _snapshot_version(table.current_snapshot())
+                                             or snapshots.version_of(table.current_snapshot())
                                              == version):
                     continue
                 table = self._commit(feed, table, doc, version,
                                      [self._data_file(feed, table, wanted[p]) for p in add], drop)
                 added += len(add)
                 removed += len(drop)
-                snapshots += 1
+                committed += 1
             expired = self._expire(feed, table, doc)
             return SyncResult(feed.name, name, added=added, removed=removed,
-                              snapshots=snapshots, expired=expired, created=created)
+                              snapshots=committed, expired=expired, created=created)
 
     def _load_for_commit(self, feed: Feed) -> Table | None:
         """The table, with pyiceberg's commit retries off (see the module docstring): a table
@@ -462,7 +375,7 @@ class LakeCatalog:
         lacks is added back by ``_evolve``: the lake's columns are the truth.)"""
         own = {column.name for column in doc.schema}
         if feed.kind == "stream":
-            own.update(PARTITION_COLUMNS)
+            own.update(entries.PARTITION_COLUMNS)
         foreign = sorted(f.name for f in table.schema().fields if f.name not in own)
         if foreign:
             raise CatalogError(
@@ -504,7 +417,7 @@ class LakeCatalog:
         current = doc.current_version
         if current is None:
             return []
-        done = _snapshot_version(table.current_snapshot())
+        done = snapshots.version_of(table.current_snapshot())
         newer = [v.version for v in doc.versions
                  if (done is None or v.version > done) and v.version < current]
         return [*sorted(newer), current]
@@ -526,7 +439,7 @@ class LakeCatalog:
     def _create(self, feed: Feed, doc: FeedMetadata, sample: PurePath) -> Table:
         """The feed's table: its files' schema (plus the partition columns of a stream), its
         partitioning, name mapping and properties, in one create commit."""
-        schema = _catalog_schema(feed, self._file_schema(sample))
+        schema = entries.catalog_schema(feed, self._file_schema(sample))
         catalog = self.catalog()
         namespace, _ = self.identifier(feed)
         self._ensure_namespace(namespace)
@@ -549,7 +462,7 @@ class LakeCatalog:
                 location=self._uri_of(self._feed_dir(feed)), properties=properties)
             if isinstance(doc, StreamMetadata):
                 with tx.update_spec() as spec:
-                    for column in PARTITION_COLUMNS:
+                    for column in entries.PARTITION_COLUMNS:
                         spec.add_identity(column)
             tx.set_properties({"schema.name-mapping.default": create_mapping_from_schema(
                 tx.table_metadata.schema()).model_dump_json()})
@@ -613,7 +526,7 @@ class LakeCatalog:
         known = {field.name for field in table.schema().fields}
         newest = self._newest_file(feed, doc)
         if newest is not None and any(column.name not in known for column in doc.schema):
-            file_schema = _catalog_schema(feed, self._file_schema(newest))
+            file_schema = entries.catalog_schema(feed, self._file_schema(newest))
             if any(name not in known for name in file_schema.names):
                 with tx.update_schema() as update:
                     update.union_by_name(file_schema)
@@ -628,34 +541,16 @@ class LakeCatalog:
         path = self._feed_dir(feed) / folder / entry.name
         with self.lake.storage.open_read(path) as source:
             footer = pq.read_metadata(source)
-        schema = table.schema()
-        stats = data_file_statistics_from_parquet_metadata(
-            parquet_metadata=footer,
-            stats_columns=compute_statistics_plan(schema, table.metadata.properties),
-            parquet_column_mapping=parquet_path_to_id_mapping(schema),
-        )
-        spec = table.spec()
-        partition = Record(*_partition_values(folder)) if spec.fields else Record()
-        return DataFile.from_args(
-            content=DataFileContent.DATA,
-            file_path=self._uri_of(path),
-            file_format=FileFormat.PARQUET,
-            partition=partition,
-            file_size_in_bytes=entry.size_bytes,
-            sort_order_id=None,
-            spec_id=spec.spec_id,
-            equality_ids=None,
-            key_metadata=None,
-            **stats.to_serialized_dict(),
-        )
+        return entries.data_file(table, footer, uri=self._uri_of(path), folder=folder,
+                                 size_bytes=entry.size_bytes)
 
     def _commit(self, feed: Feed, table: Table, doc: FeedMetadata, version: int | None,
                 add: list[DataFile], drop: list[DataFile]) -> Table:
-        summary = {RUN_ID: _last_run(doc)}
+        summary = {snapshots.RUN_ID: _last_run(doc)}
         if version is not None:
-            summary[VERSION] = str(version)
+            summary[snapshots.VERSION] = str(version)
         if isinstance(doc, StreamMetadata) and doc.watermark_ms is not None:
-            summary[WATERMARK] = str(doc.watermark_ms)
+            summary[snapshots.WATERMARK] = str(doc.watermark_ms)
         tx = table.transaction()
         update = tx.update_snapshot(snapshot_properties=summary)
         producer: Any = update.overwrite() if drop else update.merge_append()
@@ -674,64 +569,21 @@ class LakeCatalog:
         return table
 
     def _expire(self, feed: Feed, table: Table, doc: FeedMetadata) -> int:
-        """Expire the snapshots that name a file the lake no longer keeps (module docstring):
-        walking back from the newest, everything before the first snapshot that removed such
-        a file goes. A stream's snapshots older than ``STREAM_HISTORY_MS`` go too. A local
-        lake renames compaction inputs to ``.<name>.retired`` right after the swap
+        """Expire the snapshots that name a file the lake no longer keeps (``snapshots``). A
+        local lake renames compaction inputs to ``.<name>.retired`` right after the swap
         (``compaction.Compactor._hide``): their paths are gone at once, so there only listed
         files count as kept, not the retired ones in their grace."""
         hidden = self.lake.storage.atomic_rename
         paths = listed_paths(doc) if hidden else kept_paths(doc)
         kept = {self._uri_of(self._feed_dir(feed) / path) for path in paths}
-        snapshots = sorted(table.metadata.snapshots, key=lambda s: s.timestamp_ms, reverse=True)
-        current = table.current_snapshot()
-        doomed: set[int] = set()
-        for index, snapshot in enumerate(snapshots):
-            if _removed_count(snapshot) and any(
-                    path not in kept for path in self._removed_by(table, snapshot)):
-                doomed = {s.snapshot_id for s in snapshots[index + 1:]}
-                break
-        if isinstance(doc, StreamMetadata) and snapshots:
-            horizon = snapshots[0].timestamp_ms - STREAM_HISTORY_MS
-            if snapshots[-1].timestamp_ms < horizon - _EXPIRY_BATCH_MS:
-                doomed |= {s.snapshot_id for s in snapshots if s.timestamp_ms < horizon}
-        if current is not None:
-            doomed.discard(current.snapshot_id)
-        if not doomed:
+        ids = snapshots.doomed(table, kept, stream=isinstance(doc, StreamMetadata))
+        if not ids:
             return 0
-        lists = [s.manifest_list for s in snapshots if s.snapshot_id in doomed]
-        table.maintenance.expire_snapshots().by_ids(sorted(doomed)).commit()
-        self._collect(self.catalog().load_table(self.identifier(feed)), lists)
+        snapshots.expire(table, ids)
         log.info("catalog.snapshots_expired", feed=feed.name, table=self.name(feed),
-                 count=len(doomed), hint="they named files the lake has deleted, or were "
+                 count=len(ids), hint="they named files the lake has deleted, or were "
                  "older than the stream's day of time travel")
-        return len(doomed)
-
-    def _collect(self, table: Table, manifest_lists: list[str]) -> None:
-        """Delete what only the expired snapshots used: their manifest lists (one per
-        snapshot, never shared) and the manifests no remaining snapshot lists. Iceberg's
-        metadata under the warehouse is this module's own; the lake's data files are never
-        touched here. A failure only leaves garbage: logged, the next expiry tries again."""
-        try:
-            live = {m.manifest_path for s in table.metadata.snapshots
-                    for m in s.manifests(table.io)}
-            dead: set[str] = set()
-            for manifest_list in manifest_lists:
-                with contextlib.suppress(FileNotFoundError, OSError):
-                    dead |= {m.manifest_path for m in read_manifest_list(
-                        table.io.new_input(manifest_list))} - live
-            for path in [*manifest_lists, *sorted(dead)]:
-                table.io.delete(path)
-        except Exception as exc:  # noqa: BLE001 - garbage left, nothing lost
-            log.warning("catalog.metadata_not_collected", table=table.name(), error=str(exc))
-
-    def _removed_by(self, table: Table, snapshot: Snapshot) -> Iterator[str]:
-        for manifest in snapshot.manifests(table.io):
-            if manifest.added_snapshot_id != snapshot.snapshot_id:
-                continue
-            for entry in manifest.fetch_manifest_entry(table.io, discard_deleted=False):
-                if entry.status == ManifestEntryStatus.DELETED:
-                    yield entry.data_file.file_path
+        return len(ids)
 
     # -- dropping --------------------------------------------------------------------------
 
@@ -777,71 +629,8 @@ def follow_catalog(catalog: LakeCatalog | None, feed: Feed) -> Callable[[], bool
     return lambda: catalog.follow(feed) is None
 
 
-def _catalog_schema(feed: Feed, file_schema: pa.Schema) -> pa.Schema:
-    """The Arrow schema the table is made from: the files' columns (field metadata dropped),
-    then a stream's partition columns. Types Iceberg cannot hold exactly are refused here."""
-    for field in file_schema:
-        problem = _unrepresentable(field.type)
-        if problem:
-            raise CatalogError(
-                f"feed {feed.name!r}: column {field.name} is {problem}, which an Iceberg table "
-                f"cannot hold (decimals have at most {MAX_DECIMAL_DIGITS} digits). The feed "
-                "stays in the lake, uncatalogued: export it through a ksqlDB stream that "
-                "casts or drops that column to register it")
-        if field.name.lower() in PARTITION_COLUMNS and feed.kind == "stream":
-            raise CatalogError(
-                f"feed {feed.name!r}: column {field.name} clashes with the partition column "
-                f"{field.name.lower()} the catalog adds: rename it in ksqlDB (AS) to register "
-                "the feed")
-    fields = [pa.field(f.name, f.type, nullable=f.nullable) for f in file_schema]
-    if feed.kind == "stream":
-        fields += [pa.field(name, pa.int32()) for name in PARTITION_COLUMNS]
-    return pa.schema(fields)
-
-
-def _unrepresentable(kind: pa.DataType) -> str | None:
-    if pa.types.is_decimal(kind) and kind.precision > MAX_DECIMAL_DIGITS:
-        return f"DECIMAL({kind.precision}, {kind.scale})"
-    children: list[pa.DataType] = []
-    if pa.types.is_struct(kind):
-        children = [kind.field(i).type for i in range(kind.num_fields)]
-    elif pa.types.is_map(kind):
-        children = [kind.key_type, kind.item_type]
-    elif pa.types.is_list(kind) or pa.types.is_large_list(kind):
-        children = [kind.value_type]
-    for child in children:
-        problem = _unrepresentable(child)
-        if problem:
-            return f"{problem} inside {kind}"
-    return None
-
-
-def _partition_values(folder: str) -> tuple[int, int, int]:
-    day = layout.partition_day(folder)
-    return day.year, day.month, day.day
-
-
 def _current_version(doc: FeedMetadata | None) -> int | None:
     return doc.current_version if isinstance(doc, TableMetadata) else None
-
-
-def _snapshot_version(snapshot: Snapshot | None) -> int | None:
-    if snapshot is None or snapshot.summary is None:
-        return None
-    value = snapshot.summary.additional_properties.get(VERSION)
-    return int(value) if value is not None and value.isdigit() else None
-
-
-def _snapshot_time(snapshot: Snapshot | None) -> dt.datetime | None:
-    if snapshot is None:
-        return None
-    return dt.datetime.fromtimestamp(snapshot.timestamp_ms / 1000, dt.UTC)
-
-
-def _removed_count(snapshot: Snapshot) -> int:
-    summary = snapshot.summary
-    value = summary.additional_properties.get("deleted-data-files") if summary else None
-    return int(value) if value is not None and value.isdigit() else 0
 
 
 def _last_run(doc: FeedMetadata) -> str:

@@ -17,7 +17,8 @@ if TYPE_CHECKING:
     from pyiceberg.table import Table
     from pyiceberg.table.snapshots import Snapshot
 
-from lakeexportd.catalog.iceberg import VERSION, LakeCatalog
+from lakeexportd.catalog.iceberg import LakeCatalog
+from lakeexportd.catalog.snapshots import VERSION
 from lakeexportd.config.model import Feed
 
 NAME_MAPPING: Final = "schema.name-mapping.default"  # long JSON: shown by --json only

@@ -29,6 +29,7 @@ from pyiceberg.catalog.sql import SqlCatalog, SqlCatalogBaseTable
 from pyiceberg.typedef import Identifier
 from sqlalchemy.engine import Engine
 
+from lakeexportd.catalog import connection
 from lakeexportd.catalog.iceberg import LakeCatalog
 from lakeexportd.config.model import CatalogSettings
 from lakeexportd.lake.configured import ConfiguredLake
@@ -66,7 +67,7 @@ def test_a_namespace_created_between_check_and_insert_is_used(
     assert exporter(sandbox.url, root).export(tx, NOW).rows == 50
     catalog = LakeCatalog(CatalogSettings(uri=postgres_database.url),
                           ConfiguredLake(LOCAL, root, str(root)))
-    properties = catalog._properties()
+    properties = connection.properties(catalog.settings, catalog.lake)
     racing = LateNamespaceCatalog("lakeexportd", **properties)
     other = SqlCatalog("lakeexportd", **properties)
     racing.after_check = lambda: other.create_namespace("lake")

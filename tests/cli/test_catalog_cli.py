@@ -261,7 +261,7 @@ def test_metadata_status_validate_and_report_with_a_level_catalog(
          "wide": "refused: feed 'wide': column HUGE is DECIMAL(76, 20), which an Iceberg table "
                  "cannot hold (decimals have at most 38 digits). The feed stays in the lake, "
                  "uncatalogued: export it through a ksqlDB stream that casts or drops that "
-                 "column to register it"}
+                 "column to register it, or set `catalog: false` on it"}
     validated = in_process(capsys, "validate", *c)[1]
     assert f"catalog: sql catalog sqlite:///{config.parent / 'catalog.db'}, namespace lake, " \
         f"Iceberg metadata in {config.parent / 'lake'}/_catalog: 3 Parquet feeds as tables" \

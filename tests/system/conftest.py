@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from daemonproc import Setup
+from daemonproc import Setup, stop_all
 
 from lakeexportd.sandbox import Sandbox
 
@@ -16,10 +15,5 @@ from lakeexportd.sandbox import Sandbox
 def setup(tmp_path: Path, sandbox: Sandbox) -> Iterator[Setup]:
     s = Setup(tmp_path, sandbox)
     yield s
-    for daemon in s.daemons:
-        if daemon.proc.poll() is None:
-            try:
-                daemon.stop(timeout=30)
-            except subprocess.TimeoutExpired:
-                pass  # stop() killed the process group
+    stop_all(s.daemons)
     sandbox.clear_faults()

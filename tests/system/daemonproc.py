@@ -104,6 +104,16 @@ class DaemonProcess:
         self.proc.wait(10)
 
 
+def stop_all(daemons: list[DaemonProcess]) -> None:
+    """Stop every daemon still running (a test's teardown: whatever the test did)."""
+    for daemon in daemons:
+        if daemon.proc.poll() is None:
+            try:
+                daemon.stop(timeout=30)
+            except subprocess.TimeoutExpired:
+                pass  # stop() killed the process group
+
+
 class Setup:
     """Writes configs for one test and starts daemons on them."""
 

@@ -37,7 +37,7 @@ import obstore
 import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
-from daemonproc import DaemonProcess, free_port, wait_for
+from daemonproc import DaemonProcess, free_port, stop_all, wait_for
 from lakecheck import assert_exactly_once
 from objectlake import document, feed_prefix, listed, objects, store_config
 from objectstores import Bucket
@@ -137,12 +137,7 @@ class Daemons:
             assert daemon.proc.wait(60) == 0, daemon.stderr
 
     def close(self) -> None:
-        for daemon in self.started:
-            if daemon.proc.poll() is None:
-                try:
-                    daemon.stop(timeout=30)
-                except subprocess.TimeoutExpired:
-                    pass  # stop() killed the process group
+        stop_all(self.started)
 
 
 @pytest.fixture

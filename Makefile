@@ -17,7 +17,7 @@ DUCKDB_VENV := .venv-duckdb
 DUCKDB_LOCK := requirements/duckdb-readers.lock
 DUCKDB_STAMP := $(DUCKDB_VENV)/.installed
 
-.PHONY: install azurite duckdb-readers lock run test bench bench-compaction lint soak clean
+.PHONY: install azurite duckdb-readers lock run test bench bench-compaction bench-catalog lint soak clean
 
 # One pip call installs the package and everything the tests need, at the locked versions.
 $(STAMP): pyproject.toml $(LOCK)
@@ -71,6 +71,10 @@ bench: $(STAMP)
 bench-compaction: $(STAMP)
 	$(BIN)/python -m benchmarks.metadata_growth
 	$(BIN)/python -m benchmarks.compaction_scan
+
+# The catalog's sync after each run of a stream, over many runs (README "Data catalogue").
+bench-catalog: $(STAMP)
+	$(BIN)/python -m benchmarks.catalog_sync
 
 # 20 feeds for 5 minutes against a sandbox generating 2,000 rows/s (not part of `make test`).
 soak: $(STAMP)

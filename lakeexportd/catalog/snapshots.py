@@ -2,8 +2,11 @@
 
 Time travel must never reach a missing file: walking back from the newest snapshot, every
 snapshot older than the first one that removed a file the lake no longer keeps goes (they all
-name that file). A stream commits a snapshot per run, so its snapshots go after a day too, in
-hourly batches; a table feed's snapshots are its kept versions. What only the expired
+name that file). A stream commits a snapshot per run, and every commit copies the table's
+metadata, all snapshots included, many times over in pyiceberg (a sync took ~13 ms more per
+snapshot kept: ``python -m benchmarks.catalog_sync``): past ``STREAM_SNAPSHOTS_MAX`` all but
+the newest ``STREAM_SNAPSHOTS_KEPT`` go. A table feed's snapshots are its kept versions. What
+only the expired
 snapshots used of Iceberg's own metadata (manifest lists, manifests) is deleted with them.
 """
 
@@ -24,10 +27,11 @@ log = structlog.get_logger(__name__)
 RUN_ID: Final = "lakeexportd.run-id"
 VERSION: Final = "lakeexportd.version"
 WATERMARK: Final = "lakeexportd.watermark-ms"
-STREAM_HISTORY_MS: Final = 24 * 3_600_000
-"""A stream's snapshots stay this long for time travel (one per run: a day of them); they are
-expired in batches, once the oldest is an hour past it."""
-_EXPIRY_BATCH_MS: Final = 3_600_000
+STREAM_SNAPSHOTS_MAX: Final = 40
+STREAM_SNAPSHOTS_KEPT: Final = 20
+"""A stream keeps between its last 20 and 40 runs' snapshots for time travel, expired in
+batches (a minute schedule: 20 minutes back at least; an hourly one: most of a day). Past
+reads of a stream go by ROWTIME; a table feed keeps its versions."""
 
 
 def doomed(table: Table, kept: set[str], *, stream: bool) -> set[int]:
@@ -39,10 +43,8 @@ def doomed(table: Table, kept: set[str], *, stream: bool) -> set[int]:
                 path not in kept for path in _removed_by(table, snapshot)):
             out = {s.snapshot_id for s in snapshots[index + 1:]}
             break
-    if stream and snapshots:
-        horizon = snapshots[0].timestamp_ms - STREAM_HISTORY_MS
-        if snapshots[-1].timestamp_ms < horizon - _EXPIRY_BATCH_MS:
-            out |= {s.snapshot_id for s in snapshots if s.timestamp_ms < horizon}
+    if stream and len(snapshots) > STREAM_SNAPSHOTS_MAX:
+        out |= {s.snapshot_id for s in snapshots[STREAM_SNAPSHOTS_KEPT:]}
     current = table.current_snapshot()
     if current is not None:
         out.discard(current.snapshot_id)

@@ -286,24 +286,41 @@ class CurlResponse:
         """The body as libcurl received it (chunked framing removed), in blocks of what had
         arrived, up to about YIELD_BYTES. ``idle_marks``: an empty block each time nothing
         more has arrived and the next bytes must be waited for (then every WAKE_SECONDS)."""
+        return self._iter_marked() if idle_marks else self._iter()
+
+    def _iter(self) -> Iterator[bytes]:
         body = self._body
-        idle = False
         while True:
             if not body:
                 if self._done:
                     self._raise_failure()
                     return
-                if idle_marks and idle:
-                    yield b""
-                self._step(wait=idle or not idle_marks)
-                idle = not body
+                self._step(wait=True)
                 continue
-            idle = False
-            while len(body) < YIELD_BYTES and not self._done and self._step(wait=False):
-                pass
-            data = bytes(body)
-            del body[:]
-            yield data
+            yield self._gather()
+
+    def _iter_marked(self) -> Iterator[bytes]:
+        """``_iter`` that first looks without waiting, and says so when it must wait."""
+        body = self._body
+        while True:
+            if not body:
+                if self._done:
+                    self._raise_failure()
+                    return
+                if not self._step(wait=False) and not self._done:
+                    yield b""
+                    self._step(wait=True)
+                continue
+            yield self._gather()
+
+    def _gather(self) -> bytes:
+        """What has arrived, topped up while more comes at once (up to YIELD_BYTES)."""
+        body = self._body
+        while len(body) < YIELD_BYTES and not self._done and self._step(wait=False):
+            pass
+        data = bytes(body)
+        del body[:]
+        return data
 
     def read(self) -> bytes:
         return b"".join(self.iter_raw())

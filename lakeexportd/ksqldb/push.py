@@ -172,11 +172,13 @@ class PushQuery:
     def close(self) -> None:
         """``/close-query`` while still running, then end the body from this side.
 
-        A failed ``/close-query`` is only logged: closing the connection ends the query on
-        the server too. Rows not yet handed over are dropped (they are after the caller's
+        Not sent once the body has ended or broken (nothing runs on the server to close). A
+        failed ``/close-query`` is only logged: closing the connection ends the query on the
+        server too. Rows not yet handed over are dropped (they are after the caller's
         last offsets, so the next query reads them again).
         """
-        if self.state == "running" and self._end is None and self.query_id is not None:
+        body_open = self._reader is not None and self._reader.is_alive()
+        if self.state == "running" and body_open and self.query_id is not None:
             try:
                 self._close_query(self.query_id)
             except LakeExportError as exc:

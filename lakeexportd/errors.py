@@ -18,6 +18,8 @@ operator (or the daemon) should do about it::
      +-- TransientError         retry within the run, then wait for the next tick (exit 75)
           +-- KsqlDBUnavailable      connection failure, timeout, 429 or 5xx after the retries
           +-- KsqlDBStreamError      the answer broke off or ended with an error object
+          +-- PushQueryEnded         a push query's body ended on a row boundary (/close-query,
+          |                          ksqlDB restarting): every row sent was handed over
           +-- KsqlDBProtocolError    a line that is not JSON, or a row of the wrong length
           +-- FeedLocked             another writer holds the feed's lock
           +-- ExportAborted          shutdown stopped the run before it published anything
@@ -204,6 +206,15 @@ class KsqlDBStreamError(TransientError):
     def __init__(self, message: str, *, error_code: int | None = None) -> None:
         self.error_code = error_code
         super().__init__(message)
+
+
+class PushQueryEnded(TransientError):
+    """ksqlDB ended a push query's body cleanly: after the last complete row, with no error.
+
+    Unlike a ``KsqlDBStreamError`` (the connection broke, maybe mid-row, or ksqlDB wrote an
+    error line), nothing was cut: the rows handed over are all the server sent. Reconnect
+    either way; the committed offsets say where from.
+    """
 
 
 class KsqlDBProtocolError(TransientError):

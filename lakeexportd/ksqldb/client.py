@@ -3,8 +3,9 @@
 Queries go to ``POST /query-stream`` in the delimited format (HTTP/1.1 chunked, or h2c with
 prior knowledge), or to the legacy ``POST /query`` for servers older than 0.24
 (``versions``). Rows arrive as Arrow tables, decoded block by block while the body streams in
-(``result.QueryResult``), so memory never holds the whole answer. Statements go to
-``POST /ksql``; ``catalog`` reads what they answer.
+(``result.QueryResult``), so memory never holds the whole answer. Push queries (``push``)
+hand their rows over as they arrive and never end by themselves (``push.PushQuery``).
+Statements go to ``POST /ksql``; ``catalog`` reads what they answer.
 
 The transport is libcurl (``curl_stream.CurlTransport``, what ``client_from_settings`` builds)
 for every request: ksqlDB sends one HTTP chunk per row, which only a native HTTP parser drains
@@ -30,6 +31,7 @@ from lakeexportd.ksqldb import catalog, sql
 from lakeexportd.ksqldb.catalog import ServerInfo, SourceDescription, SourceInfo
 from lakeexportd.ksqldb.curl_stream import CurlTransport
 from lakeexportd.ksqldb.framing import DEFAULT_BLOCK_BYTES, DelimitedStream, StreamedRowStream
+from lakeexportd.ksqldb.push import READ_AHEAD_TABLES, PushQuery
 from lakeexportd.ksqldb.result import QueryResult
 from lakeexportd.ksqldb.retry import RequestObserver, RetryingSender
 from lakeexportd.ksqldb.transport import HttpxTransport, Transport
@@ -126,6 +128,47 @@ class KsqlDBClient:
             result = QueryResult(response, decoder, batch_size, cancel)
             result.read_header()
             yield result
+
+    @contextmanager
+    def push(
+        self,
+        sql: str,
+        *,
+        properties: dict[str, Any] | None = None,
+        read_ahead: int = READ_AHEAD_TABLES,
+        cancel: threading.Event | None = None,
+    ) -> Iterator[PushQuery]:
+        """Start a push query (``sql.push_after``); rows come from ``next_batch`` as they
+        arrive, and leaving the block closes it (``/close-query``, then the connection).
+
+        Same endpoints and HTTP versions as ``query``; the body has no read timeout (see
+        ``push``). ``cancel`` ends the wait for the answer's header (shutdown).
+        """
+        what = f"push query {_short(sql)}"
+        api = self._query_api(cancel)
+        if api == "query-stream":
+            path, accept = "/query-stream", DELIMITED
+            body: dict[str, Any] = {"sql": sql, "properties": properties or {}}
+            decoder: DelimitedStream | StreamedRowStream = DelimitedStream(
+                block_bytes=self.block_bytes, what=what
+            )
+        else:
+            path, accept = "/query", STREAMED_ROWS
+            body = {"ksql": sql, "streamsProperties": properties or {}}
+            decoder = StreamedRowStream(block_bytes=self.block_bytes, what=what)
+        with self._sender.send(
+            "POST", path, json_body=body, accept=accept, what=what, cancel=cancel,
+            idle_body=True,
+        ) as response:
+            query = PushQuery(
+                response, decoder, close_query=self.close_query, read_ahead=read_ahead,
+                cancel=cancel,
+            )
+            try:
+                query.start()
+                yield query
+            finally:
+                query.close()
 
     def _query_api(
         self, cancel: threading.Event | None = None

@@ -8,6 +8,14 @@ response header is complete and returns a ``CurlResponse`` (status, headers, HTT
 ``iter_raw()``, ``read()``). The read timeout is silence between bytes, measured here; the
 multi loop wakes every 0.2 s, so ``close()`` from another thread takes effect promptly.
 
+A push query's body is endless and silent while no rows come (ksqlDB sends no keep-alives), so
+``open(idle_body=True)`` drops the read timeout once the header is in and turns on TCP
+keep-alive instead (first probe after KEEPALIVE_IDLE s, then every KEEPALIVE_INTERVAL s; the
+kernel's probe count, 9 on Linux, gives up after about two minutes): a silent server is
+normal, a vanished one still ends the body with a ``"connect"`` failure. ``iter_raw(
+idle_marks=True)`` yields an empty block whenever nothing more has arrived, so the reader can
+hand over rows that a large-block decoder would otherwise hold back.
+
 Failures are ``TransportFailure`` (``ksqldb``'s httpx adapter raises it too) with a ``kind``:
 ``"tls"`` (certificate or handshake: a configuration error), ``"timeout"`` (connect or read),
 ``"connect"`` (anything else on the way: refused, reset, cut short) or ``"aborted"`` (the
@@ -36,6 +44,8 @@ WAKE_SECONDS = 0.2
 _TLS_ERRORS = frozenset({35, 53, 54, 58, 59, 60, 64, 66, 77, 80, 82, 83, 90, 91, 98})
 _TIMEOUT = 28
 _CONNECT_ERRORS = frozenset({5, 6, 7})  # proxy or host not resolved, connection refused
+KEEPALIVE_IDLE = 30
+KEEPALIVE_INTERVAL = 10
 
 
 class TransportFailure(Exception):
@@ -90,16 +100,22 @@ class CurlTransport:
         headers: Mapping[str, str],
         body: bytes | None = None,
         cancel: threading.Event | None = None,
+        idle_body: bool = False,
     ) -> CurlResponse:
         """Send the request; return once the response header is complete. A set ``cancel``
-        ends the wait within WAKE_SECONDS (connecting, or a server silent before its header)."""
+        ends the wait within WAKE_SECONDS (connecting, or a server silent before its header).
+        ``idle_body``: the body may stay silent for any time (a push query), see above."""
         curl = pycurl.Curl()
         try:
             self._configure(curl, method, path, headers, body)
+            if idle_body:
+                curl.setopt(pycurl.TCP_KEEPALIVE, 1)
+                curl.setopt(pycurl.TCP_KEEPIDLE, KEEPALIVE_IDLE)
+                curl.setopt(pycurl.TCP_KEEPINTVL, KEEPALIVE_INTERVAL)
         except BaseException:
             curl.close()
             raise
-        response = CurlResponse(curl, self.read_timeout)
+        response = CurlResponse(curl, self.read_timeout, idle_body=idle_body)
         response._wait_for_header(cancel)
         return response
 
@@ -162,13 +178,14 @@ class CurlTransport:
 class CurlResponse:
     """One answer: ``status_code``, ``headers``, ``http_version`` once open, then the body."""
 
-    def __init__(self, curl: pycurl.Curl, read_timeout: float) -> None:
+    def __init__(self, curl: pycurl.Curl, read_timeout: float, *, idle_body: bool = False) -> None:
         self.status_code = 0
         self.http_version = ""
         self.headers: dict[str, str] = {}
         self._curl = curl
         self._multi = pycurl.CurlMulti()
         self._read_timeout = read_timeout
+        self._idle_body = idle_body
         # The read timeout counts from the moment the request can go out: connecting (and the
         # TLS handshake) is bounded by libcurl's connect timeout.
         self._connected = False
@@ -239,6 +256,8 @@ class CurlResponse:
         if len(body) != before or lines != self._header_lines:
             self._last_data = time.monotonic()
         elif wait and self._connected and not self._done:
+            if self._idle_body and self._header_done:
+                return 0
             if time.monotonic() - self._last_data > self._read_timeout:
                 raise TransportFailure(
                     "timeout",
@@ -263,9 +282,13 @@ class CurlResponse:
         if self._failure is not None:
             raise self._failure
 
-    def iter_raw(self) -> Iterator[bytes]:
+    def iter_raw(self, *, idle_marks: bool = False) -> Iterator[bytes]:
         """The body as libcurl received it (chunked framing removed), in blocks of what had
-        arrived, up to about YIELD_BYTES."""
+        arrived, up to about YIELD_BYTES. ``idle_marks``: an empty block each time nothing
+        more has arrived and the next bytes must be waited for (then every WAKE_SECONDS)."""
+        return self._iter_marked() if idle_marks else self._iter()
+
+    def _iter(self) -> Iterator[bytes]:
         body = self._body
         while True:
             if not body:
@@ -274,11 +297,30 @@ class CurlResponse:
                     return
                 self._step(wait=True)
                 continue
-            while len(body) < YIELD_BYTES and not self._done and self._step(wait=False):
-                pass
-            data = bytes(body)
-            del body[:]
-            yield data
+            yield self._gather()
+
+    def _iter_marked(self) -> Iterator[bytes]:
+        """``_iter`` that first looks without waiting, and says so when it must wait."""
+        body = self._body
+        while True:
+            if not body:
+                if self._done:
+                    self._raise_failure()
+                    return
+                if not self._step(wait=False) and not self._done:
+                    yield b""
+                    self._step(wait=True)
+                continue
+            yield self._gather()
+
+    def _gather(self) -> bytes:
+        """What has arrived, topped up while more comes at once (up to YIELD_BYTES)."""
+        body = self._body
+        while len(body) < YIELD_BYTES and not self._done and self._step(wait=False):
+            pass
+        data = bytes(body)
+        del body[:]
+        return data
 
     def read(self) -> bytes:
         return b"".join(self.iter_raw())

@@ -99,6 +99,12 @@ class DelimitedStream:
         if self.header is not None:
             yield from self._decode(self._blocks.take())
 
+    def flush(self) -> Iterator[pa.Table]:
+        """Every complete line received so far, decoded now rather than at ``block_bytes``
+        (a push query whose rows trickle in: nothing more has arrived for the moment)."""
+        if self.header is not None:
+            yield from self._decode(self._blocks.take(force=True))
+
     def finish(self) -> Iterator[pa.Table]:
         """Decode what is left; raise if the answer did not end on a complete line."""
         if self.header is None:
@@ -236,11 +242,22 @@ class StreamedRowStream:
         self._blocks.add(chunk)
         yield from self._lines(self._blocks.take(force=self.header is None))
 
+    def flush(self) -> Iterator[pa.Table]:
+        """Every complete element received so far, decoded now (see ``DelimitedStream``)."""
+        yield from self._lines(self._blocks.take(force=True))
+
     def finish(self) -> Iterator[pa.Table]:
         yield from self._lines(self._blocks.take(force=True))
         tail = self._blocks.pending.strip()
         if tail:
-            yield from self._lines(tail + b"\n")
+            try:
+                yield from self._lines(tail + b"\n")
+            except KsqlDBProtocolError as exc:  # the last element lacks its end: cut short
+                raise KsqlDBStreamError(
+                    f"{self.what}: the answer broke off in the middle of an element after "
+                    f"{self.rows} rows ({len(tail)} bytes after the last complete one); the "
+                    "rows received are not used"
+                ) from exc
         if not self.closed:
             raise KsqlDBStreamError(
                 f"{self.what}: the answer broke off after {self.rows} rows (no closing ']'); "

@@ -80,8 +80,10 @@ class RetryingSender:
         json_body: dict[str, Any] | None = None,
         accept: str = "application/json",
         cancel: threading.Event | None = None,
+        idle_body: bool = False,
     ) -> Iterator[Response]:
-        """Open a streamed response with a 2xx status, retrying transient failures first."""
+        """Open a streamed response with a 2xx status, retrying transient failures first
+        (``idle_body``: a push query's body, silent for any time: ``Transport.open``)."""
         content = json.dumps(json_body).encode() if json_body is not None else None
         headers = {"Accept": accept}
         if content is not None:
@@ -92,7 +94,8 @@ class RetryingSender:
             failure: str
             try:
                 response = self.transport.open(
-                    method, path, headers=headers, body=content, cancel=cancel
+                    method, path, headers=headers, body=content, cancel=cancel,
+                    idle_body=idle_body,
                 )
             except TransportFailure as exc:
                 if exc.kind == "aborted":

@@ -10,11 +10,17 @@ one is refused with ``FeedError`` before it can become part of a statement (conf
 always pass; a hand-edited ``_metadata.json`` read by ``verify --source`` may not).
 ROWTIME windows are half-open, ``(lower, upper]`` in epoch milliseconds; no lower bound means
 from the start of the topic.
+
+A realtime feed's push query (``push_after``) reads ROWPARTITION and ROWOFFSET, which ksqlDB
+allows in a push query's SELECT and WHERE only (wire reference 7.3); its WHERE uses nothing but
+``=``, ``<>``, ``>``, AND, OR and parentheses, which ksqlDB and the sandbox both parse (no IN:
+the sandbox leaves it out).
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 
 from lakeexportd.errors import FeedError
 
@@ -44,6 +50,37 @@ def window_rowtimes(source: str, lower: int | None, upper: int) -> str:
 def table_scan(source: str) -> str:
     """Every row of a table as it is now."""
     return f"SELECT * FROM {_name(source)};"
+
+
+def push_after(source: str, offsets: Mapping[int, int], watermark_ms: int | None) -> str:
+    """A push query for exactly the rows after a committed point, pseudo columns first.
+
+    For each partition p with a committed offset o, ``(ROWPARTITION = p AND ROWOFFSET > o)``;
+    every other partition (none committed yet, or one that appears later) is read from
+    ``ROWTIME > watermark_ms`` when a watermark is given (a feed switched from batch mode
+    starts after it), else from its first row. No WHERE when nothing is committed and there is
+    no watermark. Partitions are written in ascending order, so the same point gives the same
+    text::
+
+        SELECT ROWPARTITION, ROWOFFSET, ROWTIME, * FROM S WHERE (ROWPARTITION = 0 AND
+        ROWOFFSET > 41) OR (ROWPARTITION = 1 AND ROWOFFSET > 7) OR (ROWPARTITION <> 0 AND
+        ROWPARTITION <> 1 AND ROWTIME > 1700000000000) EMIT CHANGES;
+
+    ksqlDB evaluates this per record on the server, but every push query reads its topic from
+    ``auto.offset.reset`` on: the runner asks for ``earliest`` and drops rows at or below the
+    committed offsets itself too.
+    """
+    committed = sorted(offsets.items())
+    if any(p < 0 or o < 0 for p, o in committed):
+        raise ValueError(f"partitions and offsets are never negative: {dict(committed)}")
+    after = [f"(ROWPARTITION = {p} AND ROWOFFSET > {o})" for p, o in committed]
+    rest = [f"ROWPARTITION <> {p}" for p, _ in committed]
+    if watermark_ms is not None:
+        rest.append(f"ROWTIME > {watermark_ms}")
+    if rest:
+        after.append(rest[0] if len(rest) == 1 else "(" + " AND ".join(rest) + ")")
+    where = f" WHERE {' OR '.join(after)}" if after else ""
+    return f"SELECT ROWPARTITION, ROWOFFSET, ROWTIME, * FROM {_name(source)}{where} EMIT CHANGES;"
 
 
 def _rowtime_in(lower: int | None, upper: int) -> str:

@@ -26,7 +26,7 @@ class Response(Protocol):
     status_code: int
     http_version: str
 
-    def iter_raw(self) -> Iterator[bytes]: ...
+    def iter_raw(self, *, idle_marks: bool = False) -> Iterator[bytes]: ...
 
     def read(self) -> bytes: ...
 
@@ -41,7 +41,7 @@ class Transport(Protocol):
 
     def open(
         self, method: str, path: str, *, headers: dict[str, str], body: bytes | None = None,
-        cancel: threading.Event | None = None,
+        cancel: threading.Event | None = None, idle_body: bool = False,
     ) -> Response: ...
 
     def close(self) -> None: ...
@@ -98,11 +98,15 @@ class HttpxTransport:
     def open(
         self, method: str, path: str, *, headers: dict[str, str], body: bytes | None = None,
         cancel: threading.Event | None = None,  # unit tests' answers come at once
+        idle_body: bool = False,
     ) -> Response:
         import httpx
 
         try:
             request = self.http.build_request(method, path, content=body, headers=headers)
+            if idle_body:  # a push query: silence is no failure (the client's timeouts stay)
+                timeout = dict(request.extensions.get("timeout", {}), read=None)
+                request.extensions["timeout"] = timeout
             return _HttpxResponse(self.http.send(request, stream=True))
         except httpx.TransportError as exc:
             raise _httpx_failure(exc) from exc
@@ -117,11 +121,15 @@ class _HttpxResponse:
         self.status_code = response.status_code
         self.http_version = response.http_version
 
-    def iter_raw(self) -> Iterator[bytes]:
+    def iter_raw(self, *, idle_marks: bool = False) -> Iterator[bytes]:
+        """httpx cannot tell whether more bytes wait, so each block counts as all there is."""
         import httpx
 
         try:
-            yield from self.response.iter_raw()
+            for block in self.response.iter_raw():
+                yield block
+                if idle_marks:
+                    yield b""
         except (httpx.TransportError, httpx.StreamError) as exc:
             raise _httpx_failure(exc) from exc
 

@@ -64,33 +64,46 @@ class JsonWriter(Writer):
 
 
 class StreamedRowWriter(Writer):
-    """``application/vnd.ksql.v1+json``, the ``/query`` format: StreamedRow elements, ``,\\n``."""
+    """``application/vnd.ksql.v1+json``, the ``/query`` format: StreamedRow elements, ``,\\n``.
+
+    Unbuffered answers (push and stream pull) write ``,\\n`` after each element, in the same
+    write (``JsonStreamedRowResponseWriter#writeBuffer``): the header chunk is
+    ``[{"header":...},\\n`` and each row chunk ``{"row":...},\\n``, so a row is a complete
+    line as soon as it arrives; the final message closes the array without one. Table pulls
+    are buffered, so where the separator goes does not show: it is written before each row.
+    """
 
     content_type = V1_JSON
 
     def __init__(self, kind: str) -> None:
         self.kind = kind
+        self._after = kind != "table_pull"
 
     def header(self, plan: Plan) -> bytes:
-        return (f'[{{"header":{{"queryId":{json_string(plan.query_id)},'
-                f'"schema":{json_string(plan.header_schema())}}}}}').encode()
+        header = (f'[{{"header":{{"queryId":{json_string(plan.query_id)},'
+                  f'"schema":{json_string(plan.header_schema())}}}}}').encode()
+        return header + b",\n" if self._after else header
 
     def row(self, line: bytes) -> bytes:
-        return b',\n{"row":{"columns":' + line + b"}}"
+        return self._element(b'{"row":{"columns":' + line + b"}}")
 
     def raw(self, text: bytes) -> bytes:
-        return b",\n" + text
+        return self._element(text)
+
+    def _element(self, element: bytes) -> bytes:
+        return element + b",\n" if self._after else b",\n" + element
 
     def error(self, body: bytes) -> bytes:
         # ksqlDB writes ",\n" after every unbuffered element, the error included.
-        trailer = b"]" if self.kind == "table_pull" else b",\n]"
-        return b',\n{"errorMessage":' + body + b"}" + trailer
+        if self._after:
+            return b'{"errorMessage":' + body + b"},\n]"
+        return b',\n{"errorMessage":' + body + b"}]"
 
     def end(self, reason: str) -> bytes:
         if self.kind == "table_pull" or reason == "closed":
             return b"]"
         final = "Limit Reached" if reason == "limit" else "Query Completed"
-        return b',\n{"finalMessage":"' + final.encode() + b'"}]'
+        return b'{"finalMessage":"' + final.encode() + b'"}]'
 
 
 def choose(accept: str | None, kind: str, *, legacy: bool) -> Writer | None:

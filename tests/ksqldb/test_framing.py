@@ -131,6 +131,26 @@ def test_legacy_answer_without_closing_bracket_raises() -> None:
         run(StreamedRowStream(), [STREAMED[: STREAMED.index(b'{"finalMessage')]])
 
 
+def test_legacy_answer_cut_inside_its_last_element_is_a_broken_stream() -> None:
+    """A /query body that ends inside an element (a stream that just stops) broke off."""
+    cut = STREAMED[: STREAMED.index(b'"PAGE_1"')]
+    with pytest.raises(KsqlDBStreamError, match="middle of an element after 0 rows"):
+        run(StreamedRowStream(), [cut])
+
+
+def test_flush_decodes_every_complete_line_at_once() -> None:
+    """``flush`` hands over the rows a large block would hold back, never a partial line."""
+    cases = [(DelimitedStream(), DELIMITED, [1]), (StreamedRowStream(), STREAMED, ["USER_1"])]
+    for stream, body, first in cases:
+        head = body.index(b"\n") + 1
+        cut = len(body) - 5  # inside the last line: the second row, or the finalMessage
+        assert list(stream.feed(body[:head])) == []
+        assert list(stream.feed(body[head:cut])) == []  # under block_bytes: nothing yet
+        rows = [list(r.values())[0] for t in stream.flush() for r in t.to_pylist()]
+        assert rows == first
+        assert list(stream.flush()) == []
+
+
 def test_legacy_error_message_element_fails_the_answer() -> None:
     """An errorMessage element (even with the trailing comma) raises with its code."""
     body = STREAMED.split(b'{"finalMessage')[0] + (

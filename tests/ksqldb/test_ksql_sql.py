@@ -51,3 +51,47 @@ def test_what_is_not_a_name_never_becomes_sql(name: str) -> None:
                   lambda s: sql.stream_window(s, None, 1), lambda s: sql.window_rowtimes(s, 0, 1)):
         with pytest.raises(FeedError, match="is not a ksqlDB source name"):
             build(name)
+
+
+def test_push_after_nothing_committed_reads_everything() -> None:
+    """No offsets and no watermark: no WHERE, pseudo columns first."""
+    assert sql.push_after("S", {}, None) == (
+        "SELECT ROWPARTITION, ROWOFFSET, ROWTIME, * FROM S EMIT CHANGES;"
+    )
+
+
+def test_push_after_a_watermark_only() -> None:
+    """A feed switched from batch mode starts after its watermark in every partition."""
+    assert sql.push_after("S", {}, 1700000000000) == (
+        "SELECT ROWPARTITION, ROWOFFSET, ROWTIME, * FROM S WHERE ROWTIME > 1700000000000 "
+        "EMIT CHANGES;"
+    )
+
+
+def test_push_after_offsets_in_partition_order_and_the_rest_in_full() -> None:
+    """Committed partitions after their offset; any other partition from its start."""
+    assert sql.push_after("S", {1: 7, 0: 41}, None) == (
+        "SELECT ROWPARTITION, ROWOFFSET, ROWTIME, * FROM S WHERE "
+        "(ROWPARTITION = 0 AND ROWOFFSET > 41) OR (ROWPARTITION = 1 AND ROWOFFSET > 7) "
+        "OR (ROWPARTITION <> 0 AND ROWPARTITION <> 1) EMIT CHANGES;"
+    )
+    assert sql.push_after("S", {3: 0}, None) == (
+        "SELECT ROWPARTITION, ROWOFFSET, ROWTIME, * FROM S WHERE "
+        "(ROWPARTITION = 3 AND ROWOFFSET > 0) OR ROWPARTITION <> 3 EMIT CHANGES;"
+    )
+
+
+def test_push_after_offsets_and_a_watermark() -> None:
+    """Partitions without an offset start after the watermark."""
+    assert sql.push_after("S", {0: 5}, 99) == (
+        "SELECT ROWPARTITION, ROWOFFSET, ROWTIME, * FROM S WHERE "
+        "(ROWPARTITION = 0 AND ROWOFFSET > 5) OR (ROWPARTITION <> 0 AND ROWTIME > 99) "
+        "EMIT CHANGES;"
+    )
+
+
+def test_push_after_refuses_negative_points_and_bad_names() -> None:
+    with pytest.raises(ValueError, match="never negative"):
+        sql.push_after("S", {0: -1}, None)
+    with pytest.raises(FeedError):
+        sql.push_after("S; DROP STREAM T", {}, None)

@@ -42,13 +42,15 @@ def test_push_and_table_pull_are_one_chunk_per_row_too(sandbox: Sandbox) -> None
 
 
 def test_legacy_query_stream_pull_is_one_chunk_per_element(sandbox: Sandbox) -> None:
-    """/query writes push and stream pull elements as they come: one chunk each."""
+    """/query writes push and stream pull elements as they come: one chunk each, its `,\\n`
+    after it (JsonStreamedRowResponseWriter#writeBuffer), so each row is a whole line."""
     chunks = h1_chunks(sandbox.url, "/query", {"ksql": "SELECT * FROM TRANSACTION_FLATTENED LIMIT 40;"},
                        accept="application/vnd.ksql.v1+json")
     body = b"".join(chunks)
     assert body.startswith(b'[{"header"') and body.endswith(b'{"finalMessage":"Limit Reached"}]')
     assert len(chunks) == 1 + 40 + 1
-    assert all(c.startswith(b',\n{"row"') for c in chunks[1:-1])
+    assert chunks[0].endswith(b"}},\n")
+    assert all(c.startswith(b'{"row"') and c.endswith(b"]}},\n") for c in chunks[1:-1])
 
 
 def test_legacy_table_pull_is_buffered(sandbox: Sandbox) -> None:

@@ -14,6 +14,7 @@ from lakeexportd.sandbox.catalog import Catalog
 from lakeexportd.sandbox.faults import Fault, FaultSet, FaultSpecError
 from lakeexportd.sandbox.feeder import Feeder
 from lakeexportd.sandbox.formatting import value_formatter
+from lakeexportd.sandbox.sources import StreamSource
 from lakeexportd.sandbox.sqltypes import SqlType, TypeSyntaxError, parse
 
 Cast = Callable[[Any], Any]
@@ -79,6 +80,17 @@ def generate(feeder: Feeder, body: Any) -> dict[str, Any]:
         raise AdminError('"rowtime_ms" must be an epoch-ms integer or [from_ms, to_ms]')
     made = feeder.generate(body["rows"], window)
     return {"generated": made, "counts": feeder.catalog.counts()}
+
+
+def add_partition(catalog: Catalog, body: Any) -> dict[str, Any]:
+    """``{"source": STREAM}``: one more partition for that stream's topic."""
+    name = str(body.get("source", "")).upper() if isinstance(body, dict) else ""
+    if not isinstance(catalog.sources.get(name), StreamSource):
+        streams = sorted(n for n, s in catalog.sources.items() if isinstance(s, StreamSource))
+        raise AdminError(f'"source" must name a stream ({", ".join(streams)}), '
+                         f"not {name or None!r}")
+    index = catalog.add_partition(name)
+    return {"source": name, "partition": index, "partitions": index + 1}
 
 
 def change_schema(catalog: Catalog, body: Any) -> dict[str, Any]:

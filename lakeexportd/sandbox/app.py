@@ -28,10 +28,11 @@ from lakeexportd.sandbox import (
 )
 from lakeexportd.sandbox.catalog import Catalog
 from lakeexportd.sandbox.errors import KsqlError
-from lakeexportd.sandbox.faults import FaultSet
+from lakeexportd.sandbox.faults import PUSH_KINDS, FaultSet
 from lakeexportd.sandbox.feeder import Feeder
 from lakeexportd.sandbox.output import BUFFERED_TABLE_PULL_BYTES, Emitter, Output
 from lakeexportd.sandbox.query import plan as plan_query
+from lakeexportd.sandbox.streaming import Stop
 
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
@@ -44,6 +45,8 @@ SERVER_INFO = {"KsqlServerInfo": {"version": "0.29.0", "kafkaClusterId": "j3tOi6
 HEALTH = (b'{"isHealthy":true,"details":{"metastore":{"isHealthy":true},"kafka":{"isHealthy":true},'
           b'"commandRunner":{"isHealthy":true}},"serverState":"READY"}')
 QUERY_PATHS = ("/query-stream", "/query")
+MAX_PUSH_QUERIES = 100  # ksql.max.push.queries' default
+PUSH_QUERIES_EXCEEDED = "Maximum number of push queries exceeded"  # Server.registerQuery
 UNAUTHENTICATED = ("/healthcheck", "/chc/ready", "/chc/live")
 
 
@@ -51,13 +54,16 @@ class SandboxApp:
     """State shared by all requests: catalog, feeder, faults, running queries, credentials."""
 
     def __init__(self, catalog: Catalog, feeder: Feeder, faults: FaultSet, *, rate: float = 0.0,
-                 credentials: tuple[str, str] | None = None, seed: int = 0) -> None:
+                 credentials: tuple[str, str] | None = None, seed: int = 0,
+                 max_push_queries: int = MAX_PUSH_QUERIES) -> None:
         self.catalog = catalog
         self.feeder = feeder
         self.faults = faults
         self.rate = rate
         self.credentials = credentials
-        self.queries: dict[str, asyncio.Event] = {}
+        self.max_push_queries = max_push_queries
+        # Running push queries and stream pulls by query id (ksqlDB's Server.queries).
+        self.queries: dict[str, Stop] = {}
         self._rng = random.Random(seed ^ 0x5EED)
         self._feed_task: asyncio.Task[None] | None = None
         self._stopping = threading.Event()
@@ -80,8 +86,7 @@ class SandboxApp:
                 self.started.set()
             elif message["type"] == "lifespan.shutdown":
                 self._stopping.set()
-                for stop in self.queries.values():
-                    stop.set()
+                self.end_queries("end")
                 if self._feed_task is not None:
                     self._feed_task.cancel()
                 await send({"type": "lifespan.shutdown.complete"})
@@ -124,6 +129,18 @@ class SandboxApp:
                 return
             await _respond(out, 500, errors.generic(50000, errors.INTERNAL_ERROR), [])
 
+    def end_queries(self, how: str = "end") -> int:
+        """End every running push query and stream pull, as a ksqlDB restart does: ``end``
+        ends each body as a completed query's, ``drop`` closes the connections mid-body.
+        Call on the event loop; returns how many queries were running."""
+        if how not in ("end", "drop"):
+            raise admin.AdminError('"how" must be "end" or "drop"')
+        running = list(self.queries.values())
+        self.queries.clear()
+        for stop in running:
+            stop.end(how)
+        return len(running)
+
     def _authorized(self, headers: dict[str, str]) -> bool:
         assert self.credentials is not None
         scheme, _, encoded = headers.get("authorization", "").partition(" ")
@@ -151,18 +168,23 @@ class SandboxApp:
         elif route == ("POST", "/close-query"):
             request = _json_body(body)
             query_id = request.get("queryId") if isinstance(request, dict) else None
-            stop = self.queries.get(str(query_id))
+            if not isinstance(request, dict) or "queryId" not in request:
+                raise errors.bad_request("Invalid JSON in request: Missing required creator "
+                                         "property 'queryId' (index 0)")
+            # Unregistered at once (Server.removeQuery), before the body has ended.
+            stop = self.queries.pop(str(query_id), None)
             if stop is None:
                 raise errors.bad_request(f"No query with id {query_id}")
-            stop.set()
+            stop.end("closed")
             await _respond(out, 200, b"", [])
         elif route in (("POST", "/query-stream"), ("POST", "/query")):
-            await self._query(path == "/query", body, headers, out, faults, receive)
+            await self._query(path, body, headers, out, faults, receive)
         else:
             await _respond(out, 404, b"Not Found", [(b"content-type", b"text/plain")])
 
-    async def _query(self, legacy: bool, body: bytes, headers: dict[str, str],
+    async def _query(self, path: str, body: bytes, headers: dict[str, str],
                      out: Output, faults: dict[str, Any], receive: Receive) -> None:
+        legacy = path == "/query"
         request = _json_body(body)
         key = "ksql" if legacy else "sql"
         text = request.get(key) if isinstance(request, dict) else None
@@ -196,9 +218,13 @@ class SandboxApp:
             await _respond(out, 406, b"Not Acceptable", [(b"content-type", b"text/plain")])
             return
         reset = props.get("auto.offset.reset", props.get("ksql.streams.auto.offset.reset"))
-        stop = asyncio.Event()
+        stop = Stop()
         if plan.kind != "table_pull":
+            if len(self.queries) >= self.max_push_queries:  # Server.registerQuery
+                raise KsqlError(400, errors.generic(40003, PUSH_QUERIES_EXCEEDED))
             self.queries[plan.query_id] = stop
+        if plan.kind == "push":
+            faults = {**faults, **self.faults.take(path, True, PUSH_KINDS)}
         if legacy and plan.kind == "table_pull":
             out.buffer_up_to(BUFFERED_TABLE_PULL_BYTES)
         else:
@@ -216,7 +242,8 @@ class SandboxApp:
                                          earliest=str(reset).lower() == "earliest")
         finally:
             watcher.cancel()
-            self.queries.pop(plan.query_id, None)
+            if self.queries.get(plan.query_id) is stop:
+                del self.queries[plan.query_id]
 
     async def _ksql(self, body: bytes, out: Output) -> None:
         request = _json_body(body)
@@ -245,6 +272,11 @@ class SandboxApp:
                           "faults": self.faults.pending()}
             elif route == ("POST", "/_sandbox/schema"):
                 result = admin.change_schema(self.catalog, request)
+            elif route == ("POST", "/_sandbox/partitions"):
+                result = admin.add_partition(self.catalog, request)
+            elif route == ("POST", "/_sandbox/end_queries"):
+                how = request.get("how", "end") if isinstance(request, dict) else None
+                result = {"ended": self.end_queries(str(how))}
             else:
                 await _respond(out, 404, b"Not Found", [(b"content-type", b"text/plain")])
                 return

@@ -12,6 +12,7 @@ import functools
 import hashlib
 import threading
 import zlib
+from array import array
 from collections.abc import Callable, Iterable
 from dataclasses import replace
 from decimal import Decimal
@@ -199,8 +200,21 @@ class Catalog:
         assert isinstance(source, TableSource)
         return source
 
-    def partition_of(self, key: str) -> int:
-        return zlib.crc32(key.encode()) % self.partitions
+    def partition_of(self, key: str, partitions: int | None = None) -> int:
+        """The key's partition, as a keyed producer picks it: a hash modulo the topic's
+        partition count, so adding partitions moves keys (as in Kafka)."""
+        return zlib.crc32(key.encode()) % (partitions or self.partitions)
+
+    def add_partition(self, name: str) -> int:
+        """Add a partition to a stream's topic (Kafka can only add); returns its index.
+
+        Only this topic grows: a derived stream writes its own topic, whose count is fixed.
+        """
+        source = self.stream(name)
+        with self.lock:
+            source.by_partition.append(array("q"))
+            source.partitions += 1
+            return source.partitions - 1
 
     def append(self, transactions: Iterable[Transaction]) -> int:
         """Append base rows and everything derived from them, atomically for readers."""
@@ -214,15 +228,15 @@ class Catalog:
         with self.lock:
             for t in transactions:
                 v = t.values
-                part = self.partition_of(v["TRANSACTION_ID"])
+                key = zlib.crc32(v["TRANSACTION_ID"].encode())
                 stored = tuple(v[c] for c in columns)
-                base.append(stored, t.rowtime, part)
-                flat_s.append(stored, t.rowtime, part)
-                anon_s.append(stored, t.rowtime, part)
+                base.append(stored, t.rowtime, key % base.partitions)
+                flat_s.append(stored, t.rowtime, key % flat_s.partitions)
+                anon_s.append(stored, t.rowtime, key % anon_s.partitions)
                 if v["USER_ID"] in BLACKLISTED_USERS or v["MERCHANT_ID"] in BLACKLISTED_MERCHANTS:
-                    black_s.append(stored, t.rowtime, part)
+                    black_s.append(stored, t.rowtime, key % black_s.partitions)
                 wide = wide_decimals(t.seq)
-                wide_s.append(wide, t.rowtime, self.partition_of(wide[0]))
+                wide_s.append(wide, t.rowtime, self.partition_of(wide[0], wide_s.partitions))
                 self._aggregate(flatten(v), t.rowtime)
                 count += 1
         return count

@@ -49,6 +49,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--partitions", type=int, default=4, help="partitions per source")
     parser.add_argument("--max-disorder-ms", type=int, default=5_000, metavar="MS",
                         help="bound on how far a row's ROWTIME may go back within a partition")
+    parser.add_argument("--max-push-queries", type=int, default=100, metavar="N",
+                        help="running push queries and stream pulls allowed at once, as "
+                        "ksql.max.push.queries (default 100); one more gets 400/40003")
     parser.add_argument("--user", help="require HTTP Basic auth with this user name")
     parser.add_argument("--password-env", metavar="VAR",
                         help="environment variable holding the Basic auth password")
@@ -125,12 +128,14 @@ def _settings(args: argparse.Namespace) -> Settings:
         tls = TLSFiles(args.tls_cert, args.tls_key, args.tls_client_ca)
     if not re.fullmatch(r"[A-Za-z0-9_-]{0,32}", args.id_prefix):
         raise ValueError("--id-prefix takes up to 32 letters, digits, _ or -")
-    if args.rate < 0 or args.preload < 0 or args.partitions < 1:
-        raise ValueError("--rate and --preload must be >= 0 and --partitions >= 1")
+    if args.rate < 0 or args.preload < 0 or args.partitions < 1 or args.max_push_queries < 0:
+        raise ValueError("--rate, --preload and --max-push-queries must be >= 0 and "
+                         "--partitions >= 1")
     return Settings(
         host=args.host, port=args.port, seed=args.seed, id_prefix=args.id_prefix,
         rate=args.rate, preload=args.preload,
         preload_days=args.preload_days, partitions=args.partitions,
         max_disorder_ms=args.max_disorder_ms, credentials=credentials,
         faults=[Fault.parse(spec) for spec in args.fault], tls=tls,
+        max_push_queries=args.max_push_queries,
     )

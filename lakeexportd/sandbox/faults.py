@@ -14,7 +14,11 @@ from typing import Any
 REQUEST_KINDS = ("latency", "status", "trickle")
 ROW_KINDS = (
     "cut_after_rows", "error_after_rows", "malformed_line", "wrong_column_count", "big_row_bytes",
+    "end_push",
 )
+# Taken only by push queries, so a pull query on the way does not use up a fault meant for
+# the long-lived query (a runner's realtime feed next to batch feeds).
+PUSH_KINDS = ("end_push",)
 KINDS = REQUEST_KINDS + ROW_KINDS
 STATUSES = (429, 500, 503)
 
@@ -105,12 +109,15 @@ class FaultSet:
         with self._lock:
             return [f.to_dict() for f in self._faults]
 
-    def take(self, path: str, is_query: bool) -> dict[str, Fault]:
-        """The faults this request gets (the first pending one of each kind), consumed."""
+    def take(self, path: str, is_query: bool,
+             kinds: tuple[str, ...] | None = None) -> dict[str, Fault]:
+        """The faults this request gets (the first pending one of each kind), consumed;
+        ``kinds`` None means every kind but the push-only ones."""
         taken: dict[str, Fault] = {}
         with self._lock:
             for fault in list(self._faults):
-                if fault.kind in taken or not fault.matches(path, is_query):
+                wanted = fault.kind in kinds if kinds is not None else fault.kind not in PUSH_KINDS
+                if not wanted or fault.kind in taken or not fault.matches(path, is_query):
                     continue
                 taken[fault.kind] = fault
                 if fault.count is not None:

@@ -48,14 +48,14 @@ class Sandbox:
               preload_days: float = 7.0, partitions: int = 4, max_disorder_ms: int = 5_000,
               user: str | None = None, password: str | None = None,
               faults: list[Fault] | None = None, clock: Callable[[], float] = time.time,
-              tls: TLSFiles | None = None,
+              tls: TLSFiles | None = None, max_push_queries: int = 100,
               ) -> Sandbox:
         """Build, preload and start a sandbox; returns once it accepts requests."""
         settings = Settings(
             port=port, seed=seed, rate=rate, preload=preload, preload_days=preload_days,
             partitions=partitions, max_disorder_ms=max_disorder_ms,
             credentials=(user, password or "") if user else None, faults=list(faults or []),
-            clock=clock, tls=tls,
+            clock=clock, tls=tls, max_push_queries=max_push_queries,
         )
         sandbox = cls(settings)
         sandbox._thread.start()
@@ -108,10 +108,29 @@ class Sandbox:
     def counts(self) -> dict[str, int]:
         return self.catalog.counts()
 
+    def add_partition(self, stream: str) -> int:
+        """Add a partition to a stream's topic, as Kafka can mid-run; returns its index.
+        Later rows hash over the new count (some keys move); running push queries read it
+        from offset 0."""
+        return self.catalog.add_partition(stream)
+
+    def end_queries(self, how: str = "end") -> int:
+        """End every running push query and stream pull as a ksqlDB restart does: ``end``
+        (the body ends as a completed query's) or ``drop`` (the connection closes mid-body).
+        Returns how many were running."""
+        if self._loop is None:
+            raise RuntimeError("the sandbox is not running")
+
+        async def end() -> int:
+            return self.app.end_queries(how)
+
+        return asyncio.run_coroutine_threadsafe(end(), self._loop).result(timeout=15)
+
     # -- ground truth -----------------------------------------------------------------------
 
     def rows(self, source: str) -> list[dict[str, Any]]:
-        """Every row of a stream in append order: ROWTIME, ROWPARTITION, then its columns.
+        """Every row of a stream in append order: ROWTIME, ROWPARTITION, ROWOFFSET, then its
+        columns.
 
         Values use the sandbox's Python forms (TIMESTAMP epoch ms, DATE epoch days, TIME ms of
         the day, DECIMAL ``Decimal``, BYTES ``bytes``).
@@ -120,13 +139,15 @@ class Sandbox:
         with self.catalog.lock:
             count = len(stream.rows)
             partitions = [0] * count
+            offsets = [0] * count
             for p, indexes in enumerate(stream.by_partition):
-                for i in indexes:
+                for offset, i in enumerate(indexes):
                     partitions[i] = p
+                    offsets[i] = offset
             columns = list(stream.columns)
             return [
                 {"ROWTIME": stream.rowtimes[i], "ROWPARTITION": partitions[i],
-                 **{c.name: c.read(stream.rows[i]) for c in columns}}
+                 "ROWOFFSET": offsets[i], **{c.name: c.read(stream.rows[i]) for c in columns}}
                 for i in range(count)
             ]
 

@@ -128,6 +128,10 @@ class Emitter:
                 await self.out.write(full[: max(1, len(full) // 2)])
                 await self.out.abort()
                 self.done = True
+            elif kind == "end_push":  # the server ended the query, e.g. a restart
+                await self.out.write(self.writer.end("completed"))
+                await self.out.finish()
+                self.done = True
             elif kind == "error_after_rows":
                 await self.out.write(self.writer.error(generic(50000, PROCESSING_FAILURE)))
                 await self.out.finish()

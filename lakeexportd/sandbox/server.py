@@ -93,6 +93,7 @@ class Settings:
     faults: list[Fault] = field(default_factory=list)
     clock: Callable[[], float] = time.time
     tls: TLSFiles | None = None
+    max_push_queries: int = 100  # ksql.max.push.queries
 
 
 def build(settings: Settings) -> SandboxApp:
@@ -103,7 +104,8 @@ def build(settings: Settings) -> SandboxApp:
     if settings.preload:
         feeder.preload(settings.preload, settings.preload_days)
     return SandboxApp(catalog, feeder, FaultSet(settings.faults), rate=settings.rate,
-                      credentials=settings.credentials, seed=settings.seed)
+                      credentials=settings.credentials, seed=settings.seed,
+                      max_push_queries=settings.max_push_queries)
 
 
 def bind(host: str, port: int) -> socket.socket:

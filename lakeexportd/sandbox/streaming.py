@@ -1,5 +1,8 @@
 """The query loops: table pull (a snapshot), stream pull (up to the end offsets captured at
 start) and push (replay or not, then follow new rows until LIMIT, close or disconnect).
+
+While a push query waits for rows it writes nothing at all: ksqlDB's writers have no
+keep-alive (wire reference 2.3; only the pre-0.24 ``/query`` writer sent newlines).
 """
 
 from __future__ import annotations
@@ -13,6 +16,21 @@ from lakeexportd.sandbox.query import Plan, interleave
 from lakeexportd.sandbox.sources import StreamSource, TableSource
 
 PUSH_POLL_SECONDS = 0.05
+
+
+class Stop(asyncio.Event):
+    """Set to end a running query; ``how`` says how its body ends.
+
+    ``closed``: ``/close-query`` or the client went away; ``end``: the server ended the query
+    (a restart, or the query terminated): the body ends as a completed query's does;
+    ``drop``: the connection is closed without ending the body, as when the process dies.
+    """
+
+    how = "closed"
+
+    def end(self, how: str = "closed") -> None:
+        self.how = how
+        self.set()
 FORMAT_IN_THREAD = 5_000  # above this many unformatted rows, format off the event loop
 
 
@@ -54,8 +72,7 @@ async def _emit_stream_rows(plan: Plan, emitter: Emitter, source: StreamSource,
     return not emitter.limit_reached()
 
 
-async def run_stream_pull(plan: Plan, emitter: Emitter, catalog: Catalog,
-                          stop: asyncio.Event) -> None:
+async def run_stream_pull(plan: Plan, emitter: Emitter, catalog: Catalog, stop: Stop) -> None:
     source = plan.source
     assert isinstance(source, StreamSource)
     with catalog.lock:
@@ -68,7 +85,7 @@ async def run_stream_pull(plan: Plan, emitter: Emitter, catalog: Catalog,
     more = await _emit_stream_rows(plan, emitter, source, [0] * len(ends), ends, total, stop,
                                    catalog.interleave_chunk)
     if emitter.done or stop.is_set():
-        await _closed(emitter)
+        await _closed(emitter, stop)
         return
     await emitter.end("completed" if more else "limit")
 
@@ -91,7 +108,7 @@ async def run_table_pull(plan: Plan, emitter: Emitter, catalog: Catalog) -> None
     await emitter.end("completed")
 
 
-async def run_push(plan: Plan, emitter: Emitter, catalog: Catalog, stop: asyncio.Event,
+async def run_push(plan: Plan, emitter: Emitter, catalog: Catalog, stop: Stop,
                    earliest: bool) -> None:
     source = plan.source
     await emitter.out.write(emitter.writer.header(plan))
@@ -106,6 +123,9 @@ async def run_push(plan: Plan, emitter: Emitter, catalog: Catalog, stop: asyncio
             with catalog.lock:
                 ends = source.end_offsets()
                 total = len(source.rows)
+            # A partition added while the query runs is read from offset 0, as if the
+            # consumer noticed it at once (Kafka notices at its next metadata refresh).
+            positions = positions + [0] * (len(ends) - len(positions))
             if not await _emit_stream_rows(plan, emitter, source, positions, ends, total, stop,
                                            catalog.interleave_chunk):
                 break
@@ -136,14 +156,19 @@ async def run_push(plan: Plan, emitter: Emitter, catalog: Catalog, stop: asyncio
     if emitter.limit_reached():
         await emitter.end("limit")
     else:
-        await _closed(emitter)
+        await _closed(emitter, stop)
 
 
-async def _closed(emitter: Emitter) -> None:
-    """Closed by /close-query or by the client: the body just ends."""
+async def _closed(emitter: Emitter, stop: Stop) -> None:
+    """Ended by /close-query, the client or the server: the publisher completes, so the body
+    ends as a completed query's (``/query`` adds "Query Completed"); ``drop`` leaves the body
+    unterminated and the connection is closed."""
     if emitter.done:
         return
-    await emitter.out.write(emitter.writer.end("closed"))
+    if stop.how == "drop":
+        await emitter.out.abort()
+        return
+    await emitter.out.write(emitter.writer.end("completed"))
     await emitter.out.finish()
 
 

@@ -100,7 +100,7 @@ class StreamedRowWriter(Writer):
         return b',\n{"errorMessage":' + body + b"}]"
 
     def end(self, reason: str) -> bytes:
-        if self.kind == "table_pull" or reason == "closed":
+        if self.kind == "table_pull":
             return b"]"
         final = "Limit Reached" if reason == "limit" else "Query Completed"
         return b'{"finalMessage":"' + final.encode() + b'"}]'

@@ -104,3 +104,68 @@ def test_rowpartition_allowed_in_push(fresh: Callable[..., Sandbox]) -> None:
     head, *rows = r.text.splitlines()
     assert json.loads(head)["columnTypes"] == ["INTEGER", "BIGINT"]
     assert [json.loads(x)[1] for x in rows] == [0, 1, 2]
+
+
+def test_offsets_in_select_and_where_match_ground_truth(sandbox: Sandbox) -> None:
+    """ROWPARTITION/ROWOFFSET in SELECT and in WHERE with AND/OR/NOT, parentheses and
+    comparisons select exactly the records the ground truth places there."""
+    truth = sandbox.rows("TRANSACTION_STREAM")
+    where = ("(ROWPARTITION = 1 AND ROWOFFSET >= 400) OR (ROWPARTITION <> 1 AND ROWOFFSET < 3)"
+             " OR NOT (ROWOFFSET > 1 OR ROWPARTITION < 3)")
+    expected = {(t["ROWPARTITION"], t["ROWOFFSET"], t["TRANSACTION_ID"]) for t in truth
+                if (t["ROWPARTITION"] == 1 and t["ROWOFFSET"] >= 400)
+                or (t["ROWPARTITION"] != 1 and t["ROWOFFSET"] < 3)
+                or not (t["ROWOFFSET"] > 1 or t["ROWPARTITION"] < 3)}
+    assert 10 < len(expected) < len(truth) // 2
+    with httpx.Client(base_url=sandbox.url, timeout=20) as c:
+        r = query(c, "SELECT ROWPARTITION, ROWOFFSET, TRANSACTION_ID FROM TRANSACTION_STREAM "
+                     f"WHERE {where} EMIT CHANGES LIMIT {len(expected)};",
+                  properties={"auto.offset.reset": "earliest"})
+    got = [tuple(json.loads(x)) for x in r.text.splitlines()[1:]]
+    assert len(got) == len(expected) and set(got) == expected
+
+
+def test_ground_truth_offsets_are_per_partition_sequences(sandbox: Sandbox) -> None:
+    """Sandbox.rows gives each record its partition and offset: 0, 1, 2, ... per partition."""
+    by_partition: dict[int, list[int]] = {}
+    for t in sandbox.rows("TRANSACTION_STREAM"):
+        by_partition.setdefault(t["ROWPARTITION"], []).append(t["ROWOFFSET"])
+    assert sorted(by_partition) == [0, 1, 2, 3]
+    assert all(offsets == list(range(len(offsets))) for offsets in by_partition.values())
+
+
+def test_partition_added_mid_run(fresh: Callable[..., Sandbox]) -> None:
+    """A partition added to a topic while push queries run: new rows land in it too, and
+    both an earliest and a latest query deliver them with ROWPARTITION = the new index and
+    ROWOFFSET from 0; DESCRIBE shows the new count, derived topics keep theirs."""
+    sb = fresh(preload=40, partitions=2)
+    sql = ("SELECT ROWPARTITION, ROWOFFSET, TRANSACTION_ID FROM TRANSACTION_STREAM "
+           "EMIT CHANGES;")
+    with httpx.Client(base_url=sb.url, timeout=20) as c, \
+            c.stream("POST", "/query-stream", json={"sql": sql, "properties": {
+                "auto.offset.reset": "earliest"}}) as early, \
+            c.stream("POST", "/query-stream", json={"sql": sql}) as late:
+        early_lines, late_lines = early.iter_lines(), late.iter_lines()
+        next(early_lines), next(late_lines)
+        replayed = [json.loads(next(early_lines)) for _ in range(40)]
+        added = c.post("/_sandbox/partitions", json={"source": "transaction_stream"}).json()
+        assert added == {"source": "TRANSACTION_STREAM", "partition": 2, "partitions": 3}
+        sb.generate(60)
+        new_early = [json.loads(next(early_lines)) for _ in range(60)]
+        new_late = [json.loads(next(late_lines)) for _ in range(60)]
+        described = c.post("/ksql", json={"ksql": "DESCRIBE TRANSACTION_STREAM;"}).json()
+        flat = c.post("/ksql", json={"ksql": "DESCRIBE TRANSACTION_FLATTENED;"}).json()
+        bad = c.post("/_sandbox/partitions", json={"source": "USER_SUMMARY"})
+    truth = {t["TRANSACTION_ID"]: [t["ROWPARTITION"], t["ROWOFFSET"]]
+             for t in sb.rows("TRANSACTION_STREAM")}
+    assert all(truth[r[2]] == r[:2] for r in replayed + new_early)
+    assert sorted(map(tuple, new_late)) == sorted(map(tuple, new_early))
+    in_new = sorted(r[1] for r in new_early if r[0] == 2)
+    assert in_new == list(range(len(in_new))) and len(in_new) > 5
+    assert max(r[0] for r in replayed) == 1
+    assert described[0]["sourceDescription"]["partitions"] == 3
+    assert flat[0]["sourceDescription"]["partitions"] == 2
+    assert bad.status_code == 400 and "must name a stream" in bad.json()["error"]
+    assert sb.add_partition("WIDE_DECIMALS") == 2
+    sb.generate(30)
+    assert {t["ROWPARTITION"] for t in sb.rows("WIDE_DECIMALS")[-30:]} == {0, 1, 2}

@@ -58,10 +58,12 @@ def test_idle_push_on_query_endpoint_then_completed(fresh: Callable[..., Sandbox
         assert s.silent(IDLE)
         sb.generate(1)
         expected = sb.rows(FLAT)[-1]["TRANSACTION_ID"]
-        assert s.chunk() == b',\n{"row":{"columns":["' + expected.encode() + b'"]}}'
-        query_id = json.loads(header + b"]")[0]["header"]["queryId"]
+        # Each element with the ",\n" after it, as ksqlDB's writeBuffer writes it: a row is a
+        # whole line as soon as it is sent.
+        assert s.chunk() == b'{"row":{"columns":["' + expected.encode() + b'"]}},\n'
+        query_id = json.loads(header.rstrip(b",\n") + b"]")[0]["header"]["queryId"]
         assert close_query(sb, query_id).status_code == 200
-        assert s.chunk() == b',\n{"finalMessage":"Query Completed"}]'
+        assert s.chunk() == b'{"finalMessage":"Query Completed"}]'
         assert s.chunk() == b""
 
 
@@ -95,7 +97,7 @@ def test_close_query_errors(sandbox: Sandbox, client: httpx.Client) -> None:
 
 @pytest.mark.parametrize("path, accept, last", [
     ("/query-stream", "application/vnd.ksqlapi.delimited.v1", None),
-    ("/query", V1, b',\n{"finalMessage":"Query Completed"}]'),
+    ("/query", V1, b'{"finalMessage":"Query Completed"}]'),
 ])
 def test_server_end_finishes_the_body(fresh: Callable[..., Sandbox], path: str, accept: str,
                                       last: bytes | None) -> None:

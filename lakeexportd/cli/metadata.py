@@ -24,7 +24,7 @@ from lakeexportd.audit.report import FORMATS, MetadataAnalyzer, MetadataReader
 from lakeexportd.audit.report_format import HEADERS, NUMERIC, stats_lines, summary_row
 from lakeexportd.audit.summaries import FeedAbout
 from lakeexportd.audit.text_table import human_age, human_bytes, render
-from lakeexportd.cli.catalog import configured_feeds, feed_states, long_states, state_cell
+from lakeexportd.cli.catalog_states import configured_feeds, feed_states, long_states, state_cell
 from lakeexportd.cli.options import add_config_argument, plain
 from lakeexportd.config.load import default_config_path, load_config
 from lakeexportd.config.model import Config

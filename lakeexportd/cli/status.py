@@ -23,7 +23,7 @@ from typing import Any
 
 from lakeexportd.audit.report import MetadataReader
 from lakeexportd.audit.text_table import human_age, render
-from lakeexportd.cli.catalog import feed_states, long_states, state_cell
+from lakeexportd.cli.catalog_states import feed_states, long_states, state_cell
 from lakeexportd.cli.options import add_config_argument, plain
 from lakeexportd.config.load import default_config_path, load_config
 from lakeexportd.errors import EX_OK, EX_USAGE

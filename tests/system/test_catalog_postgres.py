@@ -409,6 +409,8 @@ def test_catalog_down_exports_go_on_and_the_next_run_catches_up(
         assert not state["level"] and state["state"].startswith("behind"), state
     catch_up = cli("catalog", "sync", "-c", str(config), env=env)
     assert catch_up.returncode == 0, catch_up.stderr
+    for run in (first, down, catch_up):  # the catalog's password is in no line, failed or not
+        assert postgres.password not in run.stdout + run.stderr
     assert [p.exists() for p in v1] == [False] * len(v1), "the deferred delete never came"
     judge = reader(postgres_database)  # the old one's connections died with the server
     tx_table = assert_level(judge, lake, "stream", "tx")

@@ -344,7 +344,8 @@ def test_a_holder_frozen_before_its_commit_gets_it_rejected_after_a_standby_comm
         return next((e for e in lake.events(zombie) if e["event"] == "export.failed"), None)
 
     failure = wait_for(refused, 30, "the unfrozen run's failure")
-    assert failure["level"] == "error" and "changed since it was loaded" in failure["error"]
+    assert failure["level"] == "error" and "changed since it was loaded" in failure["error"], \
+        failure  # the whole event: once under CI load it was a warning (README: known flakes)
     removed = [e for e in lake.events(zombie) if e["event"] == "metadata.own_files_removed"]
     assert removed and removed[0]["run_id"] == failure["run_id"]
     assert {Path(p).name for p in removed[0]["removed"]} == {Path(k).name for k in frozen_stamps}

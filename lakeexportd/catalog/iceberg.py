@@ -41,7 +41,7 @@ import concurrent.futures
 import contextlib
 import datetime as dt
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePath
 from typing import Any, Final
@@ -62,6 +62,7 @@ from pyiceberg.table import Table
 from pyiceberg.table.name_mapping import create_mapping_from_schema
 
 from lakeexportd.catalog import connection, entries, snapshots
+from lakeexportd.catalog.policy import left_out
 from lakeexportd.config.model import CatalogSettings, Feed
 from lakeexportd.errors import CatalogError
 from lakeexportd.failpoints import failpoint
@@ -609,30 +610,6 @@ class LakeCatalog:
                     hint="the lake's files are kept; `lakeexportd catalog sync` registers "
                     "the feed again")
         return True
-
-
-def in_catalog(feed: Feed) -> bool:
-    """A feed the catalog registers: a Parquet feed without ``catalog: false``."""
-    return left_out(feed) is None
-
-
-def left_out(feed: Feed) -> str | None:
-    """Why the catalog does not register ``feed`` (None: it does)."""
-    if feed.format != "parquet":
-        return (f"feed {feed.name!r} is `format: {feed.format}`: only Parquet feeds are "
-                "catalogued (a Delta table is its own catalog of files)")
-    if not feed.catalogued:
-        return (f"feed {feed.name!r} has `catalog: false`: the catalog leaves it out (remove "
-                "that key to register it)")
-    return None
-
-
-def follow_catalog(catalog: LakeCatalog | None, feed: Feed) -> Callable[[], bool] | None:
-    """For code below this layer (compaction): a call that brings ``feed``'s table level
-    after a lake commit and says whether it is (no catalog, or a Delta feed: None)."""
-    if catalog is None or not in_catalog(feed):
-        return None
-    return lambda: catalog.follow(feed) is None
 
 
 def _current_version(doc: FeedMetadata | None) -> int | None:

@@ -6,8 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from lakeexportd.catalog.glance import close_unless_hung, glance_all
-from lakeexportd.catalog.iceberg import LakeCatalog, in_catalog
+from lakeexportd.catalog.policy import in_catalog, open_catalog
 from lakeexportd.cli.export import _known
 from lakeexportd.config.model import Config, Feed
 from lakeexportd.errors import LakeExportError
@@ -29,7 +28,10 @@ def feed_states(config: Config, feeds: list[Feed]) -> dict[str, dict[str, Any]] 
     without a catalog. Never raises for the catalog: its failure is the state shown."""
     if config.catalog is None:
         return None
-    catalog = LakeCatalog(config.catalog, lake_of(config.lake))
+    from lakeexportd.catalog.glance import close_unless_hung, glance_all  # pyiceberg: here only
+
+    catalog = open_catalog(config.catalog, lake_of(config.lake))
+    assert catalog is not None
     glances = glance_all(catalog, [f for f in feeds if in_catalog(f)])
     close_unless_hung(catalog, glances)
     return {name: {"table": g.table, "state": g.shown, "level": g.level}

@@ -21,7 +21,7 @@ import datetime as dt
 import sys
 
 from lakeexportd.audit.text_table import human_bytes
-from lakeexportd.catalog.iceberg import LakeCatalog, follow_catalog
+from lakeexportd.catalog.policy import follow_catalog, open_catalog
 from lakeexportd.cli.export import _select, _UsageError, each_feed
 from lakeexportd.cli.options import ProgressLine, add_config_argument, count, plain
 from lakeexportd.config.load import default_config_path, load_config
@@ -156,7 +156,7 @@ def run(args: argparse.Namespace) -> int:
         print("lakeexportd compact: no active stream feed has `compaction:`; nothing to do")
         return EX_OK
     lake = lake_of(config.lake)
-    catalog = LakeCatalog(config.catalog, lake) if config.catalog and not args.dry_run else None
+    catalog = None if args.dry_run else open_catalog(config.catalog, lake)
 
     def compact(feed: Feed, progress: _Progress) -> list[str]:
         return report(compact_feed(lake.storage, lake.root, feed, now=dt.datetime.now(dt.UTC),

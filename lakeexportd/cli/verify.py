@@ -24,13 +24,13 @@ import argparse
 import dataclasses
 import datetime as dt
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
-from lakeexportd.audit import verify, verify_catalog, verify_delta, verify_source
+from lakeexportd.audit import verify, verify_delta, verify_source
 from lakeexportd.audit.report import MetadataReader
-from lakeexportd.catalog.iceberg import LakeCatalog, in_catalog
+from lakeexportd.catalog.policy import in_catalog, open_catalog
 from lakeexportd.cli.options import add_config_argument, plain
 from lakeexportd.config.load import default_config_path, load_config
 from lakeexportd.config.model import Config, Feed
@@ -49,6 +49,9 @@ from lakeexportd.lake import layout
 from lakeexportd.lake.configured import ConfiguredLake, lake_of
 from lakeexportd.lake.metadata import MetadataStore
 from lakeexportd.lake.metadata_model import StreamMetadata, TableMetadata, current_file_count
+
+if TYPE_CHECKING:
+    from lakeexportd.catalog.iceberg import LakeCatalog
 
 _SEVERITY = {EX_OK: 0, EX_TEMPFAIL: 1, EX_FAILED: 2, EX_CONFIG: 3}
 
@@ -101,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
     lake = lake_of(config.lake)
     targets = _targets(config, args.feed)
     client: KsqlDBClient | None = client_from_settings(config.ksqldb) if args.source else None
-    catalog = LakeCatalog(config.catalog, lake) if config.catalog is not None else None
+    catalog = open_catalog(config.catalog, lake)
     worst = EX_OK
     results: list[dict[str, Any]] = []
     try:
@@ -195,6 +198,8 @@ def _check(lake: ConfiguredLake, name: str, kind: layout.Kind, feed: Feed | None
 def _catalog_problems(catalog: LakeCatalog, feed: Feed) -> list[verify.Mismatch]:
     """The table against the lake; a catalog that cannot be read is one problem of the feed
     (the lake's own checks above still count)."""
+    from lakeexportd.audit import verify_catalog  # pyiceberg: only with a catalog
+
     try:
         return verify_catalog.verify_catalog_feed(catalog, feed)
     except CatalogError as exc:

@@ -29,10 +29,11 @@ import datetime as dt
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import structlog
 
-from lakeexportd.catalog.iceberg import LakeCatalog, follow_catalog
+from lakeexportd.catalog.policy import follow_catalog, open_catalog
 from lakeexportd.config.model import Config, Feed
 from lakeexportd.errors import CatalogError, FeedError, LakeStateError
 from lakeexportd.export import backfill as backfills
@@ -47,6 +48,9 @@ from lakeexportd.lake.locking import FeedLock
 from lakeexportd.lake.metadata import MetadataStore
 from lakeexportd.lake.metadata_model import StreamMetadata, Window
 from lakeexportd.lake.storage import Storage, open_storage
+
+if TYPE_CHECKING:
+    from lakeexportd.catalog.iceberg import LakeCatalog
 
 __all__ = [
     "DataLakeExporter", "ExportResult", "Progress", "epoch_ms", "exporter_from_config",
@@ -63,7 +67,7 @@ def exporter_from_config(
     closes ``exporter.client``); the daemon passes ``observer`` for its request metrics."""
     client = client_from_settings(config.ksqldb, observer=observer)
     lake = lake_of(config.lake)
-    catalog = LakeCatalog(config.catalog, lake) if config.catalog is not None else None
+    catalog = open_catalog(config.catalog, lake)
     return DataLakeExporter(client, lake.root, lock_wait=config.scheduler.lock_wait,
                             storage=lake.storage, orphan_grace=config.lake.orphan_grace,
                             catalog=catalog)

@@ -14,12 +14,12 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import pyarrow as pa
 import structlog
 
-from lakeexportd.catalog.iceberg import LakeCatalog, in_catalog
+from lakeexportd.catalog.policy import in_catalog
 from lakeexportd.config.model import Feed
 from lakeexportd.errors import (
     CommitOutcomeUnknown,
@@ -48,6 +48,9 @@ from lakeexportd.lake.metadata_model import (
     iso_utc,
 )
 from lakeexportd.lake.sinks import AppendSink, SnapshotSink
+
+if TYPE_CHECKING:
+    from lakeexportd.catalog.iceberg import LakeCatalog
 
 Progress = Callable[[int], None]
 log = structlog.get_logger(__name__)

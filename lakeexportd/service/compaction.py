@@ -14,16 +14,20 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import structlog
 
-from lakeexportd.catalog.iceberg import LakeCatalog, follow_catalog
+from lakeexportd.catalog.policy import follow_catalog
 from lakeexportd.config.model import Feed
 from lakeexportd.errors import LakeExportError
 from lakeexportd.lake.compaction import compact_feed
 from lakeexportd.lake.storage import Storage
 from lakeexportd.service.metrics import Metrics, Result
 from lakeexportd.service.runs import _LEVELS, classify
+
+if TYPE_CHECKING:
+    from lakeexportd.catalog.iceberg import LakeCatalog
 
 log = structlog.get_logger(__name__)
 

@@ -23,7 +23,8 @@ from pyiceberg.catalog import Catalog
 from pyiceberg.catalog.sql import SqlCatalog
 from pyiceberg.table import Table
 
-from lakeexportd.catalog.iceberg import LakeCatalog, follow_catalog
+from lakeexportd.catalog.iceberg import LakeCatalog
+from lakeexportd.catalog.policy import follow_catalog
 from lakeexportd.config.model import CatalogSettings, Feed
 from lakeexportd.errors import CatalogError
 from lakeexportd.export.exporter import DataLakeExporter

@@ -14,7 +14,6 @@ from collections import Counter
 
 from lakeexportd.audit.verify import Mismatch
 from lakeexportd.catalog import tables
-from lakeexportd.catalog.glance import refusal
 from lakeexportd.catalog.iceberg import LakeCatalog
 from lakeexportd.config.model import Feed
 from lakeexportd.lake import layout
@@ -35,7 +34,7 @@ def verify_catalog_feed(catalog: LakeCatalog, feed: Feed) -> list[Mismatch]:
     if found is None:
         if not lake:
             return []
-        why = refusal(catalog, feed)
+        why = catalog.refusal(feed)
         fix = f"the catalog refuses it: {why}" if why else f"run {sync}"
         return [Mismatch(name, WHOLE, f"{table_name} is not registered in {catalog.where} "
                          f"though the lake lists {len(lake)} files; {fix}")]

@@ -15,7 +15,6 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from lakeexportd.catalog.entries import catalog_schema
 from lakeexportd.catalog.iceberg import CatalogState, LakeCatalog
 from lakeexportd.config.model import Feed
 from lakeexportd.errors import CatalogError, LakeExportError
@@ -66,26 +65,12 @@ def glance(catalog: LakeCatalog, feed: Feed) -> Glance:
     table = catalog.name(feed)
     try:
         state = catalog.state(feed)
-        refused = refusal(catalog, feed) if not state.exists and state.missing else None
+        refused = catalog.refusal(feed) if not state.exists and state.missing else None
     except CatalogError as exc:
         return Glance(feed.name, table, error=f"catalog unreachable: {exc}")
     except (LakeExportError, OSError) as exc:
         return Glance(feed.name, table, error=f"lake unreadable: {exc}")
     return Glance(feed.name, table, state, refused=refused)
-
-
-def refusal(catalog: LakeCatalog, feed: Feed) -> str | None:
-    """Why the catalog would refuse to register the feed (a column Iceberg cannot hold
-    exactly, or one named like a partition column), read from its newest file; else None."""
-    doc = catalog.store.load(catalog._feed_dir(feed))
-    newest = catalog._newest_file(feed, doc) if doc is not None else None
-    if newest is None:
-        return None
-    try:
-        catalog_schema(feed, catalog._file_schema(newest))
-    except CatalogError as exc:
-        return str(exc)
-    return None
 
 
 def glance_all(catalog: LakeCatalog, feeds: Sequence[Feed],

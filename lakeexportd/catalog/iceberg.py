@@ -326,10 +326,10 @@ class LakeCatalog:
                 return SyncResult(feed.name, name, waiting="the feed has no _metadata.json yet")
             created = False
             if table is None:
-                newest = self._newest_file(feed, doc)
-                if newest is None:
+                schema = self.table_schema(feed, doc)
+                if schema is None:
                     return SyncResult(feed.name, name, waiting="the feed has no data file yet")
-                table = self._create(feed, doc, newest)
+                table = self._create(feed, doc, schema)
                 created = True
             self._refuse_changed_columns(feed, doc, table)
             table = self._evolve(feed, doc, table)
@@ -443,14 +443,31 @@ class LakeCatalog:
                                                                item[1].name, item[0]))
         return self._feed_dir(feed) / folder / entry.name
 
-    def _file_schema(self, path: PurePath) -> pa.Schema:
-        with self.lake.storage.open_read(path) as source:
-            return pq.read_schema(source)
+    def table_schema(self, feed: Feed, doc: FeedMetadata) -> pa.Schema | None:
+        """The Arrow schema the feed's table is made from: its newest file's, plus a stream's
+        partition columns (``entries.catalog_schema``); None before its first file. A
+        ``CatalogError`` says why Iceberg cannot hold it."""
+        newest = self._newest_file(feed, doc)
+        if newest is None:
+            return None
+        with self.lake.storage.open_read(newest) as source:
+            return entries.catalog_schema(feed, pq.read_schema(source))
 
-    def _create(self, feed: Feed, doc: FeedMetadata, sample: PurePath) -> Table:
+    def refusal(self, feed: Feed) -> str | None:
+        """Why the catalog would refuse to register the feed (a column Iceberg cannot hold
+        exactly, or one named like a partition column), from its newest file; else None."""
+        doc = self.store.load(self._feed_dir(feed))
+        if doc is None:
+            return None
+        try:
+            self.table_schema(feed, doc)
+        except CatalogError as exc:
+            return str(exc)
+        return None
+
+    def _create(self, feed: Feed, doc: FeedMetadata, schema: pa.Schema) -> Table:
         """The feed's table: its files' schema (plus the partition columns of a stream), its
         partitioning, name mapping and properties, in one create commit."""
-        schema = entries.catalog_schema(feed, self._file_schema(sample))
         catalog = self.catalog()
         namespace, _ = self.identifier(feed)
         self._ensure_namespace(namespace)
@@ -531,10 +548,9 @@ class LakeCatalog:
             tx.set_properties(properties)
             changed = True
         known = {field.name for field in table.schema().fields}
-        newest = self._newest_file(feed, doc)
-        if newest is not None and any(column.name not in known for column in doc.schema):
-            file_schema = entries.catalog_schema(feed, self._file_schema(newest))
-            if any(name not in known for name in file_schema.names):
+        if any(column.name not in known for column in doc.schema):
+            file_schema = self.table_schema(feed, doc)
+            if file_schema is not None and any(name not in known for name in file_schema.names):
                 with tx.update_schema() as update:
                     update.union_by_name(file_schema)
                 tx.set_properties({"schema.name-mapping.default": create_mapping_from_schema(

@@ -205,14 +205,15 @@ def run(client: KsqlDBClient, store: MetadataStore, feed: Feed, feed_dir: Path,
                                     added=record.finished)
     new = update.with_export(step, record)
     store.commit(feed_dir, new, file_mode=layout.modes(feed.security)[1])
-    if follow is not None and not follow():
-        pass  # the catalog still lists the replaced files: a later run removes them
-    elif store.storage.leases:
-        # An object store: only the files this commit dropped; other unlisted objects may be
-        # a paused writer's, and wait for orphan_grace (the next run's sweep, or repair).
-        cleanup.remove_own(feed_dir, new, [feed_dir / p / f.name for p, f in the_plan.replaced],
-                           storage=store.storage)
-    else:
-        cleanup.remove_orphans(feed_dir, new, kind="stream",  # the replaced files
+    # A catalog that still lists the replaced files keeps them: a later run removes them.
+    if follow is None or follow():
+        if store.storage.leases:
+            # An object store: only the files this commit dropped; other unlisted objects may
+            # be a paused writer's, and wait for orphan_grace (the next run's sweep, or repair).
+            cleanup.remove_own(feed_dir, new,
+                               [feed_dir / p / f.name for p, f in the_plan.replaced],
                                storage=store.storage)
+        else:
+            cleanup.remove_orphans(feed_dir, new, kind="stream",  # the replaced files
+                                   storage=store.storage)
     return Result(the_plan, sum(w.records for w in written), window_rows, len(written))

@@ -286,30 +286,17 @@ class CurlResponse:
         """The body as libcurl received it (chunked framing removed), in blocks of what had
         arrived, up to about YIELD_BYTES. ``idle_marks``: an empty block each time nothing
         more has arrived and the next bytes must be waited for (then every WAKE_SECONDS)."""
-        return self._iter_marked() if idle_marks else self._iter()
-
-    def _iter(self) -> Iterator[bytes]:
         body = self._body
         while True:
             if not body:
                 if self._done:
                     self._raise_failure()
                     return
-                self._step(wait=True)
-                continue
-            yield self._gather()
-
-    def _iter_marked(self) -> Iterator[bytes]:
-        """``_iter`` that first looks without waiting, and says so when it must wait."""
-        body = self._body
-        while True:
-            if not body:
-                if self._done:
-                    self._raise_failure()
-                    return
-                if not self._step(wait=False) and not self._done:
+                if idle_marks:  # look without waiting first, and say so when it must wait
+                    if self._step(wait=False) or self._done:
+                        continue
                     yield b""
-                    self._step(wait=True)
+                self._step(wait=True)
                 continue
             yield self._gather()
 

@@ -143,6 +143,8 @@ def partition_values(partition: str) -> dict[str, str | None]:
     return {"year": str(day.year), "month": str(day.month), "day": str(day.day)}
 
 
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+
 # -- the table ----------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -200,14 +202,29 @@ class DeltaFeed:
                          exc) from None
 
     def load_as_of(self, moment: dt.datetime) -> DeltaTable:
+        """The table at its latest version committed at or before ``moment``, by the commit
+        times the log records (those `history` prints). delta-rs's own ``load_as_version``
+        goes by the log files' modification times, a few ms after the recorded ones, so a
+        moment taken from `history` could give the version before it."""
         table = self.load()
         if table is None:
             raise LakeStateError(f"feed {self.feed!r} has no Delta table at {self.shown}")
-        try:
-            table.load_as_version(moment)
-        except (DeltaError, OSError, ValueError) as exc:
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=dt.UTC)
+        limit_us = (moment - _EPOCH) // dt.timedelta(microseconds=1)
+        older = [c.version for c in self.history(table) if c.timestamp_ms * 1000 <= limit_us]
+        if not older:
             raise LakeStateError(f"feed {self.feed!r}: no version of {self.shown} at or "
-                                 f"before {moment.isoformat()}: {exc}") from None
+                                 f"before {moment.isoformat()}: `lakeexportd history` lists "
+                                 f"the commit times")
+        chosen = max(older)
+        if chosen == table.version():
+            return table
+        try:
+            table.load_as_version(chosen)
+        except (DeltaError, OSError, ValueError) as exc:
+            raise LakeStateError(f"feed {self.feed!r}: cannot load version {chosen} of "
+                                 f"{self.shown}: {exc}") from None
         return table
 
     def create(self, schema: pa.Schema, *, kind: str) -> DeltaTable:

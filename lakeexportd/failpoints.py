@@ -96,6 +96,10 @@ FAILPOINTS: dict[str, str] = {
     "export.after_commit": "metadata committed, old versions or partitions not yet deleted",
     "export.after_prune": "run complete, lock still held",
     # Delta feeds (export/delta_run.py, lake/delta.py)
+    "realtime.after_rows": "a realtime feed's rows written to open files, not committed",
+    "realtime.before_rotate": "a rotation is due, its files still open",
+    "realtime.before_commit": "a rotation's files closed under final names, not committed",
+    "realtime.after_commit": "a rotation committed with its offsets, the next not begun",
     "delta.after_create": "the Delta table created (version 0), no data file written",
     "delta.before_log_commit": "files written, fence passed, Delta log commit not yet tried",
     "delta.after_log_commit": "the Delta log commit landed, _metadata.json not yet rewritten",

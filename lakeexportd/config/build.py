@@ -32,6 +32,8 @@ from lakeexportd.config.model import (
     LoggingSettings,
     LogLevel,
     MetricsSettings,
+    Mode,
+    Rotate,
     Schedule,
     SchedulerSettings,
     Secret,
@@ -51,10 +53,10 @@ KSQLDB_KEYS = ("url", "username", "password_env", "password_file", "connect_time
                "read_timeout", "max_retries", "http2", "api", "tls")
 DEFAULT_KEYS = tuple(f.name for f in fields(FeedDefaults))
 STREAM_ONLY = ("settle_delay", "start", "event_time", "timezone", "retention_days",
-               "max_open_partitions", "tiering", "compaction")
+               "max_open_partitions", "tiering", "compaction", "mode", "rotate")
 TABLE_ONLY = ("retention_versions",)
 FEED_KEYS = ("name", "source", "kind", "enabled", "event_time", "description", "catalog",
-             *DEFAULT_KEYS)
+             "mode", "rotate", *DEFAULT_KEYS)
 # A catalog namespace or an owner/tag: printable, no control characters, bounded.
 _LABEL = re.compile(r"[^\x00-\x1f\x7f]{1,200}")
 _DESCRIPTION = re.compile(r"[^\x00-\x09\x0b-\x1f\x7f]{1,1000}")
@@ -613,6 +615,16 @@ def build_feed(node: Node, defaults: FeedDefaults) -> Feed:
                            tiering=BUILTIN.tiering, compaction=BUILTIN.compaction)
     else:
         resolved = replace(resolved, retention_versions=BUILTIN.retention_versions)
+    mode = cast(Mode, node.choice("mode", ("batch", "realtime"), "batch"))
+    if node.has("rotate") and mode != "realtime":
+        raise node.fail("rotate", "`rotate` is for `mode: realtime` feeds (a batch feed "
+                        "writes one file set per scheduled run)",
+                        "add `mode: realtime`, or remove `rotate:`")
+    rotate = _rotate(node) if node.has("rotate") else Rotate()
+    if mode == "realtime" and node.has("schedule"):
+        raise node.fail("schedule", "a `mode: realtime` feed has no schedule: its push query "
+                        "runs all the time and `rotate` says when files are committed",
+                        "remove `schedule:` from this feed")
     if resolved.format == "delta" and resolved.tiering is not None:
         raise node.fail("format", "`tiering` is for Parquet feeds: a Delta table's files are "
                         "listed by its log, and moving them is not built",
@@ -628,5 +640,30 @@ def build_feed(node: Node, defaults: FeedDefaults) -> Feed:
         description=node.matching("description", _DESCRIPTION, "a description",
                                   "write up to 1000 characters of text") if node.has(
                                       "description") else None,
+        mode=mode,
+        rotate=rotate,
         **{f.name: getattr(resolved, f.name) for f in fields(FeedDefaults)},
     )
+
+
+MIN_ROTATE_S = 0.1  # below it a quiet feed would commit an empty check many times a second
+
+
+def _rotate(node: Node) -> Rotate:
+    """``rotate: {rows: 100000, bytes: 64MiB, age: 5s, idle: 2s}``; keys left out keep
+    their defaults (``Rotate``)."""
+    section = node.section("rotate")
+    section.check_keys(("rows", "bytes", "age", "idle"), where="in rotate")
+    base = Rotate()
+    rotate = Rotate(
+        rows=section.integer("rows", base.rows, minimum=1),
+        bytes=section.size("bytes", base.bytes, minimum=1024),
+        age=section.duration("age", base.age, positive=True),
+        idle=section.duration("idle", base.idle, positive=True),
+    )
+    for key in ("age", "idle"):
+        if getattr(rotate, key) < MIN_ROTATE_S:
+            raise section.fail(key, f"{show(section.data[key])} is shorter than "
+                               f"{MIN_ROTATE_S:g}s", "write e.g. `5s` (each rotation is a "
+                               "commit of _metadata.json)")
+    return rotate

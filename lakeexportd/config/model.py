@@ -39,6 +39,7 @@ Security = Literal["raw", "anonymized", "aggregated"]
 Api = Literal["auto", "query-stream", "query"]
 LogLevel = Literal["debug", "info", "warning", "error"]
 TableFormat = Literal["parquet", "delta"]
+Mode = Literal["batch", "realtime"]
 
 
 class Secret:
@@ -208,6 +209,23 @@ class Compaction:
         return f"after {self.after_days}d to {format_size(self.target_file_size)} files"
 
 
+@dataclass(frozen=True, slots=True)
+class Rotate:
+    """``rotate: {rows, bytes, age, idle}`` of a realtime feed: the files of every open day
+    partition are closed and committed together (one commit with their offsets) as soon as
+    one holds: ``rows`` rows or ``bytes`` bytes of rows (their in-memory size) written since
+    the last commit, the oldest of them ``age`` seconds old, or no row for ``idle`` seconds."""
+
+    rows: int = 1_000_000
+    bytes: int = 128 * 1024 * 1024
+    age: float = 60.0
+    idle: float = 10.0
+
+    def __str__(self) -> str:
+        return (f"rows {self.rows:,}, bytes {format_size(self.bytes)}, "
+                f"age {format_duration(self.age)}, idle {format_duration(self.idle)}")
+
+
 MIN_TARGET_FILE_SIZE: Final = 1024 * 1024
 """Below 1 MiB compaction would cut files smaller than a single export already writes."""
 
@@ -275,6 +293,14 @@ class Feed:
     description: str | None = None
     catalogued: bool = True  # `catalog: false`: a Parquet feed the catalog leaves out
     enabled: bool = True
+    # `mode: realtime` (streams): one long-lived push query instead of scheduled runs
+    # (DESIGN 14); `rotate` says when its files are committed.
+    mode: Mode = "batch"
+    rotate: Rotate = Rotate()
+
+    @property
+    def realtime(self) -> bool:
+        return self.mode == "realtime"
 
     @property
     def tzinfo(self) -> zoneinfo.ZoneInfo:

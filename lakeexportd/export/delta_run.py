@@ -28,6 +28,7 @@ from lakeexportd.lake import metadata_update as update
 from lakeexportd.lake.delta import DeltaFeed
 from lakeexportd.lake.metadata_model import (
     FeedMetadata,
+    Offsets,
     StreamMetadata,
     TableMetadata,
     Window,
@@ -48,6 +49,20 @@ class DeltaRun(Run):
 
     def execute(self, fence: Callable[[], None] = lambda: None) -> ExportResult:
         self._fence = fence
+        doc = self.prepare()
+        try:
+            if isinstance(doc, StreamMetadata):
+                return self._delta_stream(doc)
+            assert isinstance(doc, TableMetadata)
+            return self._delta_table(doc)
+        except BaseException as exc:
+            if not isinstance(exc, CommitOutcomeUnknown):
+                self._remove_own_unless_committed()
+            self._record_failure(doc, exc)
+            raise
+
+    def prepare(self) -> FeedMetadata:
+        """The summary document (a new one before the first commit), the format checked."""
         self.delta = DeltaFeed(self.store.storage, self.feed_dir, self.feed.name)
         self._written: list[WrittenFile] = []
         self._txn: int | None = None  # the transaction version this run commits
@@ -61,16 +76,7 @@ class DeltaRun(Run):
         if doc is None:
             doc = update.new_document(self.feed.kind, feed=self.feed.name, source=self.feed.source)
         failpoint("export.after_cleanup")
-        try:
-            if isinstance(doc, StreamMetadata):
-                return self._delta_stream(doc)
-            assert isinstance(doc, TableMetadata)
-            return self._delta_table(doc)
-        except BaseException as exc:
-            if not isinstance(exc, CommitOutcomeUnknown):
-                self._remove_own_unless_committed()
-            self._record_failure(doc, exc)
-            raise
+        return doc
 
     # -- streams ---------------------------------------------------------------------------
 
@@ -115,11 +121,23 @@ class DeltaRun(Run):
                 for batch in self._batches(result.batches()):
                     sink.write(delta.to_file_schema(batch, files))
                 written = sink.finish()
+        self._commit_delta_stream(doc, table, written, logged=logged, watermark_ms=upper,
+                                  window=window)
+        return self._result(written, watermark_ms=upper, window_from_ms=lower)
+
+    def _commit_delta_stream(
+        self, doc: StreamMetadata, table: delta.Table, written: list[WrittenFile], *,
+        logged: int | None, watermark_ms: int, window: Window | None,
+        offsets: Offsets | None = None,
+    ) -> None:
+        """One log commit of ``written`` at ``watermark_ms`` (with a realtime feed's
+        ``offsets``), if the log's watermark is still ``logged``; then the summary."""
+        feed = self.feed
         self._written = written
         self._check_unmoved(table, logged)
         failpoint("export.before_commit")
         self._fence()
-        self._txn = upper
+        self._txn = watermark_ms
         expired: list[dict[str, object]] = []
         too_old: list[WrittenFile] = []
         if feed.retention_days is not None:
@@ -129,17 +147,19 @@ class DeltaRun(Run):
             expired = delta.files_before(self.delta, table, cutoff)
             too_old = [w for w in written if layout.partition_day(w.partition) < cutoff]
             written = [w for w in written if w not in too_old]
+        lower = window.from_ms if window is not None else logged
         version = self.delta.commit(
-            table, written, kind="stream", schema=table.schema(), txn_version=upper,
+            table, written, kind="stream", schema=table.schema(), txn_version=watermark_ms,
             run_id=self.run_id, remove=expired, rowtime_stats=feed.event_time is None,
-            extra={"watermark_ms": str(upper),
-                   "window_from_ms": "" if lower is None else str(lower)})
+            extra={"watermark_ms": str(watermark_ms),
+                   "window_from_ms": "" if lower is None else str(lower)},
+            offsets=offsets)
         log.info("delta.committed", feed=feed.name, run_id=self.run_id, version=version,
-                 files=len(written), rows=sum(w.records for w in written), watermark_ms=upper)
+                 files=len(written), rows=sum(w.records for w in written),
+                 watermark_ms=watermark_ms)
         for w in too_old:  # never listed by any commit: this run's own
             self.store.storage.delete(self.feed_dir / w.partition / w.name)
         self._summarize(doc, written, window=window)
-        return self._result(written, watermark_ms=upper, window_from_ms=lower)
 
     # -- tables ----------------------------------------------------------------------------
 

@@ -39,6 +39,7 @@ from lakeexportd.errors import CatalogError, FeedError, LakeStateError
 from lakeexportd.export import backfill as backfills
 from lakeexportd.export.delta_repair import DeltaRepair, repair_delta
 from lakeexportd.export.delta_run import new_run
+from lakeexportd.export.realtime import RealtimeFeed
 from lakeexportd.export.run import ExportResult, Progress, epoch_ms, new_run_id
 from lakeexportd.ksqldb.client import KsqlDBClient, client_from_settings
 from lakeexportd.ksqldb.retry import RequestObserver
@@ -46,7 +47,7 @@ from lakeexportd.lake import cleanup, delta, layout, rebuild
 from lakeexportd.lake.configured import lake_of
 from lakeexportd.lake.locking import FeedLock
 from lakeexportd.lake.metadata import MetadataStore
-from lakeexportd.lake.metadata_model import StreamMetadata, Window
+from lakeexportd.lake.metadata_model import FeedMetadata, StreamMetadata, Window
 from lakeexportd.lake.storage import Storage, open_storage
 
 if TYPE_CHECKING:
@@ -152,6 +153,35 @@ class DataLakeExporter:
                 return run.execute(fence=lock.check)
             finally:
                 log.debug("feed.lock_releasing", feed=feed.name, run_id=run.run_id)
+
+    def realtime(
+        self, feed: Feed, *, stop: threading.Event, clock: Callable[[], dt.datetime],
+        on_commit: Callable[[RealtimeFeed, FeedMetadata, int], None] | None = None,
+    ) -> RealtimeFeed:
+        """A realtime feed's runner (DESIGN 14), not started: ``run_realtime`` runs it."""
+        if not feed.realtime or feed.kind != "stream":
+            raise FeedError(f"feed {feed.name!r} is not a realtime stream")
+        return RealtimeFeed(client=self.client, store=self.store, root=self.root, feed=feed,
+                            feed_dir=self.feed_dir(feed), stop=stop, clock=clock,
+                            orphan_grace=self.orphan_grace, catalog=self.catalog,
+                            on_commit=on_commit)
+
+    def run_realtime(self, runner: RealtimeFeed, *, lock_wait: float | None = None) -> None:
+        """Hold the feed's lock (a lease on object stores, renewed all along) and run
+        ``runner`` until its ``stop`` is set. ``FeedLocked`` when another process holds it
+        for ``lock_wait`` seconds; ``LakeStateError`` when the lease is lost meanwhile."""
+        feed = runner.feed
+        self._check_kind(feed, runner.stop)
+        dir_mode, _ = layout.modes(feed.security)
+        with FeedLock(runner.feed_dir, feed=feed.name,
+                      wait=self.lock_wait if lock_wait is None else lock_wait,
+                      dir_mode=dir_mode, storage=self.store.storage) as lock:
+            log.info("realtime.lock_acquired", feed=feed.name,
+                     previous_owner=lock.previous_holder)
+            try:
+                runner.run(fence=lock.check)
+            finally:
+                log.info("realtime.lock_releasing", feed=feed.name, state=runner.state)
 
     def _check_kind(self, feed: Feed, cancel: threading.Event | None = None) -> None:
         """The declared kind must be what ksqlDB says the source is (once per source).

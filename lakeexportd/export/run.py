@@ -38,6 +38,7 @@ from lakeexportd.lake.metadata import MetadataStore
 from lakeexportd.lake.metadata_model import (
     ExportRecord,
     FeedMetadata,
+    Offsets,
     Partition,
     SchemaColumn,
     StreamMetadata,
@@ -140,11 +141,38 @@ class Run:
         # behind this run's commit (None: level, or no catalog).
         self.catalog = catalog if in_catalog(feed) else None
         self.catalog_behind: str | None = None
+        self._removed: list[Path] = []  # leftovers prepare() removed
 
     def execute(self, fence: Callable[[], None] = lambda: None) -> ExportResult:
         """Run it; ``fence`` is called right before every commit and raises when this run
         may no longer commit (its feed's lease was lost: another writer may hold it)."""
         self._fence = fence
+        doc = self.prepare()
+        try:
+            if isinstance(doc, StreamMetadata):
+                result = self._stream(doc)
+            else:
+                assert isinstance(doc, TableMetadata)
+                result = self._table(doc)
+        except BaseException as exc:
+            # Whatever a failed run left (temps a sink could not remove, files renamed before a
+            # failed commit) goes now, under the lock, rather than at the next run; unless its
+            # commit may still land: then the next run judges the files by what is committed.
+            if not isinstance(exc, CommitOutcomeUnknown):
+                self._remove_unlisted()
+            self._record_failure(doc, exc)
+            raise
+        if self.leases and self.catalog_behind is None:
+            removed = self._sweep_after_commit()
+        else:
+            removed = self._removed
+        return dataclasses.replace(result, orphans_removed=len(removed),
+                                   catalog_behind=self.catalog_behind,
+                                   catalogued=self.catalog is not None)
+
+    def prepare(self) -> FeedMetadata:
+        """The committed document, with the lake made ready for a run: the format checked,
+        leftovers of earlier runs removed (local lakes), a first (empty) document committed."""
         doc = self.store.load(self.feed_dir)
         if delta.is_delta(self.store.storage, self.feed_dir):
             raise LakeStateError(
@@ -162,31 +190,14 @@ class Run:
                 storage=self.store.storage,
             )
             self._log_removed(removed)
+        self._removed = removed
         failpoint("export.after_cleanup")
         if doc is None:
             doc = update.new_document(self.feed.kind, feed=self.feed.name, source=self.feed.source)
             # The first run commits an empty document before it writes any data: from then on a
             # data file without a document is never a leftover (cleanup.MetadataMissingError).
             self._commit(doc)
-        try:
-            if isinstance(doc, StreamMetadata):
-                result = self._stream(doc)
-            else:
-                assert isinstance(doc, TableMetadata)
-                result = self._table(doc)
-        except BaseException as exc:
-            # Whatever a failed run left (temps a sink could not remove, files renamed before a
-            # failed commit) goes now, under the lock, rather than at the next run; unless its
-            # commit may still land: then the next run judges the files by what is committed.
-            if not isinstance(exc, CommitOutcomeUnknown):
-                self._remove_unlisted()
-            self._record_failure(doc, exc)
-            raise
-        if self.leases and self.catalog_behind is None:
-            removed = self._sweep_after_commit()
-        return dataclasses.replace(result, orphans_removed=len(removed),
-                                   catalog_behind=self.catalog_behind,
-                                   catalogued=self.catalog is not None)
+        return doc
 
     # -- the catalog -----------------------------------------------------------------------
 
@@ -257,13 +268,28 @@ class Run:
         else:
             written = self._write_stream(doc, lower, upper)
         record = self._record("success", written, window=window)
+        self._commit_stream(doc, record, written, watermark_ms=upper)
+        return self._result(written, watermark_ms=upper, window_from_ms=lower)
+
+    def _commit_stream(
+        self, doc: StreamMetadata, record: ExportRecord, written: list[WrittenFile], *,
+        watermark_ms: int, offsets: Offsets | None = None,
+    ) -> StreamMetadata:
+        """Commit ``written`` with the watermark (and a realtime feed's ``offsets``; a batch
+        run clears them), retention and expired compaction inputs; then delete what the
+        commit dropped once the catalog is level."""
         columns = self.columns or doc.schema  # no query ran: the schema stays as it was
         new = update.after_stream_run(
-            doc, record=record, written=written, columns=columns, watermark_ms=upper, now=self.now
+            doc, record=record, written=written, columns=columns, watermark_ms=watermark_ms,
+            now=self.now,
         )
+        # A batch run's watermark makes a realtime run's offsets stale: a later switch back
+        # to realtime starts after this watermark (DESIGN 14).
+        new = dataclasses.replace(new, offsets=offsets)
         dropped: tuple[Partition, ...] = ()
-        if feed.retention_days is not None:
-            cutoff = layout.retention_cutoff(self.now, feed.retention_days, feed.timezone)
+        if self.feed.retention_days is not None:
+            cutoff = layout.retention_cutoff(self.now, self.feed.retention_days,
+                                             self.feed.timezone)
             new, dropped = update.without_partitions_before(new, cutoff)
         # Compaction inputs past their grace leave the document with this commit, then the disk.
         new, expired = update.expire_retired(new, self.now, self.orphan_grace)
@@ -277,7 +303,7 @@ class Run:
             if expired:
                 cleanup.delete_retired(self.feed_dir, expired, storage=self.store.storage)
         failpoint("export.after_prune")
-        return self._result(written, watermark_ms=upper, window_from_ms=lower)
+        return new
 
     def _write_stream(
         self, doc: StreamMetadata, lower: int | None, upper: int

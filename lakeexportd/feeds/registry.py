@@ -107,10 +107,11 @@ def feed_options(feed: Feed) -> dict[str, Any]:
     skip = config_build.TABLE_ONLY if feed.kind == "stream" else config_build.STREAM_ONLY
     out: dict[str, Any] = {"name": feed.name, "source": feed.source, "kind": feed.kind}
     schedule = feed.schedule
-    out["schedule"] = ({"every": format_duration(schedule.every)} if schedule.every is not None
-                       else {"cron": schedule.cron})
+    if not feed.realtime:  # a realtime feed has no schedule (its query runs all the time)
+        out["schedule"] = ({"every": format_duration(schedule.every)}
+                           if schedule.every is not None else {"cron": schedule.cron})
     for f in fields(Feed):
-        if f.name in out or f.name in skip:
+        if f.name in out or f.name in skip or f.name == "schedule":
             continue
         value = getattr(feed, f.name)
         if f.name == "compaction":
@@ -120,6 +121,16 @@ def feed_options(feed: Feed) -> dict[str, Any]:
                 out[f.name] = None if value is None else {
                     "after": f"{value.after_days}d",
                     "target_file_size": format_size(value.target_file_size)}
+            continue
+        if f.name == "mode":  # left out for batch feeds (as before realtime existed)
+            if feed.realtime:
+                out["mode"] = "realtime"
+            continue
+        if f.name == "rotate":
+            if feed.realtime:
+                out["rotate"] = {"rows": value.rows, "bytes": format_size(value.bytes),
+                                 "age": format_duration(value.age),
+                                 "idle": format_duration(value.idle)}
             continue
         if value is None or value == ():  # unset owner/description, no tags: as before them
             continue

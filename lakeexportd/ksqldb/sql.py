@@ -52,34 +52,39 @@ def table_scan(source: str) -> str:
     return f"SELECT * FROM {_name(source)};"
 
 
-def push_after(source: str, offsets: Mapping[int, int], watermark_ms: int | None) -> str:
+def push_after(source: str, offsets: Mapping[int, int], after_ms: int | None) -> str:
     """A push query for exactly the rows after a committed point, pseudo columns first.
 
     For each partition p with a committed offset o, ``(ROWPARTITION = p AND ROWOFFSET > o)``;
-    every other partition (none committed yet, or one that appears later) is read from
-    ``ROWTIME > watermark_ms`` when a watermark is given (a feed switched from batch mode
-    starts after it), else from its first row. No WHERE when nothing is committed and there is
-    no watermark. Partitions are written in ascending order, so the same point gives the same
-    text::
+    every other partition (none committed yet, or one that appears later) from its first
+    row. ``after_ms`` (a feed switched from batch mode, or started ``now``) applies to every
+    partition, for good: the batch runs before the switch hold the rows at or before it, and
+    a row of a committed partition with an older ROWTIME must be left out on every
+    reconnection alike (the server never tells which rows its WHERE dropped). Partitions are
+    written in ascending order, so the same point gives the same text::
 
-        SELECT ROWPARTITION, ROWOFFSET, ROWTIME, * FROM S WHERE (ROWPARTITION = 0 AND
-        ROWOFFSET > 41) OR (ROWPARTITION = 1 AND ROWOFFSET > 7) OR (ROWPARTITION <> 0 AND
-        ROWPARTITION <> 1 AND ROWTIME > 1700000000000) EMIT CHANGES;
+        SELECT ROWPARTITION, ROWOFFSET, ROWTIME, * FROM S WHERE ROWTIME > 1700000000000 AND
+        ((ROWPARTITION = 0 AND ROWOFFSET > 41) OR (ROWPARTITION = 1 AND ROWOFFSET > 7) OR
+        (ROWPARTITION <> 0 AND ROWPARTITION <> 1)) EMIT CHANGES;
 
     ksqlDB evaluates this per record on the server, but every push query reads its topic from
     ``auto.offset.reset`` on: the runner asks for ``earliest`` and drops rows at or below the
-    committed offsets itself too.
+    committed point itself too.
     """
     committed = sorted(offsets.items())
-    if any(p < 0 or o < 0 for p, o in committed):
-        raise ValueError(f"partitions and offsets are never negative: {dict(committed)}")
-    after = [f"(ROWPARTITION = {p} AND ROWOFFSET > {o})" for p, o in committed]
-    rest = [f"ROWPARTITION <> {p}" for p, _ in committed]
-    if watermark_ms is not None:
-        rest.append(f"ROWTIME > {watermark_ms}")
-    if rest:
+    if any(p < 0 or o < 0 for p, o in committed) or (after_ms is not None and after_ms < 0):
+        raise ValueError(f"partitions, offsets and times are never negative: "
+                         f"{dict(committed)}, {after_ms}")
+    conditions = []
+    if after_ms is not None:
+        conditions.append(f"ROWTIME > {after_ms}")
+    if committed:
+        after = [f"(ROWPARTITION = {p} AND ROWOFFSET > {o})" for p, o in committed]
+        rest = [f"ROWPARTITION <> {p}" for p, _ in committed]
         after.append(rest[0] if len(rest) == 1 else "(" + " AND ".join(rest) + ")")
-    where = f" WHERE {' OR '.join(after)}" if after else ""
+        either = " OR ".join(after)
+        conditions.append(f"({either})" if conditions else either)
+    where = f" WHERE {' AND '.join(conditions)}" if conditions else ""
     return f"SELECT ROWPARTITION, ROWOFFSET, ROWTIME, * FROM {_name(source)}{where} EMIT CHANGES;"
 
 

@@ -50,6 +50,7 @@ from lakeexportd.lake.locking import FeedLock
 from lakeexportd.lake.metadata import MetadataStore
 from lakeexportd.lake.metadata_model import (
     FileEntry,
+    Offsets,
     Partition,
     StreamMetadata,
     TableMetadata,
@@ -72,6 +73,26 @@ META_PREFIX = "lakeexportd."
 def app_id(feed: str) -> str:
     """The application id of ``feed``'s transactions in the Delta log."""
     return f"{APP_PREFIX}{feed}"
+
+
+_AT, _AFTER, _PARTITIONS, _PARTITION = "#realtime-at", "#after", "#partitions", "#partition-"
+
+
+def offset_transactions(feed: str, offsets: Offsets | None,
+                        watermark: int) -> list[Transaction]:
+    """A realtime commit's point as Delta transaction identifiers, in the same commit as its
+    files: ``<app>#partition-N`` = ROWOFFSET of partition N's last row, ``<app>#partitions``
+    = one more than the highest partition number, ``<app>#after`` = ``after_ms`` + 1 (0:
+    none), and ``<app>#realtime-at`` = the watermark this commit sets. A later batch commit
+    moves the watermark only, so the offsets then no longer count (``DeltaFeed.offsets``)."""
+    if offsets is None:
+        return []
+    app = app_id(feed)
+    after = 0 if offsets.after_ms is None else offsets.after_ms + 1
+    return [Transaction(f"{app}{_AT}", watermark), Transaction(f"{app}{_AFTER}", after),
+            Transaction(f"{app}{_PARTITIONS}", max(offsets.partitions, default=-1) + 1),
+            *(Transaction(f"{app}{_PARTITION}{p}", o)
+              for p, o in sorted(offsets.partitions.items()))]
 
 
 def is_delta(storage: Storage, feed_dir: PurePath) -> bool:
@@ -272,6 +293,7 @@ class DeltaFeed:
         extra: Mapping[str, str] | None = None,
         remove: Sequence[Mapping[str, Any]] = (),
         rowtime_stats: bool = False,
+        offsets: Offsets | None = None,
     ) -> int:
         """One commit: ``files`` appended (stream) or replacing everything (table), with the
         feed's transaction at ``txn_version``. Raises ``DeltaCommitRefused`` when another
@@ -304,7 +326,8 @@ class DeltaFeed:
         }
         properties = CommitProperties(
             custom_metadata=metadata, max_commit_retries=0,
-            app_transactions=[Transaction(app_id(self.feed), txn_version)])
+            app_transactions=[Transaction(app_id(self.feed), txn_version),
+                              *offset_transactions(self.feed, offsets, txn_version)])
         before = table.version()
         failpoint("delta.before_log_commit")
         try:
@@ -324,6 +347,20 @@ class DeltaFeed:
         return before + 1
 
     # -- reading the log ----------------------------------------------------------------------
+
+    def offsets(self, table: DeltaTable) -> Offsets | None:
+        """A realtime feed's committed point, or None when the last commit that moved the
+        watermark was not a realtime one (a batch run's, or none): see
+        ``offset_transactions``."""
+        feed = app_id(self.feed)
+        watermark = table.transaction_version(feed)
+        if watermark is None or table.transaction_version(f"{feed}{_AT}") != watermark:
+            return None
+        count = table.transaction_version(f"{feed}{_PARTITIONS}") or 0
+        after = table.transaction_version(f"{feed}{_AFTER}") or 0
+        return Offsets({p: v for p in range(count)
+                        if (v := table.transaction_version(f"{feed}{_PARTITION}{p}")) is not None},
+                       after - 1 if after else None)
 
     def history(self, table: DeltaTable, limit: int | None = None) -> list[Commit]:
         try:
@@ -424,6 +461,7 @@ def stream_summary(delta: DeltaFeed, table: DeltaTable, doc: StreamMetadata) -> 
     partitions = tuple(Partition(path, tuple(files)) for path, files in sorted(by_day.items()))
     return dataclasses.replace(
         doc, partitions=partitions, watermark_ms=delta.transaction_version(table),
+        offsets=delta.offsets(table),
         extra={**doc.extra, "format": "delta", "delta_version": table.version()})
 
 

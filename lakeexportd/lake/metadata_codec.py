@@ -16,6 +16,7 @@ from lakeexportd.lake.metadata_model import (
     ExportRecord,
     FeedMetadata,
     FileEntry,
+    Offsets,
     Partition,
     Retired,
     SchemaChange,
@@ -98,6 +99,10 @@ def to_json(doc: FeedMetadata) -> dict[str, Any]:
              "tier": p.tier, "files": [_file_json(f) for f in p.files]}
             for p in doc.partitions
         ]
+        if doc.offsets is not None:  # realtime feeds only
+            out["offsets"] = {
+                "partitions": {str(p): o for p, o in sorted(doc.offsets.partitions.items())},
+                "after_ms": doc.offsets.after_ms}
         if doc.retired:  # only while compaction inputs wait out their grace
             out["retired"] = [{"path": r.path, "since": r.since} for r in doc.retired]
     else:
@@ -121,7 +126,8 @@ def to_json(doc: FeedMetadata) -> dict[str, Any]:
 _KNOWN = {
     "format_version", "source", "feed", "kind", "mode", "last_export", "last_status",
     "total_records", "total_size_bytes", "total_size_mb", "schema", "schema_history",
-    "watermark", "partitions", "retired", "current_version", "last_version", "versions", "exports",
+    "watermark", "partitions", "retired", "offsets", "current_version", "last_version",
+    "versions", "exports",
 }
 _SCHEMA_KEYS = ("name", "ksql_type", "arrow_type")
 
@@ -215,6 +221,20 @@ def _retired(raw: Any) -> tuple[Retired, ...]:
     return tuple(out)
 
 
+def _offsets(raw: Any) -> Offsets | None:
+    """``{"partitions": {"0": 41, "1": 7}, "after_ms": null}`` (see ``Offsets``)."""
+    if raw is None:
+        return None
+    partitions = _get(raw, "partitions", dict, "$.offsets")
+    out = {}
+    for key, value in partitions.items():
+        if not (isinstance(key, str) and key.isdigit()) or type(value) is not int or value < 0:
+            raise _Shape(f"$.offsets.partitions: {key!r}: {value!r} is not a partition number "
+                         "and a ROWOFFSET (both whole numbers, not negative)")
+        out[int(key)] = value
+    return Offsets(out, _get(raw, "after_ms", int, "$.offsets", null=True))
+
+
 def from_json(raw: Any) -> FeedMetadata:
     """Decode and check a parsed document; any deviation is a ``ValueError`` saying where."""
     if _get(raw, "format_version", int, "$") != FORMAT_VERSION:
@@ -254,7 +274,8 @@ def from_json(raw: Any) -> FeedMetadata:
         mark = _get(raw, "watermark", dict, "$")
         watermark = _get(mark, "rowtime_ms", int, "$.watermark", null=True)
         return StreamMetadata(**common, partitions=tuple(partitions), watermark_ms=watermark,
-                              retired=_retired(raw.get("retired", [])))
+                              retired=_retired(raw.get("retired", [])),
+                              offsets=_offsets(raw.get("offsets")))
     if kind == "table":
         versions = tuple(
             Version(

@@ -166,6 +166,16 @@ class ExportRecord:
 
 
 @dataclass(frozen=True)
+class Offsets:
+    """Where a realtime feed's push query resumes: per Kafka partition the ROWOFFSET of the
+    last row the lake holds, and the ROWTIME every row must be after (the watermark the feed
+    had when it switched from batch mode or started ``now``; None: from the first row)."""
+
+    partitions: Mapping[int, int]
+    after_ms: int | None = None
+
+
+@dataclass(frozen=True)
 class _Common:
     feed: str
     source: str
@@ -185,6 +195,10 @@ class StreamMetadata(_Common):
     partitions: tuple[Partition, ...] = ()
     watermark_ms: int | None = None
     retired: tuple[Retired, ...] = ()  # compaction inputs kept for readers in flight
+    # A realtime feed's committed point (DESIGN 14). None for a batch feed: its watermark
+    # alone says where it is (a batch run clears it, so a later switch to realtime starts
+    # after its watermark).
+    offsets: Offsets | None = None
 
     @property
     def total_records(self) -> int:

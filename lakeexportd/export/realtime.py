@@ -52,6 +52,7 @@ from lakeexportd.export.run import Run, epoch_ms
 from lakeexportd.failpoints import failpoint
 from lakeexportd.ksqldb import sql
 from lakeexportd.ksqldb.client import KsqlDBClient
+from lakeexportd.ksqldb.push import PushQuery
 from lakeexportd.lake import delta
 from lakeexportd.lake.metadata import MetadataStore
 from lakeexportd.lake.metadata_model import FeedMetadata, Offsets, StreamMetadata

@@ -57,6 +57,7 @@ from lakeexportd.service import compaction, runs, scheduling, tiering
 from lakeexportd.service.backends import Backend, ExporterFactory, backend_key, build_exporter
 from lakeexportd.service.metrics import Metrics
 from lakeexportd.service.metrics_http import MetricsServer, MetricsServerError
+from lakeexportd.service.realtime import RealtimeJobs
 from lakeexportd.service.sdnotify import Notifier
 
 PRESENCE_SWEEP = "presence-sweep"  # the job removing dead daemons' entries (object stores)
@@ -114,6 +115,10 @@ class Daemon:
         self.registry_poll = registry_poll
         self.manager = self._manager(config)
         self._sync_pending = False
+        # `mode: realtime` feeds: a thread each, not a scheduled job (service/realtime.py).
+        self.realtime = RealtimeJobs(
+            lambda: self._backend if self.state == "running" else None, clock=clock,
+            metrics=self.metrics, lock_wait=lambda: self.config.scheduler.lock_wait)
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -161,6 +166,11 @@ class Daemon:
                            "running": name in running,
                            "held_elsewhere": name in self._held_elsewhere}
         info = self.presence.info if self.presence is not None else None
+        realtime = self.realtime.status()
+        for name, query in realtime.items():
+            if name in feeds:
+                feeds[name].update(mode="realtime", running=query["state"] == "running",
+                                   held_elsewhere=query["state"] == "standby", query=query)
         return {"state": self.state, "pid": info.pid if info else None,
                 "host": info.host if info else None, "started": info.started if info else None,
                 "feeds": feeds}
@@ -234,6 +244,9 @@ class Daemon:
             if old is not None:
                 old.retire()  # closes once its running exports end
             log.info("config.exporter_rebuilt", ksqldb=new.ksqldb.url, lake=new.lake.where)
+            for name in self.realtime.names():  # their query and lock move to the new one
+                self.realtime.stop(name)
+                self.feeds.pop(name, None)  # _apply starts them again as added
         # The new config is current before any job of it can run: a feed the reload adds runs
         # at once, and its run checks the registry against self.config.
         previous, self.config = self.config, new
@@ -261,6 +274,8 @@ class Daemon:
         log.info("daemon.stopping", running=self.running(), grace_s=grace)
         if self.scheduler.running:
             self.scheduler.shutdown(wait=False)
+        # Realtime feeds: /close-query, then what they wrote is committed (within the grace).
+        self.realtime.stop_all(grace)
         if not self.wait_idle(grace):
             log.warning("daemon.aborting_exports", running=self.running(), grace_s=grace)
             self.cancel.set()
@@ -449,7 +464,8 @@ class Daemon:
         with the feed or the setting. Logs ``<kind>.scheduled`` with the setting as ``field``."""
         for feed in (*diff.removed, *diff.added, *diff.changed):
             job = f"{kind}:{feed.name}"
-            if feed in diff.removed or setting(feed) is None or feed.kind != "stream":
+            if feed in diff.removed or setting(feed) is None or feed.kind != "stream" \
+                    or feed.realtime:  # a realtime feed's own thread does it (its lock)
                 with contextlib.suppress(JobLookupError):
                     self.scheduler.remove_job(job)
                 continue
@@ -486,6 +502,7 @@ class Daemon:
         jitter_changed = new.scheduler.jitter != old.scheduler.jitter
         diff = scheduling.diff_feeds(self.feeds, wanted, all_changed=jitter_changed)
         for feed in diff.removed:
+            self.realtime.stop(feed.name)  # none unless realtime: its rows committed first
             try:
                 self.scheduler.remove_job(feed.name)
             except JobLookupError:
@@ -498,10 +515,12 @@ class Daemon:
             self.metrics.add_feed(feed.name)
             runs.seed_from_metadata(self.metrics, feed, *self._lake(new))
             log.info("feed.scheduled" if initial else "feed.added", feed=feed.name,
-                     kind=feed.kind, source=feed.source, schedule=str(feed.schedule))
+                     kind=feed.kind, source=feed.source,
+                     schedule="realtime" if feed.realtime else str(feed.schedule))
         for feed in diff.changed:
             if self._schedule(feed, new.scheduler.jitter, first_now=False):
-                log.info("feed.rescheduled", feed=feed.name, schedule=str(feed.schedule))
+                log.info("feed.rescheduled", feed=feed.name,
+                         schedule="realtime" if feed.realtime else str(feed.schedule))
         self._schedule_tiering(diff, new.scheduler.jitter)
         self._schedule_compaction(diff, new.scheduler.jitter)
         if new.lake != old.lake:
@@ -515,7 +534,15 @@ class Daemon:
         return diff
 
     def _schedule(self, feed: Feed, jitter: float, *, first_now: bool) -> bool:
-        """Schedule one feed; a failure fails that feed (logged), never the daemon."""
+        """Schedule one feed; a failure fails that feed (logged), never the daemon. A
+        realtime feed gets its thread instead (a changed one: stopped, its rows committed,
+        and started again as defined now); a feed switched back to batch loses its thread."""
+        if feed.realtime:
+            with contextlib.suppress(JobLookupError):
+                self.scheduler.remove_job(feed.name)
+            self.realtime.start(feed)
+            return True
+        self.realtime.stop(feed.name)
         now = utc_now()
         extra = {"next_run_time": now} if first_now and feed.schedule.every else {}
         try:

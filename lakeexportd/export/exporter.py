@@ -45,7 +45,7 @@ from lakeexportd.ksqldb.client import KsqlDBClient, client_from_settings
 from lakeexportd.ksqldb.retry import RequestObserver
 from lakeexportd.lake import cleanup, delta, layout, rebuild
 from lakeexportd.lake.configured import lake_of
-from lakeexportd.lake.locking import FeedLock
+from lakeexportd.lake.locking import FeedLock, HeldLock
 from lakeexportd.lake.metadata import MetadataStore
 from lakeexportd.lake.metadata_model import FeedMetadata, StreamMetadata, Window
 from lakeexportd.lake.storage import Storage, open_storage
@@ -178,9 +178,11 @@ class DataLakeExporter:
                       dir_mode=dir_mode, storage=self.store.storage) as lock:
             log.info("realtime.lock_acquired", feed=feed.name,
                      previous_owner=lock.previous_holder)
+            runner.held = HeldLock(lock)
             try:
                 runner.run(fence=lock.check)
             finally:
+                runner.held = None
                 log.info("realtime.lock_releasing", feed=feed.name, state=runner.state)
 
     def _check_kind(self, feed: Feed, cancel: threading.Event | None = None) -> None:

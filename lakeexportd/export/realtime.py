@@ -38,6 +38,7 @@ import numpy as np
 import pyarrow as pa
 import structlog
 
+from lakeexportd.catalog.policy import follow_catalog
 from lakeexportd.config.model import Feed
 from lakeexportd.errors import (
     ExportAborted,
@@ -54,6 +55,8 @@ from lakeexportd.ksqldb import sql
 from lakeexportd.ksqldb.client import KsqlDBClient
 from lakeexportd.ksqldb.push import PushQuery
 from lakeexportd.lake import delta
+from lakeexportd.lake.compaction import compact_feed
+from lakeexportd.lake.locking import HeldLock
 from lakeexportd.lake.metadata import MetadataStore
 from lakeexportd.lake.metadata_model import FeedMetadata, Offsets, StreamMetadata
 from lakeexportd.lake.sinks import BUFFER_BYTES, AppendSink
@@ -68,6 +71,7 @@ EARLIEST = {"auto.offset.reset": "earliest"}
 POLL_S = 0.25  # the longest wait for rows before the rotation rules are looked at again
 DRAIN_S = 10.0  # after /close-query: how long the rows ksqlDB still sends are waited for
 BACKOFF_FIRST_S, BACKOFF_MAX_S = 0.5, 30.0
+COMPACT_FIRST_S, COMPACT_EVERY_S = 120.0, 86_400.0  # as the daemon's job for batch feeds
 FAILED_BACKOFF_S = 60.0  # after a failure that is not passing trouble (a schema change...)
 
 State = Literal["starting", "running", "reconnecting", "stopped", "failed"]
@@ -228,9 +232,14 @@ class RealtimeFeed:
         self.commits = 0
         self.rows_committed = 0
         self.reconnects = 0
+        self.compactions = 0
         self.newest_rowtime_ms: int | None = None  # the newest ROWTIME committed
         self.last_error: str | None = None
         self._fence: Callable[[], None] = lambda: None
+        # The feed's lock while run_realtime holds it: the daily compaction runs under it
+        # here, between two rotations (the daemon's compaction job would find it taken).
+        self.held: HeldLock | None = None
+        self._next_compaction = monotonic() + COMPACT_FIRST_S
 
     def run(self, fence: Callable[[], None] = lambda: None) -> None:
         """Export until ``stop`` is set. Trouble with ksqlDB or the store reconnects with a
@@ -383,7 +392,40 @@ class RealtimeFeed:
                  catalog_behind=rotation.run.catalog_behind)
         if self.on_commit is not None:
             self.on_commit(self, new, pending.rows)
+        if self.held is not None and self.monotonic() >= self._next_compaction:
+            self._next_compaction = self.monotonic() + COMPACT_EVERY_S
+            self._compact()
+            new = self._reload(new)
         return new, None, Pending()
+
+    def _compact(self) -> None:
+        """The feed's closed days compacted (``compaction:``), as the daemon's daily job
+        does for batch feeds; rows wait in the query meanwhile (back-pressure)."""
+        if self.feed.compaction is None:
+            return
+        started = self.monotonic()
+        try:
+            result = compact_feed(self.store.storage, self.root, self.feed, now=self.clock(),
+                                  lock_wait=0.0, orphan_grace=self.orphan_grace,
+                                  cancel=self.stop, follow=follow_catalog(self.catalog,
+                                                                          self.feed),
+                                  held=self.held)
+        except LakeExportError as exc:
+            self._fence()
+            log.warning("compact.failed", feed=self.feed.name, error=str(exc),
+                        hint="the realtime feed goes on; compaction is tried again tomorrow")
+            return
+        self.compactions += 1
+        log.info("compact.finished", feed=self.feed.name, files_in=result.files_in,
+                 files_out=result.files_out, realtime=True,
+                 duration_s=round(self.monotonic() - started, 3))
+
+    def _reload(self, doc: StreamMetadata) -> StreamMetadata:
+        """The committed document after work that committed on its own (compaction)."""
+        loaded = self.store.load(self.feed_dir)
+        if self.feed.format == "delta":
+            loaded = self._delta_point(loaded or doc)
+        return loaded if isinstance(loaded, StreamMetadata) else doc
 
     def _new_run(self) -> Run:
         run = new_run(client=self.client, root=self.root, store=self.store, feed=self.feed,

@@ -37,7 +37,7 @@ from lakeexportd.config.model import Compaction, Feed
 from lakeexportd.errors import CommitOutcomeUnknown, FeedError, LakeStateError
 from lakeexportd.failpoints import failpoint
 from lakeexportd.lake import cleanup, delta, layout
-from lakeexportd.lake.locking import FeedLock
+from lakeexportd.lake.locking import FeedLock, HeldLock
 from lakeexportd.lake.metadata import MetadataStore
 from lakeexportd.lake.metadata_model import (
     FileEntry,
@@ -221,6 +221,7 @@ class Compactor:
         self, feed: str, *, target_file_size: int, before: dt.date, now: dt.datetime,
         dir_mode: int = 0o750, file_mode: int = 0o640, dry_run: bool = False,
         progress: Progress | None = None, cancel: threading.Event | None = None,
+        held: HeldLock | None = None,
     ) -> CompactResult:
         feed_dir = layout.feed_dir(self.root, "stream", feed)
         self.storage.check_inside(self.root, feed_dir)
@@ -236,8 +237,8 @@ class Compactor:
         if dry_run:
             result.days = days
             return result
-        lock = FeedLock(feed_dir, feed=feed, wait=self.lock_wait, dir_mode=dir_mode,
-                        storage=self.storage)
+        lock: FeedLock | HeldLock = held if held is not None else FeedLock(
+            feed_dir, feed=feed, wait=self.lock_wait, dir_mode=dir_mode, storage=self.storage)
         with lock:
             if not self.storage.leases and self._level():  # local: the flock excludes others
                 # Leftovers of a killed run (an export's or a compaction's) go first, as at
@@ -396,11 +397,12 @@ def compact_feed(
     storage: Storage, root: Path, feed: Feed, *, now: dt.datetime, lock_wait: float,
     orphan_grace: float, before: dt.date | None = None, dry_run: bool = False,
     progress: Progress | None = None, cancel: threading.Event | None = None,
-    follow: Callable[[], bool] | None = None,
+    follow: Callable[[], bool] | None = None, held: HeldLock | None = None,
 ) -> CompactResult | delta.DeltaCompaction:
     """Compact ``feed`` as its config says (``before`` replaces the ``after`` cutoff): the
     one entry point of the CLI and the daemon; a feed's format picks the implementation.
-    ``follow`` brings the feed's catalog level after each commit (see ``Compactor``)."""
+    ``follow`` brings the feed's catalog level after each commit (see ``Compactor``);
+    ``held``: the feed's lock, already held by the caller (a realtime feed)."""
     if feed.kind != "stream":
         raise FeedError(f"feed {feed.name!r} is a table: compaction applies to streams only")
     if feed.compaction is None and before is None:
@@ -415,9 +417,9 @@ def compact_feed(
             storage, layout.feed_dir(root, "stream", feed.name), feed.name, before=before,
             target_size=target, orphan_grace=orphan_grace, lock_wait=lock_wait,
             dir_mode=dir_mode, file_mode=file_mode, dry_run=dry_run, cancel=cancel,
-            progress=progress)
+            progress=progress, held=held)
     compactor = Compactor(storage, root, lock_wait=lock_wait, orphan_grace=orphan_grace,
                           follow=follow)
     return compactor.compact(feed.name, target_file_size=target, before=before, now=now,
                              dir_mode=dir_mode, file_mode=file_mode, dry_run=dry_run,
-                             progress=progress, cancel=cancel)
+                             progress=progress, cancel=cancel, held=held)

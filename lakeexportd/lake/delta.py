@@ -46,7 +46,7 @@ from deltalake.transaction import AddAction, CommitProperties, RemoveAction, Tra
 from lakeexportd.errors import LakeStateError, SchemaError, StoreUnreachable
 from lakeexportd.failpoints import failpoint
 from lakeexportd.lake import layout
-from lakeexportd.lake.locking import FeedLock
+from lakeexportd.lake.locking import FeedLock, HeldLock
 from lakeexportd.lake.metadata import MetadataStore
 from lakeexportd.lake.metadata_model import (
     FileEntry,
@@ -640,6 +640,7 @@ def compact_stream(
     orphan_grace: float, lock_wait: float, dir_mode: int, file_mode: int, dry_run: bool,
     cancel: threading.Event | None = None,
     progress: Callable[[str, int, int], None] | None = None,
+    held: HeldLock | None = None,
 ) -> DeltaCompaction:
     """Optimize each closed day of a Delta stream (one commit each, under the feed's lock),
     then vacuum what no version of the last ``STREAM_KEEP_S`` reads, then rewrite the
@@ -655,7 +656,8 @@ def compact_stream(
         result.days = planned
         result.vacuumed = vacuum(delta, table, retention_s=retention_s, dry_run=True)
         return result
-    lock = FeedLock(feed_dir, feed=feed, wait=lock_wait, dir_mode=dir_mode, storage=storage)
+    lock: FeedLock | HeldLock = held if held is not None else FeedLock(
+        feed_dir, feed=feed, wait=lock_wait, dir_mode=dir_mode, storage=storage)
     for day in planned:
         if cancel is not None and cancel.is_set():
             result.stopped = True

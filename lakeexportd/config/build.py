@@ -625,6 +625,11 @@ def build_feed(node: Node, defaults: FeedDefaults) -> Feed:
         raise node.fail("schedule", "a `mode: realtime` feed has no schedule: its push query "
                         "runs all the time and `rotate` says when files are committed",
                         "remove `schedule:` from this feed")
+    if mode == "realtime" and resolved.tiering is not None:
+        raise node.fail("mode", "`tiering` is not built for realtime feeds yet (the feed's "
+                        "lock is held by its push query all along)",
+                        "remove `tiering:` from this feed (or set `tiering: null` on it when "
+                        "it comes from defaults), or use a scheduled (batch) feed")
     if resolved.format == "delta" and resolved.tiering is not None:
         raise node.fail("format", "`tiering` is for Parquet feeds: a Delta table's files are "
                         "listed by its log, and moving them is not built",

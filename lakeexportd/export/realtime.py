@@ -233,6 +233,7 @@ class RealtimeFeed:
         self.rows_committed = 0
         self.reconnects = 0
         self.compactions = 0
+        self.catalog_behind: str | None = None  # why the catalog is behind the last commit
         self.newest_rowtime_ms: int | None = None  # the newest ROWTIME committed
         self.last_error: str | None = None
         self._fence: Callable[[], None] = lambda: None
@@ -385,6 +386,7 @@ class RealtimeFeed:
         assert isinstance(new, StreamMetadata)
         self.commits += 1
         self.rows_committed += pending.rows
+        self.catalog_behind = rotation.run.catalog_behind
         self.newest_rowtime_ms = max(pending.max_rowtime or 0, self.newest_rowtime_ms or 0)
         log.info("realtime.committed", feed=self.feed.name, run_id=rotation.run.run_id,
                  rows=pending.rows, files=rotation.files_written,

@@ -26,10 +26,16 @@ import structlog
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from lakeexportd.catalog.policy import in_catalog
 from lakeexportd.config.model import Feed
 from lakeexportd.errors import FeedLocked, LakeExportError
 from lakeexportd.export.realtime import RealtimeFeed
-from lakeexportd.lake.metadata_model import FeedMetadata, StreamMetadata
+from lakeexportd.lake.metadata_model import (
+    FeedMetadata,
+    StreamMetadata,
+    current_file_count,
+    parse_iso,
+)
 from lakeexportd.service.metrics import Metrics
 
 log = structlog.get_logger(__name__)
@@ -177,13 +183,26 @@ class RealtimeJobs:
             job.state = "stopped"
 
     def _committed(self, job: _Job, doc: FeedMetadata, rows: int) -> None:
-        runner = job.runner
+        """A rotation committed: it counts as a successful run of the feed (runs, rows,
+        bytes, last success, lag from the watermark, listed files) like a batch run."""
+        runner, name = job.runner, job.feed.name
         job.error = None
         if runner is not None and runner.newest_rowtime_ms is not None:
             job.newest_rowtime_ms = max(job.newest_rowtime_ms or 0, runner.newest_rowtime_ms)
-        self._metrics.rows.labels(feed=job.feed.name).inc(rows)
-        if isinstance(doc, StreamMetadata) and doc.exports:
-            self._metrics.bytes.labels(feed=job.feed.name).inc(doc.exports[-1].size_bytes or 0)
+        record = doc.exports[-1] if doc.exports else None
+        duration = 0.0
+        if record is not None:
+            started, finished = _epoch(record.started), _epoch(record.finished)
+            duration = max(0.0, finished - started)
+        self._metrics.observe_run(name, "success", duration_s=duration, rows=rows,
+                                  bytes_written=(record.size_bytes or 0) if record else 0)
+        assert isinstance(doc, StreamMetadata)
+        self._metrics.set_progress(
+            name, last_success=self._clock().timestamp(),
+            lag_origin=None if doc.watermark_ms is None else doc.watermark_ms / 1000,
+            listed_files=current_file_count(doc), listed_bytes=doc.total_size_bytes)
+        if runner is not None and runner.catalog is not None and in_catalog(job.feed):
+            self._metrics.observe_catalog(name, behind=runner.catalog_behind is not None)
 
     def _tally(self, job: _Job) -> None:
         """Add the current runner's counts since the last tally to the job's totals."""
@@ -235,3 +254,7 @@ class _Collector(Collector):
 
     def collect(self) -> Iterable[Metric]:
         return self._jobs.families()
+
+
+def _epoch(stamp: str) -> float:
+    return parse_iso(stamp).timestamp()

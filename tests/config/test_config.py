@@ -279,7 +279,11 @@ def test_production_example_loads() -> None:
     assert cfg.defaults == config.FeedDefaults()
     assert cfg.ksqldb.username == "lakeexport"
     assert [(f.kind, f.format) for f in cfg.feeds] == [
-        ("stream", "parquet"), ("stream", "parquet"), ("table", "parquet"), ("stream", "delta")]
+        ("stream", "parquet"), ("stream", "parquet"), ("table", "parquet"), ("stream", "delta"),
+        ("stream", "parquet")]
+    live = cfg.feed("transaction_live")
+    assert live.realtime and (live.rotate.rows, live.rotate.bytes, live.rotate.age,
+                              live.rotate.idle) == (1_000_000, 128 * 1024 * 1024, 60.0, 10.0)
 
 
 def test_demo_config_loads_and_covers_the_sandbox_catalog() -> None:
@@ -294,7 +298,10 @@ def test_demo_config_loads_and_covers_the_sandbox_catalog() -> None:
         "USER_SUMMARY": "table", "PAYMENT_TOTALS": "table", "PRODUCT_COUNTS": "table"}
     assert cfg.feed("transaction_anonymized").security == "anonymized"
     assert all(f.security == "aggregated" for f in cfg.feeds if f.kind == "table")
-    assert all(f.schedule.every is not None and f.schedule.every <= 30 for f in cfg.feeds)
+    assert all(f.schedule.every is not None and f.schedule.every <= 30 for f in cfg.feeds
+               if not f.realtime)
+    live = cfg.feed("transaction_live")
+    assert live.realtime and (live.rotate.age, live.rotate.idle) == (5.0, 2.0)
 
 
 # --- errors -----------------------------------------------------------------------------------
@@ -359,7 +366,7 @@ def test_validate_prints_a_summary(capsys: pytest.CaptureFixture[str]) -> None:
     """`validate` lists each feed with kind and schedule, and returns 0."""
     assert cli._validate(argparse.Namespace(config=str(REPO / "etc" / "demo.yaml"))) == 0
     out = capsys.readouterr().out
-    assert "OK, 9 feeds (9 enabled): 6 streams, 3 tables" in out
+    assert "OK, 10 feeds (10 enabled): 7 streams, 3 tables" in out
     assert re.search(r"user_summary\s+table\s+USER_SUMMARY\s+every 20s", out)
 
 

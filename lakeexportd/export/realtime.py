@@ -41,6 +41,7 @@ import structlog
 from lakeexportd.catalog.policy import follow_catalog
 from lakeexportd.config.model import Feed
 from lakeexportd.errors import (
+    CommitOutcomeUnknown,
     ExportAborted,
     KsqlDBStreamError,
     LakeExportError,
@@ -186,9 +187,12 @@ class Rotation:
         return run.listed
 
     def abandon(self, exc: BaseException | None = None) -> None:
-        """Drop what this rotation wrote and was never committed."""
+        """Drop what this rotation wrote and was never committed (unless its commit may
+        have landed: then the next start judges the files by what is committed)."""
         self.sink.abort()
-        if isinstance(self.run, DeltaRun):
+        if isinstance(exc, CommitOutcomeUnknown):
+            pass
+        elif isinstance(self.run, DeltaRun):
             self.run._remove_own_unless_committed()
         else:
             self.run._remove_unlisted()
@@ -286,7 +290,11 @@ class RealtimeFeed:
     def _one_query(self) -> bool:
         """One push query from the committed point, until it ends or ``stop``: True if it
         delivered rows. Raises what ended it badly, after committing the rows before."""
-        doc = self._new_run().prepare()  # leftovers removed, the format checked
+        run = self._new_run()
+        doc = run.prepare()  # leftovers removed (local lakes), the format checked
+        if self.store.storage.leases and self.feed.format != "delta" \
+                and run.catalog_behind is None:
+            run._sweep_after_commit()  # object stores: unlisted objects past their grace
         if self.feed.format == "delta":
             doc = self._delta_point(doc)
         if not isinstance(doc, StreamMetadata):
@@ -397,6 +405,10 @@ class RealtimeFeed:
         if self.held is not None and self.monotonic() >= self._next_compaction:
             self._next_compaction = self.monotonic() + COMPACT_EVERY_S
             self._compact()
+            run = rotation.run
+            if self.store.storage.leases and self.feed.format != "delta" \
+                    and run.catalog_behind is None:
+                run._sweep_after_commit()  # as at each start: unlisted objects past the grace
             new = self._reload(new)
         return new, None, Pending()
 

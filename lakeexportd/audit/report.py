@@ -138,7 +138,9 @@ class MetadataReader:
                 partitions=len(doc.partitions), newest_data=iso_ms(newest),
                 freshness_s=None if newest is None else round(now_ms - newest / 1000, 3),
                 lag_s=None if mark is None else round(now_ms - mark / 1000, 3),
-                watermark=iso_ms(mark))
+                watermark=iso_ms(mark),
+                offsets=None if doc.offsets is None else {
+                    str(p): o for p, o in sorted(doc.offsets.partitions.items())})
         current = doc.current
         created = _parse_iso(current.created) if current else None
         started = next((_parse_iso(e.started) for e in reversed(doc.exports)
@@ -244,7 +246,10 @@ class MetadataAnalyzer:
             writer = csv.DictWriter(out, fieldnames=columns)
             writer.writeheader()
             for row in rows:
-                writer.writerow(asdict(row))
+                values = asdict(row)
+                if values.get("offsets") is not None:  # one cell: {"0": 41, "1": 7}
+                    values["offsets"] = json.dumps(values["offsets"])
+                writer.writerow(values)
         return len(rows)
 
     def _partitions_or_empty(self, feed: str) -> list[PartitionInfo]:

@@ -32,6 +32,9 @@ class FeedSummary:
     error: str | None = None
     format: str = "parquet"  # or "delta" (DESIGN.md section 12)
     delta_version: int | None = None  # Delta feeds: the table version the summary shows
+    # A realtime feed's committed point: Kafka partition -> ROWOFFSET of its last row (last,
+    # so the CSV's earlier columns stay where they were).
+    offsets: dict[str, int] | None = None
 
 
 @dataclass(frozen=True)

@@ -176,6 +176,15 @@ def run_export(args: argparse.Namespace) -> int:
     except _UsageError as exc:
         print(f"lakeexportd export: {exc}", file=sys.stderr)
         return EX_USAGE
+    realtime = [feed for feed in feeds if feed.realtime]
+    for feed in realtime:
+        print(f"export {feed.name}: {'skipped' if args.all else 'refused'}: a `mode: realtime` "
+              "feed is exported by `lakeexportd run`, whose push query commits it every few "
+              "seconds; a one-off batch run here would end its exact offsets (to run it in "
+              "batch mode, set `mode: batch` with a schedule)", file=sys.stderr)
+    if realtime and not args.all:
+        return EX_USAGE
+    feeds = [feed for feed in feeds if not feed.realtime]
     exporter = exporter_from_config(config)
     worst = EX_OK
     try:

@@ -176,6 +176,9 @@ def _show(reader: MetadataReader, feed: str, as_json: bool, config: Config) -> i
             value = f"{human_age(value)} ({value} s)" if value is not None else None
         elif key == "size_bytes":
             value = f"{human_bytes(value)} ({value:,} bytes)"
+        elif key == "offsets" and value is not None:  # a realtime feed's committed point
+            value = "realtime, last ROWOFFSET by partition: " + ", ".join(
+                f"{p}: {o:,}" for p, o in value.items())
         if value is not None:
             print(f"{key + ':':<17}{value}")
     if about is not None:

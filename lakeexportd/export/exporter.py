@@ -124,6 +124,9 @@ class DataLakeExporter:
         """
         if now.tzinfo is None:
             raise ValueError("now must be timezone-aware")
+        if feed.realtime:
+            raise FeedError(f"feed {feed.name!r} is a `mode: realtime` feed: its push query "
+                            "(`lakeexportd run`) exports it, not scheduled runs")
         feed_dir = self.feed_dir(feed)
         self._check_kind(feed, cancel)
         run = new_run(

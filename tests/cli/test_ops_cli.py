@@ -274,7 +274,7 @@ def test_export_csv_columns(config: Path, capsys: pytest.CaptureFixture[str]) ->
     assert list(rows[0]) == ["feed", "kind", "source", "state", "records", "size_bytes", "files",
                              "partitions", "versions", "current_version", "last_export",
                              "last_status", "newest_data", "freshness_s", "lag_s", "watermark",
-                             "error", "format", "delta_version"]
+                             "error", "format", "delta_version", "offsets"]
     assert [r["feed"] for r in rows] == ["tx", "users"]
     run(capsys, "metadata", "export-csv", str(parts_csv), "--partitions", "-c", str(config))
     parts = list(csv.DictReader(io.StringIO(parts_csv.read_text())))

@@ -625,6 +625,11 @@ def build_feed(node: Node, defaults: FeedDefaults) -> Feed:
         raise node.fail("schedule", "a `mode: realtime` feed has no schedule: its push query "
                         "runs all the time and `rotate` says when files are committed",
                         "remove `schedule:` from this feed")
+    if mode == "realtime":
+        # Unused by a realtime feed: the built-in value, so a `defaults.schedule` edit never
+        # makes it look changed (a reload would restart its query) and a registry entry,
+        # which has no schedule, reads back the same Feed.
+        resolved = replace(resolved, schedule=BUILTIN.schedule)
     if resolved.format == "delta" and resolved.tiering is not None:
         raise node.fail("format", "`tiering` is for Parquet feeds: a Delta table's files are "
                         "listed by its log, and moving them is not built",

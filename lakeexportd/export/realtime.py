@@ -227,6 +227,7 @@ class RealtimeFeed:
         self.query_id: str | None = None
         self.commits = 0
         self.rows_committed = 0
+        self.pending_rows = 0  # rows written since the last commit (/status shows them)
         self.reconnects = 0
         self.newest_rowtime_ms: int | None = None  # the newest ROWTIME committed
         self.last_error: str | None = None
@@ -330,6 +331,7 @@ class RealtimeFeed:
                             rotation.write(rows)
                             failpoint("realtime.after_rows")
                             pending.rows += rows.num_rows
+                            self.pending_rows = pending.rows
                             pending.bytes += rows.nbytes
                             if pending.first_at is None:
                                 pending.first_at = now
@@ -346,6 +348,7 @@ class RealtimeFeed:
                         doc, rotation, pending = self._rotate(doc, rotation, pending, point)
                         point = dataclasses.replace(point, partitions=dict(seen))
             except BaseException:
+                self.pending_rows = 0
                 if rotation is not None:
                     rotation.abandon()
                 raise
@@ -374,6 +377,7 @@ class RealtimeFeed:
         reached = Offsets({**point.partitions, **pending.offsets}, point.after_ms)
         new = rotation.commit(pending, reached)
         assert isinstance(new, StreamMetadata)
+        self.pending_rows = 0
         self.commits += 1
         self.rows_committed += pending.rows
         self.newest_rowtime_ms = max(pending.max_rowtime or 0, self.newest_rowtime_ms or 0)

@@ -129,6 +129,7 @@ class RealtimeJobs:
             out[job.feed.name] = {
                 "state": self._state(job), "query_id": runner.query_id if runner else None,
                 "commits": job.commits, "rows": job.rows, "reconnects": job.reconnects,
+                "pending_rows": runner.pending_rows if runner else 0,
                 "newest_rowtime_ms": job.newest_rowtime_ms,
                 "lag_s": self._lag(job), "error": job.error,
             }

@@ -231,6 +231,7 @@ class RealtimeFeed:
         self.reconnects = 0
         self.newest_rowtime_ms: int | None = None  # the newest ROWTIME committed
         self.last_error: str | None = None
+        self.holding = False  # run() was called: the feed's lock is held
         self._fence: Callable[[], None] = lambda: None
 
     def run(self, fence: Callable[[], None] = lambda: None) -> None:
@@ -238,6 +239,7 @@ class RealtimeFeed:
         backoff (each time from the committed point); a lost lease raises (``fence``: the
         feed is another daemon's now)."""
         self._fence = fence
+        self.holding = True
         backoff = BACKOFF_FIRST_S
         while not self.stop.is_set():
             started = self.monotonic()

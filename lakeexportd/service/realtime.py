@@ -153,7 +153,9 @@ class RealtimeJobs:
                                                    job, d, n))
                     self._tally(job)
                     job.counted = {}
-                    job.runner, job.state, job.error = runner, "starting", None
+                    job.runner, job.error = runner, None
+                    if job.state != "standby":  # a standby stays one while it tries again
+                        job.state = "starting"
                     exporter.run_realtime(runner, lock_wait=self._lock_wait())
                 except FeedLocked as exc:
                     if job.state != "standby":
@@ -198,9 +200,12 @@ class RealtimeJobs:
                 job.counted[key] = now
 
     def _state(self, job: _Job) -> str:
+        runner = job.runner
+        if job.state == "standby" and runner is not None and runner.holding:
+            return runner.state  # the lock was taken: the standby took the feed over
         if job.state in ("standby", "failed", "stopped"):
             return job.state
-        return job.runner.state if job.runner is not None else job.state
+        return runner.state if runner is not None else job.state
 
     def _lag(self, job: _Job) -> float | None:
         if job.newest_rowtime_ms is None:

@@ -229,7 +229,7 @@ class RealtimeFeed:
         self.rows_committed = 0
         self.pending_rows = 0  # rows written since the last commit (/status shows them)
         self.reconnects = 0
-        self.newest_rowtime_ms: int | None = None  # the newest ROWTIME committed
+        self.newest_rowtime_ms: int | None = None  # the newest ROWTIME committed (the lake's)
         self.last_error: str | None = None
         self.holding = False  # run() was called: the feed's lock is held
         self._fence: Callable[[], None] = lambda: None
@@ -286,6 +286,8 @@ class RealtimeFeed:
             raise LakeStateError(f"feed {self.feed.name!r}: {self.feed_dir} holds a table's "
                                  "_metadata.json; a realtime feed is a stream")
         point = starting_point(doc, self.feed, self.clock())
+        if doc.watermark_ms is not None:  # the lake's newest ROWTIME, whoever committed it
+            self.newest_rowtime_ms = max(self.newest_rowtime_ms or 0, doc.watermark_ms)
         if doc.offsets is None and doc.watermark_ms is None and point.after_ms is not None:
             log.info("realtime.starting_now", feed=self.feed.name, after_ms=point.after_ms)
         seen = dict(point.partitions)

@@ -189,11 +189,15 @@ class RealtimeJobs:
             self._metrics.bytes.labels(feed=job.feed.name).inc(doc.exports[-1].size_bytes or 0)
 
     def _tally(self, job: _Job) -> None:
-        """Add the current runner's counts since the last tally to the job's totals."""
+        """Add the current runner's counts since the last tally to the job's totals (and
+        its newest ROWTIME: the lag)."""
         runner = job.runner
         if runner is None:
             return
         with job.lock:
+            if runner.newest_rowtime_ms is not None:  # from the lake at its query's start
+                job.newest_rowtime_ms = max(job.newest_rowtime_ms or 0,
+                                            runner.newest_rowtime_ms)
             for key in ("commits", "rows", "reconnects"):
                 now = getattr(runner, "rows_committed" if key == "rows" else key)
                 setattr(job, key, getattr(job, key) + now - job.counted.get(key, 0))

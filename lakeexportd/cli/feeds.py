@@ -213,7 +213,8 @@ def _print_entries(entries: list[FeedEntry], as_json: bool) -> int:
     if as_json:
         print(json.dumps([to_json(e) for e in entries], indent=2))
         return EX_OK
-    rows = [(e.name, e.state, e.origin, e.feed.kind, e.feed.source, str(e.feed.schedule),
+    rows = [(e.name, e.state, e.origin, e.feed.kind, e.feed.source,
+             "realtime" if e.feed.realtime else str(e.feed.schedule),
              e.changed, e.reason) for e in entries]
     print(render(("FEED", "STATE", "ORIGIN", "KIND", "SOURCE", "SCHEDULE", "CHANGED", "REASON"),
                  rows))

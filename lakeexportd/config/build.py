@@ -630,6 +630,11 @@ def build_feed(node: Node, defaults: FeedDefaults) -> Feed:
                         "lock is held by its push query all along)",
                         "remove `tiering:` from this feed (or set `tiering: null` on it when "
                         "it comes from defaults), or use a scheduled (batch) feed")
+    if mode == "realtime":
+        # Unused by a realtime feed: the built-in value, so a `defaults.schedule` edit never
+        # makes it look changed (a reload would restart its query) and a registry entry,
+        # which has no schedule, reads back the same Feed.
+        resolved = replace(resolved, schedule=BUILTIN.schedule)
     if resolved.format == "delta" and resolved.tiering is not None:
         raise node.fail("format", "`tiering` is for Parquet feeds: a Delta table's files are "
                         "listed by its log, and moving them is not built",

@@ -354,6 +354,7 @@ def summarize(config: Config) -> list[str]:
     for feed in feeds:
         state = "" if feed.enabled else "  (disabled)"
         delta = "  delta" if feed.format == "delta" else ""
+        when = f"realtime (rotate {feed.rotate})" if feed.realtime else str(feed.schedule)
         lines.append(f"  {feed.name:<{width}}  {feed.kind:<6}  {feed.source:<{source_width}}  "
-                     f"{str(feed.schedule):<22}  {feed.security}{delta}{state}")
+                     f"{when:<22}  {feed.security}{delta}{state}")
     return lines

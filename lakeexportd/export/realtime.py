@@ -235,11 +235,13 @@ class RealtimeFeed:
         self.query_id: str | None = None
         self.commits = 0
         self.rows_committed = 0
+        self.pending_rows = 0  # rows written since the last commit (/status shows them)
         self.reconnects = 0
         self.compactions = 0
         self.catalog_behind: str | None = None  # why the catalog is behind the last commit
-        self.newest_rowtime_ms: int | None = None  # the newest ROWTIME committed
+        self.newest_rowtime_ms: int | None = None  # the newest ROWTIME committed (the lake's)
         self.last_error: str | None = None
+        self.holding = False  # run() was called: the feed's lock is held
         self._fence: Callable[[], None] = lambda: None
         # The feed's lock while run_realtime holds it: the daily compaction runs under it
         # here, between two rotations (the daemon's compaction job would find it taken).
@@ -251,6 +253,7 @@ class RealtimeFeed:
         backoff (each time from the committed point); a lost lease raises (``fence``: the
         feed is another daemon's now)."""
         self._fence = fence
+        self.holding = True
         backoff = BACKOFF_FIRST_S
         while not self.stop.is_set():
             started = self.monotonic()
@@ -301,6 +304,8 @@ class RealtimeFeed:
             raise LakeStateError(f"feed {self.feed.name!r}: {self.feed_dir} holds a table's "
                                  "_metadata.json; a realtime feed is a stream")
         point = starting_point(doc, self.feed, self.clock())
+        if doc.watermark_ms is not None:  # the lake's newest ROWTIME, whoever committed it
+            self.newest_rowtime_ms = max(self.newest_rowtime_ms or 0, doc.watermark_ms)
         if doc.offsets is None and doc.watermark_ms is None and point.after_ms is not None:
             log.info("realtime.starting_now", feed=self.feed.name, after_ms=point.after_ms)
         seen = dict(point.partitions)
@@ -348,6 +353,7 @@ class RealtimeFeed:
                             rotation.write(rows)
                             failpoint("realtime.after_rows")
                             pending.rows += rows.num_rows
+                            self.pending_rows = pending.rows
                             pending.bytes += rows.nbytes
                             if pending.first_at is None:
                                 pending.first_at = now
@@ -364,6 +370,7 @@ class RealtimeFeed:
                         doc, rotation, pending = self._rotate(doc, rotation, pending, point)
                         point = dataclasses.replace(point, partitions=dict(seen))
             except BaseException:
+                self.pending_rows = 0
                 if rotation is not None:
                     rotation.abandon()
                 raise
@@ -392,6 +399,7 @@ class RealtimeFeed:
         reached = Offsets({**point.partitions, **pending.offsets}, point.after_ms)
         new = rotation.commit(pending, reached)
         assert isinstance(new, StreamMetadata)
+        self.pending_rows = 0
         self.commits += 1
         self.rows_committed += pending.rows
         self.catalog_behind = rotation.run.catalog_behind

@@ -135,6 +135,7 @@ class RealtimeJobs:
             out[job.feed.name] = {
                 "state": self._state(job), "query_id": runner.query_id if runner else None,
                 "commits": job.commits, "rows": job.rows, "reconnects": job.reconnects,
+                "pending_rows": runner.pending_rows if runner else 0,
                 "newest_rowtime_ms": job.newest_rowtime_ms,
                 "lag_s": self._lag(job), "error": job.error,
             }
@@ -158,7 +159,9 @@ class RealtimeJobs:
                                                    job, d, n))
                     self._tally(job)
                     job.counted = {}
-                    job.runner, job.state, job.error = runner, "starting", None
+                    job.runner, job.error = runner, None
+                    if job.state != "standby":  # a standby stays one while it tries again
+                        job.state = "starting"
                     exporter.run_realtime(runner, lock_wait=self._lock_wait())
                 except FeedLocked as exc:
                     if job.state != "standby":
@@ -205,20 +208,27 @@ class RealtimeJobs:
             self._metrics.observe_catalog(name, behind=runner.catalog_behind is not None)
 
     def _tally(self, job: _Job) -> None:
-        """Add the current runner's counts since the last tally to the job's totals."""
+        """Add the current runner's counts since the last tally to the job's totals (and
+        its newest ROWTIME: the lag)."""
         runner = job.runner
         if runner is None:
             return
         with job.lock:
+            if runner.newest_rowtime_ms is not None:  # from the lake at its query's start
+                job.newest_rowtime_ms = max(job.newest_rowtime_ms or 0,
+                                            runner.newest_rowtime_ms)
             for key in ("commits", "rows", "reconnects"):
                 now = getattr(runner, "rows_committed" if key == "rows" else key)
                 setattr(job, key, getattr(job, key) + now - job.counted.get(key, 0))
                 job.counted[key] = now
 
     def _state(self, job: _Job) -> str:
+        runner = job.runner
+        if job.state == "standby" and runner is not None and runner.holding:
+            return runner.state  # the lock was taken: the standby took the feed over
         if job.state in ("standby", "failed", "stopped"):
             return job.state
-        return job.runner.state if job.runner is not None else job.state
+        return runner.state if runner is not None else job.state
 
     def _lag(self, job: _Job) -> float | None:
         if job.newest_rowtime_ms is None:

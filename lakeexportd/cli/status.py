@@ -89,6 +89,9 @@ def run(args: argparse.Namespace) -> int:
             "daemons": [d.pid for d, _ in scheduled],
             "error": summary.error if summary else None,
             "catalog": catalog.get(name) if catalog is not None else None,
+            "mode": feed.mode,
+            # realtime feeds: each daemon's push query (state, commits, lag...)
+            "queries": {str(d.pid): s["query"] for d, s in scheduled if s.get("query")},
         })
     if args.json:
         print(json.dumps({"lake": str(root), "daemons": [asdict(d) | {"answers": answers[d.pid]
@@ -101,8 +104,9 @@ def run(args: argparse.Namespace) -> int:
                "RUNNING"]
     table = [[r["feed"], r["state"], r["kind"], _format(r), r["last_run"], r["result"],
               human_age(r["lag_s"]),
+              "realtime" if r["mode"] == "realtime" else
               r["next_run"][:19] + "Z" if r["next_run"] else None,
-              "yes" if r["running"] else "no"] for r in rows]
+              _running(r)] for r in rows]
     if catalog is not None:
         headers.append("CATALOG")
         for line, r in zip(table, rows, strict=True):
@@ -137,3 +141,11 @@ def _print_daemons(root: Any, daemons: list[DaemonInfo],
     if len(daemons) > 1:
         print(f"warning: {len(daemons)} daemons run on this lake; each feed still runs once at "
               "a time (per-feed locks), but their metrics are split between them")
+
+
+def _running(row: dict[str, Any]) -> str:
+    """yes/no; for a realtime feed its query's state (running, reconnecting, ...)."""
+    states = [q["state"] for q in row["queries"].values() if q["state"] != "standby"]
+    if row["mode"] == "realtime" and states:
+        return ", ".join(sorted(set(states)))
+    return "yes" if row["running"] else "no"

@@ -22,6 +22,7 @@ import io
 import json
 import os
 import signal
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -34,7 +35,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from daemonproc import DaemonProcess, free_port, wait_for
+from daemonproc import LAKEEXPORTD, DaemonProcess, free_port, wait_for
 from deltacheck import Place, check_feed
 from lakecheck import assert_exactly_once
 from objectlake import document, lease_owner, store_config
@@ -389,6 +390,21 @@ def test_status_and_metrics_show_the_query_and_a_standby_on_the_same_lake(
     assert lag is not None and 0 <= lag < 30
     assert abs(lag - (time.time() - newest_s)) < 2.0, (lag, time.time() - newest_s)
     assert value(samples, "lakeexportd_rows_written_total", feed="tx") == truth_count(sandbox)
+
+    # `lakeexportd status` asks both daemons: realtime, the holder's query running, and
+    # the other standing by
+    status = subprocess.run(
+        [str(LAKEEXPORTD), "status", "--json", "-c", str(rig.tmp / "one/lakeexportd.yaml")],
+        capture_output=True, text=True, env={**os.environ, **rig.env}, timeout=60, check=True)
+    row = next(r for r in json.loads(status.stdout)["feeds"] if r["feed"] == "tx")
+    assert row["mode"] == "realtime" and row["running"]
+    assert row["standby"] == [standby.proc.pid]
+    assert {q["state"] for q in row["queries"].values()} == {"running", "standby"}
+    text = subprocess.run(
+        [str(LAKEEXPORTD), "status", "-c", str(rig.tmp / "one/lakeexportd.yaml")],
+        capture_output=True, text=True, env={**os.environ, **rig.env}, timeout=60, check=True)
+    line = next(li for li in text.stdout.splitlines() if li.startswith("tx "))
+    assert line.split()[-2:] == ["realtime", "running"], line
 
     other = standby.get("/status").json()["feeds"]["tx"]
     assert (other["running"], other["held_elsewhere"]) == (False, True)

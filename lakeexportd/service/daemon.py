@@ -115,6 +115,7 @@ class Daemon:
         self.registry_poll = registry_poll
         self.manager = self._manager(config)
         self._sync_pending = False
+        self._applied = False  # start() applied the configuration's feeds: /readyz
         # `mode: realtime` feeds: a thread each, not a scheduled job (service/realtime.py).
         self.realtime = RealtimeJobs(
             lambda: self._backend if self.state == "running" else None, clock=clock,
@@ -146,13 +147,15 @@ class Daemon:
         self.scheduler.start()
         self.state = "running"
         self._apply(self.config, initial=True)
+        self._applied = True
         self.metrics.ready.set(1)
         log.info("daemon.started", config=str(self.config.path), feeds=sorted(self.feeds),
                  workers=self.config.scheduler.workers, metrics=self.config.metrics.listen)
         self.notifier.ready(self._status())
 
     def is_ready(self) -> bool:
-        return self.state == "running" and self.scheduler.running
+        """Running, with the configuration's feeds applied (scheduled, realtime started)."""
+        return self.state == "running" and self.scheduler.running and self._applied
 
     def status(self) -> dict[str, Any]:
         """What ``/status`` serves: this daemon, and per scheduled feed its next run and

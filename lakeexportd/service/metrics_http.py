@@ -43,7 +43,12 @@ class _Handler(BaseHTTPRequestHandler):
             self._answer(200, b"ok\n")
         elif path == "/readyz":
             ready = self.server.is_ready()
-            self._answer(200 if ready else 503, b"ready\n" if ready else b"not ready\n")
+            text = "ready\n" if ready else "not ready\n"
+            if self.server.status is not None:  # realtime feeds: each push query's state
+                for name, feed in sorted(self.server.status().get("feeds", {}).items()):
+                    if "query" in feed:
+                        text += f"realtime {name}: {feed['query']['state']}\n"
+            self._answer(200 if ready else 503, text.encode())
         elif path == "/status" and self.server.status is not None:
             body = json.dumps(self.server.status(), indent=2).encode() + b"\n"
             self._answer(200, body, "application/json")

@@ -227,8 +227,7 @@ def reloads(daemon: DaemonProcess) -> float:
 
 
 def query(daemon: DaemonProcess, feed: str = "tx") -> dict[str, Any]:
-    """The feed's query as ``/status`` shows it (state None: not a realtime feed there, or
-    not yet: /readyz answers once the daemon runs, a moment before its feeds are applied)."""
+    """The feed's query as ``/status`` shows it (state None: not a realtime feed there)."""
     info: dict[str, Any] | None = daemon.get("/status").json()["feeds"].get(feed)
     if info is None or "query" not in info:
         return {"state": None, "commits": 0, "pending_rows": 0, **(info or {})}
@@ -405,6 +404,10 @@ def test_status_and_metrics_show_the_query_and_a_standby_on_the_same_lake(
         capture_output=True, text=True, env={**os.environ, **rig.env}, timeout=60, check=True)
     line = next(li for li in text.stdout.splitlines() if li.startswith("tx "))
     assert line.split()[-2:] == ["realtime", "running"], line
+
+    # /readyz: ready, and each realtime query's state
+    assert holder.get("/readyz").text == "ready\nrealtime tx: running\n"
+    assert standby.get("/readyz").text == "ready\nrealtime tx: standby\n"
 
     other = standby.get("/status").json()["feeds"]["tx"]
     assert (other["running"], other["held_elsewhere"]) == (False, True)

@@ -36,6 +36,8 @@ def sandbox() -> Iterator[Sandbox]:
 STREAM = {"name": "txn", "source": "TRANSACTION_FLATTENED", "kind": "stream"}
 TABLE = {"name": "users", "source": "USER_SUMMARY", "kind": "table", "retention_versions": 3}
 TABLE2 = {"name": "payments", "source": "PAYMENT_TOTALS", "kind": "table"}
+REALTIME = {"name": "live", "source": "TRANSACTION_STREAM", "kind": "stream", "mode": "realtime",
+            "rotate": {"age": "1s", "idle": "200ms"}}
 
 
 def epoch(text: str) -> float:
@@ -88,11 +90,13 @@ def test_exports_run_on_schedule_and_metrics_agree_with_metadata(setup: Setup) -
 
 
 def test_health_readiness_and_every_deployed_metric_name(setup: Setup) -> None:
-    """/healthz and /readyz answer 200; every metric in deploy/ appears in a real scrape."""
-    setup.write([STREAM, TABLE])
+    """/healthz and /readyz answer 200; every metric in deploy/ appears in a real scrape
+    (a realtime feed's too, once it committed)."""
+    setup.write([STREAM, TABLE, REALTIME])
     daemon = setup.start()
     daemon.wait_runs("txn", 1)
     daemon.wait_runs("users", 1)
+    daemon.wait_runs("live", 1)
     assert daemon.get("/healthz").status_code == 200
     assert daemon.get("/readyz").status_code == 200
     used = set()

@@ -35,6 +35,7 @@ from rtlake import (
     unlisted_data_files,
     wait_for,
 )
+from structlog.testing import capture_logs
 
 from lakeexportd.sandbox import Sandbox
 
@@ -155,6 +156,32 @@ def test_stop_mid_burst_then_restart(sandbox: Sandbox, tmp_path: Path) -> None:
     finally:
         feed.close()
     assert 0 < stopped_at
+    check(sb, folder, "parquet")
+
+
+def test_backoff_starts_over_after_a_query_that_delivered(sandbox: Sandbox,
+                                                          tmp_path: Path) -> None:
+    """Each broken body after a query that delivered rows is retried after the first
+    backoff. Regression: the backoff only started over after a clean end, so every drop
+    (a ksqlDB restart that closes connections, a network blip) doubled it for good: the
+    4th drop of a feed's life waited 4 s, the 7th 30 s, and after one failure 60 s."""
+    sb = sandbox
+    folder = feed_dir(tmp_path)
+    with capture_logs() as logs:
+        feed = RunningFeed(exporter(sb.url, tmp_path), realtime_feed())
+        try:
+            for drops in range(3):
+                wait_for(lambda: feed.running() and caught_up(sb, folder), 30, "caught up")
+                sb.generate(100)
+                wait_for(lambda: caught_up(sb, folder), 30, "the new rows committed")
+                assert sb.end_queries("drop") == 1
+                wait_for(lambda n=drops: feed.runner.reconnects > n, 30, "a reconnection")
+            sb.generate(100)
+            wait_for(lambda: feed.running() and caught_up(sb, folder), 30, "caught up")
+        finally:
+            feed.close()
+    waits = [e["retry_in_s"] for e in logs if e["event"] == "realtime.reconnecting"]
+    assert waits == [0.5, 0.5, 0.5]
     check(sb, folder, "parquet")
 
 

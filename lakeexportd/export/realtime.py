@@ -247,6 +247,7 @@ class RealtimeFeed:
         # here, between two rotations (the daemon's compaction job would find it taken).
         self.held: HeldLock | None = None
         self._next_compaction = monotonic() + COMPACT_FIRST_S
+        self._delivered = False  # the current query handed over rows
 
     def run(self, fence: Callable[[], None] = lambda: None) -> None:
         """Export until ``stop`` is set. Trouble with ksqlDB or the store reconnects with a
@@ -257,11 +258,14 @@ class RealtimeFeed:
         backoff = BACKOFF_FIRST_S
         while not self.stop.is_set():
             started = self.monotonic()
+            self._delivered = False
             try:
-                delivered = self._one_query()
+                self._one_query()
             except ExportAborted:
                 break  # stopped while waiting for the answer's header
             except TransientError as exc:
+                if self._up_for_a_while(started):  # a new trouble, not the last one again
+                    backoff = BACKOFF_FIRST_S
                 self.state, self.last_error = "reconnecting", str(exc)
                 log.warning("realtime.reconnecting", feed=self.feed.name, error=str(exc),
                             retry_in_s=backoff, query_id=self.query_id,
@@ -278,17 +282,22 @@ class RealtimeFeed:
             else:
                 if self.stop.is_set():
                     break
+                if self._up_for_a_while(started):
+                    backoff = BACKOFF_FIRST_S
                 self.state = "reconnecting"
                 log.warning("realtime.query_ended", feed=self.feed.name, retry_in_s=backoff,
                             query_id=self.query_id, hint="ksqlDB ended the body (a restart or "
                             "/close-query); every row it sent was committed")
-                if delivered or self.monotonic() - started > 60:
-                    backoff = BACKOFF_FIRST_S
             self.reconnects += 1
             if self.stop.wait(backoff):
                 break
             backoff = min(backoff * 2, max(BACKOFF_MAX_S, backoff))
         self.state = "stopped"
+
+    def _up_for_a_while(self, started: float) -> bool:
+        """The query that just ended delivered rows or ran a minute: the backoff starts
+        over (only queries that fail again and again wait longer and longer)."""
+        return self._delivered or self.monotonic() - started > 60
 
     def _one_query(self) -> bool:
         """One push query from the committed point, until it ends or ``stop``: True if it
@@ -310,7 +319,6 @@ class RealtimeFeed:
             log.info("realtime.starting_now", feed=self.feed.name, after_ms=point.after_ms)
         seen = dict(point.partitions)
         query = sql.push_after(self.feed.source, point.partitions, point.after_ms)
-        delivered = False
         with self.client.push(query, properties=EARLIEST, cancel=self.stop) as push:
             self.query_id = push.query_id
             self.state = "running"
@@ -338,7 +346,7 @@ class RealtimeFeed:
                     except (PushQueryEnded, KsqlDBStreamError) as end:
                         doc, rotation, pending = self._rotate(doc, rotation, pending, point)
                         if drain_until is not None or isinstance(end, PushQueryEnded):
-                            return delivered
+                            return self._delivered
                         raise
                     now = self.monotonic()
                     if batch is not None and batch.num_rows:
@@ -347,7 +355,7 @@ class RealtimeFeed:
                         pending.offsets.update(reached)
                         last_row = now
                         if rows.num_rows:
-                            delivered = True
+                            self._delivered = True
                             if rotation is None:
                                 rotation = Rotation(self._new_run(), doc, files)
                             rotation.write(rows)
@@ -365,7 +373,7 @@ class RealtimeFeed:
                                     hint="ksqlDB did not end the body after /close-query; "
                                     "what came was committed, the rest is read next time")
                         doc, rotation, pending = self._rotate(doc, rotation, pending, point)
-                        return delivered
+                        return self._delivered
                     if self._due(pending, last_row, now):
                         doc, rotation, pending = self._rotate(doc, rotation, pending, point)
                         point = dataclasses.replace(point, partitions=dict(seen))

@@ -17,9 +17,12 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import structlog
+from deltalake.exceptions import DeltaError
 
 from lakeexportd.errors import CommitOutcomeUnknown, LakeExportError, LakeStateError
+from lakeexportd.export.overlap import Overlap
 from lakeexportd.export.run import ExportResult, Run, epoch_ms
 from lakeexportd.failpoints import failpoint
 from lakeexportd.ksqldb import sql
@@ -105,7 +108,18 @@ class DeltaRun(Run):
                 self._commit(update.with_export(doc, self._record("success", [], window=Window(
                     lower, lower))))
             return self._result([], watermark_ms=lower, window_from_ms=lower)
-        query = sql.stream_window(feed.source, lower, upper)
+        overlap = None
+        point = self.delta.offsets(table) if table is not None else None
+        if point is not None and lower is not None:  # the feed ran in real time until now
+            assert table is not None
+            overlap = self._delta_overlap(table, lower, point.after_ms,
+                                          [c.name for c in doc.schema])
+            window = Window(overlap.lower, upper)
+            log.info("export.after_realtime", feed=feed.name, run_id=self.run_id,
+                     from_ms=overlap.lower, realtime_watermark_ms=lower,
+                     hint="the first batch run after real time starts settle_delay before "
+                     "its watermark; the rows of that overlap the lake holds are left out")
+        query = sql.stream_window(feed.source, window.from_ms, upper)
         with self.client.query(query, batch_size=feed.batch_size, cancel=self.cancel) as result:
             self.columns = self._checked_columns(doc, result.schema)
             files = delta.file_schema(result.schema, feed.name, kind="stream")
@@ -119,11 +133,28 @@ class DeltaRun(Run):
             ) as sink:
                 self._sinks.append(sink)
                 for batch in self._batches(result.batches()):
-                    sink.write(delta.to_file_schema(batch, files))
+                    rows = delta.to_file_schema(batch, files)
+                    sink.write(rows if overlap is None else overlap.new_rows(rows))
                 written = sink.finish()
         self._commit_delta_stream(doc, table, written, logged=logged, watermark_ms=upper,
                                   window=window)
         return self._result(written, watermark_ms=upper, window_from_ms=lower)
+
+    def _delta_overlap(self, table: delta.Table, watermark: int, after_ms: int | None,
+                       columns: list[str]) -> Overlap:
+        """As ``Run._overlap``: the log's rows of ``(watermark - settle_delay, watermark]``
+        (not before the realtime start time), read through delta-rs."""
+        lower = watermark - round(self.feed.settle_delay * 1000)
+        if after_ms is not None:
+            lower = max(lower, after_ms)
+        rowtime = pc.field("ROWTIME")
+        try:
+            held = table.to_pyarrow_dataset().to_table(
+                filter=(rowtime > lower) & (rowtime <= watermark))
+        except (DeltaError, OSError, pa.ArrowException) as exc:
+            raise LakeStateError(f"feed {self.feed.name!r}: cannot read the rows of "
+                                 f"{self.delta.shown} it exported in real time: {exc}") from exc
+        return Overlap(lower, watermark, [held], columns)  # not year/month/day: the folders
 
     def _commit_delta_stream(
         self, doc: StreamMetadata, table: delta.Table, written: list[WrittenFile], *,

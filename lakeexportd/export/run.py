@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 import structlog
 
 from lakeexportd.catalog.policy import in_catalog
@@ -29,6 +30,7 @@ from lakeexportd.errors import (
     RejectedValueError,
     SchemaError,
 )
+from lakeexportd.export.overlap import Overlap
 from lakeexportd.failpoints import failpoint
 from lakeexportd.ksqldb import sql
 from lakeexportd.ksqldb.client import KsqlDBClient
@@ -45,6 +47,7 @@ from lakeexportd.lake.metadata_model import (
     TableMetadata,
     Window,
     WrittenFile,
+    added_time,
     current_file_count,
     iso_utc,
 )
@@ -258,7 +261,21 @@ class Run:
         lower = doc.watermark_ms
         written: list[WrittenFile] = []
         window = Window(lower, upper)
-        if lower is None and feed.start == "now":
+        overlap = None
+        if doc.offsets is not None and lower is not None:  # the feed ran in real time
+            if upper <= lower:  # wait until the window reaches past its watermark
+                record = self._record("success", [], window=Window(lower, lower))
+                self._commit_stream(doc, record, [], watermark_ms=lower, offsets=doc.offsets)
+                return self._result([], watermark_ms=lower, window_from_ms=lower)
+            overlap, start = self._overlap(doc, lower)
+            window = Window(start, upper)
+            written = self._write_stream(doc, start, upper, overlap)
+            log.info("export.after_realtime", feed=feed.name, run_id=self.run_id,
+                     from_ms=start, realtime_watermark_ms=lower, left_out=overlap.dropped,
+                     hint="the first batch run after real time starts settle_delay before "
+                     "its watermark; the rows of that overlap the lake holds were left out")
+            lower = start
+        elif lower is None and feed.start == "now":
             # First run of a feed that starts now: commit the watermark, export nothing. Its
             # window is empty, not "everything up to now": the history was skipped on purpose,
             # and verify --source must not count it as late rows.
@@ -305,8 +322,34 @@ class Run:
         failpoint("export.after_prune")
         return new
 
+    def _overlap(self, doc: StreamMetadata, watermark: int) -> tuple[Overlap, int]:
+        """The first batch run after real time starts ``settle_delay`` before the realtime
+        watermark (not before the realtime start time: earlier batch runs hold those rows),
+        and leaves out the rows of that overlap the lake holds (``export.overlap``)."""
+        assert doc.offsets is not None
+        lower = watermark - round(self.feed.settle_delay * 1000)
+        if doc.offsets.after_ms is not None:
+            lower = max(lower, doc.offsets.after_ms)
+        # Files that may hold rows of the overlap: committed since an hour before it (a row
+        # is committed after it arrives, and arrives after its ROWTIME, give or take the
+        # producer's clock), or whose ROWTIME range reaches into it.
+        since = lower - 3_600_000
+        rowtime = self.feed.event_time is None
+        paths = [self.feed_dir / p.path / f.name for p in doc.partitions for f in p.files
+                 if (when := added_time(f)) is None or epoch_ms(when) >= since
+                 or (rowtime and f.max_event_ms is not None and f.max_event_ms > lower)]
+        storage = self.store.storage
+
+        def tables() -> Iterator[pa.Table]:
+            for path in paths:
+                with storage.open_read(path) as source:
+                    yield pq.read_table(source)
+
+        columns = [c.name for c in doc.schema]
+        return Overlap(lower, watermark, tables(), columns), lower
+
     def _write_stream(
-        self, doc: StreamMetadata, lower: int | None, upper: int
+        self, doc: StreamMetadata, lower: int | None, upper: int, overlap: Overlap | None = None
     ) -> list[WrittenFile]:
         feed = self.feed
         query = sql.stream_window(feed.source, lower, upper)
@@ -325,7 +368,7 @@ class Run:
             ) as sink:
                 self._sinks.append(sink)
                 for batch in self._batches(result.batches()):
-                    sink.write(batch)
+                    sink.write(batch if overlap is None else overlap.new_rows(batch))
                 return sink.finish()
 
     # -- tables ----------------------------------------------------------------------------

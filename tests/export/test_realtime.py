@@ -240,12 +240,10 @@ def test_switch_batch_realtime_batch_realtime(sandbox: Sandbox, tmp_path: Path,
       whether it arrives before the switch or while realtime runs. A batch feed leaves the
       same rows out (they are later than its settle delay), so the switch loses nothing
       batch mode would have kept; rows with ROWTIME > W land however late they are.
-    - realtime -> batch: the batch runs start after the realtime watermark, the newest
-      ROWTIME committed. A row appended after the switch with ROWTIME <= that watermark is
-      not exported, even when it is less than ``settle_delay`` late, which a feed in batch
-      mode all along would have caught: the switch back costs up to ``settle_delay`` of late
-      rows. A batch run cannot do better: pull queries cannot select ROWPARTITION/ROWOFFSET,
-      so it cannot tell which of the older rows realtime already wrote.
+    - realtime -> batch: the first batch run past the realtime watermark W2 (the newest
+      ROWTIME committed) starts ``settle_delay`` before it and leaves out, row for row, what
+      the lake holds of that overlap (``export.overlap``): rows less than ``settle_delay``
+      late land, as in batch mode all along; older ones are late for batch mode too.
     """
     sb = sandbox
     folder = feed_dir(tmp_path)
@@ -286,17 +284,21 @@ def test_switch_batch_realtime_batch_realtime(sandbox: Sandbox, tmp_path: Path,
     assert w2 == max(r[1] for r in truth_rows(sb))  # the newest ROWTIME committed
     assert set(late_above_w1) <= set(lake_rows(folder, fmt))
 
-    # 3. back to batch: the offsets no longer count; the window starts at w2.
-    ex.export(batch, dt.datetime.now(dt.UTC))
-    if fmt == "parquet":
-        assert document(folder).get("offsets") is None
+    # 3. back to batch. While now - settle_delay has not passed w2, a run waits (the
+    # offsets kept); the first run past it starts settle_delay before w2 and leaves out
+    # the rows of that overlap the lake holds.
+    second = ex.export(batch, dt.datetime.fromtimestamp((w2 + 1000) / 1000, dt.UTC))
+    assert (second.rows, second.watermark_ms) == (0, w2)
+    assert document(folder)["offsets"]["after_ms"] == w1
     make(150)  # now: after w2
-    left_out += make(25, (w2 - 1500, w2))  # < settle_delay late, but below w2
+    late_below_w2 = make(25, (w2 - 1500, w2))  # < settle_delay (2 s) late: they land
+    left_out += make(10, (w2 - 10_000, w2 - 5_000))  # later than settle_delay: as in batch mode
     newest = max(r[1] for r in truth_rows(sb))
     third = ex.export(batch, dt.datetime.fromtimestamp((newest + 2001) / 1000, dt.UTC))
     w3 = third.watermark_ms
     assert w3 is not None and w3 > newest
     assert document(folder).get("offsets") is None
+    assert set(late_below_w2) <= set(lake_rows(folder, fmt))
 
     # 4. realtime again: after w3, not from the first realtime phase's offsets (which would
     # export the batch runs' rows a second time).
@@ -315,7 +317,7 @@ def test_switch_batch_realtime_batch_realtime(sandbox: Sandbox, tmp_path: Path,
     truth = truth_rows(sb)
     lake = lake_rows(folder, fmt)
     assert_exactly_once(lake, [r for r in truth if r not in set(left_out)])
-    assert len(left_out) == 30 + 20 + 25 + 15
+    assert len(left_out) == 30 + 20 + 10 + 15
     if fmt == "parquet":
         assert unlisted_data_files(folder) == []
 

@@ -184,8 +184,8 @@ def test_sighup_switches_batch_realtime_batch(tmp_path: Path) -> None:
     """The YAML rewritten and SIGHUP, twice: each row once, late rows included, except
     exactly the rows the switches leave out by design (``test_realtime.py``'s switch test
     says which and why): rows appended after the last batch run with ROWTIME at or below
-    its watermark, and rows appended after the switch back with ROWTIME at or below the
-    realtime watermark."""
+    its watermark, and rows appended after the switch back more than settle_delay before
+    the realtime watermark."""
     with Sandbox.start(seed=16, preload=300, preload_days=2, max_disorder_ms=0) as sb:
         folder = feed_dir(tmp_path / "lake")
         port = free_port()
@@ -217,6 +217,11 @@ def test_sighup_switches_batch_realtime_batch(tmp_path: Path) -> None:
             make(200)
             make(50, (after + 1, after + 1000))  # late, but after the batch watermark
             left_out += make(20, (after - 5000, after))  # at or below it: left out
+            # Rows 5 s ahead: the realtime watermark W is then 5 s in the future, so the
+            # batch runs after the switch back wait (about 6 s, now - settle_delay <= W)
+            # until the late rows below are there.
+            ahead = now_ms() + 5000
+            make(5, (ahead, ahead))
             expected = sb.counts()[STREAM] - len(left_out)
             wait_for(lambda: committed_records(folder) >= expected, 30, "realtime rows")
             # realtime -> batch: the reload stops the query and commits before it returns
@@ -228,10 +233,14 @@ def test_sighup_switches_batch_realtime_batch(tmp_path: Path) -> None:
             assert "query" not in status()
             realtime_watermark = document(folder)["watermark"]["rowtime_ms"]
             assert realtime_watermark == max(r[1] for r in truth_rows(sb))
-            left_out += make(20, (realtime_watermark - 500, realtime_watermark))
-            make(100)  # after the realtime watermark: the batch runs take them
+            # less than settle_delay (1 s) before W: the first batch run's overlap takes them
+            landing = make(20, (realtime_watermark - 500, realtime_watermark))
+            # more than settle_delay before W: late for batch mode
+            left_out += make(10, (realtime_watermark - 5000, realtime_watermark - 2000))
+            make(100, (realtime_watermark + 1, realtime_watermark + 1000))  # after W
             expected = sb.counts()[STREAM] - len(left_out)
             wait_for(lambda: committed_records(folder) >= expected, 30, "batch rows again")
+            assert set(landing) <= set(lake_rows(folder, "parquet"))
             assert document(folder).get("offsets") is None
             assert running.stop() == 0, running.stderr[-3000:]
         finally:
@@ -239,5 +248,5 @@ def test_sighup_switches_batch_realtime_batch(tmp_path: Path) -> None:
                 running.kill()
         assert_exactly_once(lake_rows(folder, "parquet"),
                             [r for r in truth_rows(sb) if r not in set(left_out)])
-        assert len(left_out) == 40
+        assert len(left_out) == 30
         assert unlisted_data_files(folder) == []

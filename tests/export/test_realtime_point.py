@@ -100,3 +100,18 @@ def test_delta_keeps_the_point_in_the_commit_and_a_batch_commit_makes_it_stale(
     table = log.load()
     assert table is not None
     assert log.offsets(table) is None  # a batch run moved the watermark past the point
+
+
+def test_the_overlap_after_real_time_leaves_out_what_the_lake_holds_row_for_row() -> None:
+    """Rows are compared whole and counted: two identical rows in ksqlDB, one in the lake,
+    one to write; rows outside the overlap pass whatever the lake holds."""
+    from lakeexportd.export.overlap import Overlap
+    held = pa.table({"ROWTIME": [10, 20, 20, 5], "ID": ["a", "b", "b", "z"],
+                     "year": [2026, 2026, 2026, 2026]})  # a folder column the query lacks
+    overlap = Overlap(8, 20, [held], ["ROWTIME", "ID"])
+    answer = pa.RecordBatch.from_pydict({"ROWTIME": [10, 10, 20, 20, 20, 5, 30],
+                                         "ID": ["a", "a", "b", "b", "b", "z", "c"]})
+    kept = overlap.new_rows(answer)
+    assert list(zip(kept.column("ROWTIME").to_pylist(), kept.column("ID").to_pylist(),
+                    strict=True)) == [(10, "a"), (20, "b"), (5, "z"), (30, "c")]
+    assert overlap.dropped == 3

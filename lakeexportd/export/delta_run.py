@@ -47,6 +47,11 @@ library adds about 30 MB to the process; a smaller budget keeps a 5M-row export'
 350 MB (benchmarks/delta_memory.py), at the cost of smaller row groups."""
 
 
+LANDED_LOOKBACK = 20
+"""Commits of the log a failed run looks through for its own (only a compaction of another
+process can come between a run's commit and its failure: the feed's lock excludes writers)."""
+
+
 class DeltaRun(Run):
     """``Run`` for Delta feeds; the Parquet cleanup never runs here (the log lists files)."""
 
@@ -305,7 +310,12 @@ class DeltaRun(Run):
         try:
             if self._txn is not None:
                 table = self.delta.load()
-                if table is not None and self.delta.transaction_version(table) == self._txn:
+                # Its commit landed if a commit of the log since carries this run's id (the
+                # watermark alone cannot say: a realtime rotation of late rows only commits
+                # the watermark the previous one set).
+                if table is not None and self.delta.transaction_version(table) == self._txn \
+                        and any(c.run_id == self.run_id
+                                for c in self.delta.history(table, LANDED_LOOKBACK)):
                     return  # the commit landed: the files are the table's now
             # In place (object stores) a sink's created objects are its written files too.
             own = {self.feed_dir / w.partition / w.name if w.partition else self.feed_dir / w.name

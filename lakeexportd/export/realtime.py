@@ -271,7 +271,7 @@ class RealtimeFeed:
                             retry_in_s=backoff, query_id=self.query_id,
                             hint="every whole row before it was committed; the query starts "
                             "again after the committed offsets")
-            except LakeExportError as exc:
+            except (LakeExportError, OSError) as exc:  # OSError: a full disk, say
                 self._fence()  # a lost lease ends this feed here: the standby takes it
                 self.state, self.last_error = "failed", str(exc)
                 backoff = max(backoff, FAILED_BACKOFF_S)

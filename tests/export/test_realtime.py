@@ -29,6 +29,7 @@ from rtlake import (
     end_offsets,
     feed_dir,
     lake_rows,
+    listed_paths,
     now_ms,
     realtime_feed,
     truth_rows,
@@ -37,6 +38,7 @@ from rtlake import (
 )
 from structlog.testing import capture_logs
 
+from lakeexportd import failpoints
 from lakeexportd.sandbox import Sandbox
 
 DAY_MS = 86_400_000
@@ -345,3 +347,47 @@ def test_rows_days_late_land(sandbox: Sandbox, tmp_path: Path, fmt: str) -> None
     finally:
         feed.close()
     check(sb, folder, fmt)
+
+
+# -- a rotation that fails -----------------------------------------------------------------------
+
+@pytest.mark.parametrize(("fmt", "point"), [("parquet", "export.before_commit"),
+                                            ("delta", "delta.before_log_commit")])
+def test_a_failed_rotation_of_late_rows_leaves_no_file_and_is_done_again(
+        sandbox: Sandbox, tmp_path: Path, fmt: str, point: str,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The disk fills up at the commit of a rotation holding only late rows (its watermark
+    is the previous commit's, so the watermark cannot say whether it landed): its files
+    go at once, the runner starts again from the committed offsets, every row lands once."""
+    sb = sandbox
+    folder = feed_dir(tmp_path)
+    feed = RunningFeed(exporter(sb.url, tmp_path), realtime_feed(fmt=fmt))
+    try:
+        wait_for(lambda: caught_up(sb, folder), 30, "the preload committed")
+        monkeypatch.setattr(failpoints, "_hits", {})  # the next hit is the first
+        monkeypatch.setenv("LAKEEXPORTD_FAILPOINT", f"{point}:1:enospc")
+        with capture_logs() as logs:
+            late(sb, 40, days_ago=1.5)
+            wait_for(lambda: any(e["event"] == "realtime.failed" for e in logs), 30,
+                     "the failed rotation")
+            # what it wrote is gone before the next query starts
+            on_disk = {p.name for p in folder.rglob("*.parquet")}
+            listed = {Path(p).name for p in lake_files(folder, fmt)}
+            assert on_disk == listed
+        monkeypatch.delenv("LAKEEXPORTD_FAILPOINT")
+    finally:  # the runner now waits FAILED_BACKOFF_S: a new one starts at once
+        feed.close()
+    feed = RunningFeed(exporter(sb.url, tmp_path), realtime_feed(fmt=fmt))
+    try:
+        wait_for(lambda: caught_up(sb, folder), 30, "the late rows committed")
+    finally:
+        feed.close()
+    check(sb, folder, fmt)
+
+
+def lake_files(folder: Path, fmt: str) -> list[str]:
+    """The data files the feed's commit point lists (the Delta log, or _metadata.json)."""
+    if fmt == "delta":
+        import deltalake
+        return list(deltalake.DeltaTable(str(folder)).file_uris())
+    return [str(p) for p in listed_paths(folder)]

@@ -23,7 +23,7 @@ from deltalake.exceptions import DeltaError
 
 from lakeexportd.errors import CommitOutcomeUnknown, LakeExportError, LakeStateError
 from lakeexportd.export.overlap import Overlap
-from lakeexportd.export.run import ExportResult, Run, epoch_ms
+from lakeexportd.export.run import ExportResult, Run, epoch_ms, log_waiting_after_realtime
 from lakeexportd.failpoints import failpoint
 from lakeexportd.ksqldb import sql
 from lakeexportd.lake import delta, layout
@@ -107,6 +107,8 @@ class DeltaRun(Run):
             self._commit(new)
             return self._result([], watermark_ms=upper, window_from_ms=None)
         if lower is not None and upper <= lower:  # the clock has not passed the watermark
+            if table is not None and self.delta.offsets(table) is not None:
+                log_waiting_after_realtime(feed, lower, upper)  # the first run after realtime
             if table is not None:  # the summary from the log (it may have been lost)
                 self._summarize(doc, [], window=Window(lower, lower))
             else:

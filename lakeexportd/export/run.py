@@ -264,6 +264,7 @@ class Run:
         overlap = None
         if doc.offsets is not None and lower is not None:  # the feed ran in real time
             if upper <= lower:  # wait until the window reaches past its watermark
+                log_waiting_after_realtime(feed, lower, upper)
                 record = self._record("success", [], window=Window(lower, lower))
                 self._commit_stream(doc, record, [], watermark_ms=lower, offsets=doc.offsets)
                 return self._result([], watermark_ms=lower, window_from_ms=lower)
@@ -559,3 +560,11 @@ class Run:
             )
         except (LakeExportError, OSError):
             pass  # disk full or read-only: the run failed either way, and says so
+
+
+def log_waiting_after_realtime(feed: Feed, watermark: int, upper: int) -> None:
+    """The first batch run after real time waits until its window passes the watermark."""
+    log.info("export.waiting_after_realtime", feed=feed.name, realtime_watermark_ms=watermark,
+             wait_s=round((watermark - upper) / 1000, 3),
+             hint="the first batch run after real time starts settle_delay before the newest "
+             "ROWTIME the realtime feed committed, once now - settle_delay has passed it")

@@ -56,6 +56,7 @@ from lakeexportd.ksqldb import sql
 from lakeexportd.ksqldb.client import KsqlDBClient
 from lakeexportd.ksqldb.push import PushQuery
 from lakeexportd.lake import delta
+from lakeexportd.lake import metadata_update as update
 from lakeexportd.lake.compaction import compact_feed
 from lakeexportd.lake.locking import HeldLock
 from lakeexportd.lake.metadata import MetadataStore
@@ -316,6 +317,9 @@ class RealtimeFeed:
         if doc.watermark_ms is not None:  # the lake's newest ROWTIME, whoever committed it
             self.newest_rowtime_ms = max(self.newest_rowtime_ms or 0, doc.watermark_ms)
         if doc.offsets is None and doc.watermark_ms is None and point.after_ms is not None:
+            # `start: now`: the moment is committed at once, or a query that ends before its
+            # first commit would start the next one later, and lose the rows in between.
+            doc = self._commit_start(doc, point)
             log.info("realtime.starting_now", feed=self.feed.name, after_ms=point.after_ms)
         seen = dict(point.partitions)
         query = sql.push_after(self.feed.source, point.partitions, point.after_ms)
@@ -382,6 +386,20 @@ class RealtimeFeed:
                 if rotation is not None:
                     rotation.abandon()
                 raise
+
+    def _commit_start(self, doc: StreamMetadata, point: Offsets) -> StreamMetadata:
+        """Commit a point without rows: the offsets and the watermark ``point.after_ms``."""
+        assert point.after_ms is not None
+        run = self._new_run()
+        record = run._record("success", [])
+        if isinstance(run, DeltaRun):  # a Delta feed without a table yet: the summary holds it
+            new = update.after_stream_run(doc, record=record, written=[], columns=doc.schema,
+                                          watermark_ms=point.after_ms, now=run.now)
+            run._commit(dataclasses.replace(new, offsets=point))
+        else:
+            run._commit_stream(doc, record, [], watermark_ms=point.after_ms, offsets=point)
+        assert isinstance(run.listed, StreamMetadata)
+        return run.listed
 
     def _close_query(self, push: PushQuery) -> None:
         try:
@@ -469,7 +487,8 @@ class RealtimeFeed:
         """A Delta feed's point comes from its log (the summary may lag behind it)."""
         feed = delta.DeltaFeed(self.store.storage, self.feed_dir, self.feed.name)
         table = feed.load()
-        if table is None or not isinstance(doc, StreamMetadata):
-            return doc
+        if table is None or not isinstance(doc, StreamMetadata) \
+                or feed.transaction_version(table) is None:
+            return doc  # no commit in the log yet: the summary's (a `start: now` point)
         return dataclasses.replace(doc, watermark_ms=feed.transaction_version(table),
                                    offsets=feed.offsets(table))

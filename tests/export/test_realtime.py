@@ -391,3 +391,31 @@ def lake_files(folder: Path, fmt: str) -> list[str]:
         import deltalake
         return list(deltalake.DeltaTable(str(folder)).file_uris())
     return [str(p) for p in listed_paths(folder)]
+
+
+# -- start: now ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("fmt", ["parquet", "delta"])
+def test_start_now_commits_its_moment_before_the_first_row(sandbox: Sandbox, tmp_path: Path,
+                                                           fmt: str) -> None:
+    """``start: now`` skips the history, and its moment is committed at once: a query that
+    ends before its first row starts again from the same moment, so the rows made between
+    the two queries land (none of the preload does)."""
+    sb = sandbox
+    folder = feed_dir(tmp_path)
+    feed = RunningFeed(exporter(sb.url, tmp_path), realtime_feed(fmt=fmt, start="now"))
+    try:
+        wait_for(feed.running, 30, "the first query")
+        point = document(folder)["offsets"]
+        assert point["partitions"] == {} and point["after_ms"] is not None
+        assert document(folder)["watermark"]["rowtime_ms"] == point["after_ms"]
+        before = sb.counts()[STREAM]
+        sb.end_queries("drop")  # the query ends before any row
+        wait_for(lambda: feed.runner.state == "reconnecting", 30, "the reconnection")
+        sb.generate(50)  # before the next query starts: ROWTIME earlier than its "now"
+        new = truth_rows(sb, sb.rows(STREAM)[before:])
+        wait_for(lambda: committed_records(folder) >= 50, 30, "the 50 rows")
+        assert document(folder)["offsets"]["after_ms"] == point["after_ms"]
+    finally:
+        feed.close()
+    assert_exactly_once(lake_rows(folder, fmt), new)

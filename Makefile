@@ -83,9 +83,18 @@ bench-catalog: $(STAMP)
 bench-realtime: $(STAMP)
 	$(BIN)/python -m benchmarks.realtime_latency
 
-# 20 feeds for 5 minutes against a sandbox generating 2,000 rows/s (not part of `make test`).
-soak: $(STAMP)
+# Both soaks, one after the other (not part of `make test`): ~5 min, then ~10 min plus drains.
+soak: soak-batch soak-realtime
+
+# 20 feeds for 5 minutes against a sandbox generating 2,000 rows/s.
+soak-batch: $(STAMP)
 	$(BIN)/python -m benchmarks.soak
+
+# 20 realtime feeds for 10 minutes at 2,000 rows/s into the lakes in total, with a 30 s burst
+# at 50,000 rows/s: daemon RSS and open files every 10 s, the backlog drained, then SIGTERM and
+# every row of every feed's lake once (results/soak_realtime_latest.json).
+soak-realtime: $(STAMP)
+	$(BIN)/python -m benchmarks.soak_realtime
 
 lint: $(STAMP)
 	$(BIN)/ruff check lakeexportd tests benchmarks

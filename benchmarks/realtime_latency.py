@@ -120,7 +120,8 @@ def produce(ksqldb: str, rate: float | Callable[[float], float], until: float, w
     sandbox's clock then); a request that took long is caught up at the next one."""
     owed_by = rate if callable(rate) else (lambda elapsed: float(rate) * elapsed)
     made, first = 0, time.monotonic()
-    with httpx.Client(base_url=ksqldb, timeout=60) as client:
+    # No timeout: a busy sandbox answers late, and a request given up on may still be run.
+    with httpx.Client(base_url=ksqldb, timeout=None) as client:
         while time.time() < until and not watch.stop.is_set():
             time.sleep(max(0.0, tick - (time.monotonic() - first) % tick))
             due = int(owed_by(time.monotonic() - first)) - made

@@ -22,7 +22,8 @@ ROWTIME = the sandbox's wall clock when the row is made), so it can also stop th
   sandbox, not the lake's own bookkeeping, is the ground truth).
 
 Prints a markdown table and writes ``benchmarks/results/realtime_latency.md`` and
-``realtime_latency_latest.json``. Not part of ``make test``.
+``realtime_latency_latest.json`` (``realtime_latency_delta.*`` with ``--format delta``).
+Not part of ``make test``.
 
     python -m benchmarks.realtime_latency                 # 10 s warm-up + 60 s at 2,000 rows/s
     python -m benchmarks.realtime_latency --seconds 20    # quick
@@ -329,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
     ok = (daemon_exit == 0 and duplicates == 0 and missing == 0 and extra == 0
           and pct(lat_rowtime, 95) < 10.0)
     summary = {
-        "command": "python -m benchmarks.realtime_latency " + " ".join(argv or sys.argv[1:]),
+        "command": " ".join(["python -m benchmarks.realtime_latency", *(argv or sys.argv[1:])]),
         "rate": rate_seen, "seconds": args.seconds, "warmup": args.warmup, "age": args.age,
         "idle": args.idle, "format": args.format, "commits": len(polled),
         "latency_vs_rowtime": {q: pct(lat_rowtime, q) for q in (50, 95, 99, 100)},
@@ -344,8 +345,9 @@ def main(argv: list[str] | None = None) -> int:
         "errors": watch.errors, "passed": ok,
     }
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "realtime_latency.md").write_text(table + "\n")
-    (RESULTS / "realtime_latency_latest.json").write_text(json.dumps(summary, indent=2) + "\n")
+    name = "realtime_latency" + ("" if args.format == "parquet" else f"_{args.format}")
+    (RESULTS / f"{name}.md").write_text(f"`{summary['command'].strip()}`\n\n{table}\n")
+    (RESULTS / f"{name}_latest.json").write_text(json.dumps(summary, indent=2) + "\n")
     print("\nrealtime latency:", "PASSED" if ok else "FAILED", f"(lake and logs in {work})")
     return 0 if ok else 1
 

@@ -300,7 +300,7 @@ def main(argv: list[str] | None = None) -> int:
                         if t - began >= args.burst_at and n > 20 * args.rate / fan_out * 0.1),
                        default=burst_end) - args.burst_at
     summary = {
-        "command": "python -m benchmarks.soak_realtime " + " ".join(argv or sys.argv[1:]),
+        "command": " ".join(["python -m benchmarks.soak_realtime", *(argv or sys.argv[1:])]),
         "minutes": args.minutes, "rate": args.rate, "burst_rate": args.burst_rate,
         "burst_at": args.burst_at, "burst_seconds": args.burst_seconds, "feeds": len(config),
         "formats": {f: sum(c["format"] == f for c in config) for f in ("parquet", "delta")},

@@ -17,7 +17,8 @@ DUCKDB_VENV := .venv-duckdb
 DUCKDB_LOCK := requirements/duckdb-readers.lock
 DUCKDB_STAMP := $(DUCKDB_VENV)/.installed
 
-.PHONY: install azurite duckdb-readers lock run test bench bench-compaction bench-catalog lint soak clean
+.PHONY: install azurite duckdb-readers lock run test bench bench-compaction bench-catalog \
+	bench-realtime lint soak soak-batch soak-realtime clean
 
 # One pip call installs the package and everything the tests need, at the locked versions.
 $(STAMP): pyproject.toml $(LOCK)
@@ -76,9 +77,24 @@ bench-compaction: $(STAMP)
 bench-catalog: $(STAMP)
 	$(BIN)/python -m benchmarks.catalog_sync
 
-# 20 feeds for 5 minutes against a sandbox generating 2,000 rows/s (not part of `make test`).
-soak: $(STAMP)
+# A realtime feed (rotate age 5s, idle 2s) under a steady 2,000 rows/s: per-row latency from
+# ROWTIME to the commit listing its file, p50/p95/p99/max, the time to the last commit once the
+# traffic stops, and lakeexportd_realtime_lag_seconds (results/realtime_latency.md).
+bench-realtime: $(STAMP)
+	$(BIN)/python -m benchmarks.realtime_latency
+
+# Both soaks, one after the other (not part of `make test`): ~5 min, then ~10 min plus drains.
+soak: soak-batch soak-realtime
+
+# 20 feeds for 5 minutes against a sandbox generating 2,000 rows/s.
+soak-batch: $(STAMP)
 	$(BIN)/python -m benchmarks.soak
+
+# 20 realtime feeds for 10 minutes at 2,000 rows/s into the lakes in total, with a 30 s burst
+# at 50,000 rows/s: daemon RSS and open files every 10 s, the backlog drained, then SIGTERM and
+# every row of every feed's lake once (results/soak_realtime_latest.json).
+soak-realtime: $(STAMP)
+	$(BIN)/python -m benchmarks.soak_realtime
 
 lint: $(STAMP)
 	$(BIN)/ruff check lakeexportd tests benchmarks

@@ -411,7 +411,9 @@ class RealtimeFeed:
     def _due(self, pending: Pending, last_row: float, now: float) -> bool:
         """Whether the rows written since the last commit are committed now."""
         if pending.rows == 0:
-            return bool(pending.offsets)  # only rows before after_ms: commit where we are
+            # Only rows at or before after_ms came: nothing to commit, but the point in
+            # memory moves past them (_rotate with no rotation commits nothing).
+            return bool(pending.offsets)
         rotate = self.feed.rotate
         assert pending.first_at is not None
         return (pending.rows >= rotate.rows or pending.bytes >= rotate.bytes

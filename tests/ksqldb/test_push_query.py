@@ -146,23 +146,24 @@ def test_schema_and_values_from_earliest(client: KsqlDBClient, sandbox: Sandbox)
 @pytest.mark.parametrize("offsets, watermark", [
     ({0: 10, 1: 0, 2: 57}, None),  # partition 3 has no offset yet: all of it
     ({}, "median"),  # switched from batch mode: after the watermark everywhere
-    ({0: 3, 3: 20}, "median"),  # committed partitions exactly, the others after the watermark
+    ({0: 3, 3: 20}, "median"),  # after the offsets, and after the start time everywhere
     ({0: 10**6, 1: 10**6, 2: 10**6, 3: 10**6}, None),  # nothing after the committed point
 ])
 def test_offset_predicate_keeps_exactly_the_rows_after(
     stream_client: KsqlDBClient, sandbox: Sandbox, offsets: dict[int, int],
     watermark: str | None,
 ) -> None:
-    """``sql.push_after`` selects exactly the rows after each committed offset, and the rows
-    after the watermark in the other partitions (truth: the sandbox's rows)."""
+    """``sql.push_after`` selects exactly the rows after each committed offset (every row of
+    a partition without one) that are also after the start time, in every partition (truth:
+    the sandbox's rows)."""
     rows = truth(sandbox)
     mark = sorted(r["ROWTIME"] for r in rows)[len(rows) // 2] if watermark else None
 
     def after(row: dict[str, Any]) -> bool:
+        if mark is not None and row["ROWTIME"] <= mark:
+            return False
         committed = offsets.get(row["ROWPARTITION"])
-        if committed is not None:
-            return bool(row["ROWOFFSET"] > committed)
-        return mark is None or row["ROWTIME"] > mark
+        return committed is None or bool(row["ROWOFFSET"] > committed)
 
     expected = sorted(key(r) for r in rows if after(r))
     assert 0 <= len(expected) < len(rows)

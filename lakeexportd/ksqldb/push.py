@@ -50,8 +50,8 @@ READ_AHEAD_TABLES = 4
 LINGER_S = 0.1
 """How long bytes that came wait for more before a quiet moment decodes them. ksqlDB sends
 one chunk per row, so at a low rate every row came alone and was decoded as a table of its
-own: 20 push queries of 100 rows/s each cost 50 % of a core, 26 % with this linger
-(README, "Realtime latency"). It adds at most LINGER_S plus one
+own: 20 push queries of 100 rows/s each cost 53 % of a core, 28 % with this linger
+(``python -m benchmarks.push_linger``). It adds at most LINGER_S plus one
 transport wake (0.2 s) to a lone row's way into a file, against rotations of seconds."""
 _END = object()  # the reader's last item after a clean end of the body
 _Item: TypeAlias = "pa.Table | BaseException | object"

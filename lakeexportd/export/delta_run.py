@@ -15,6 +15,7 @@ watermark, whatever ``_metadata.json`` says.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -22,7 +23,7 @@ import structlog
 from deltalake.exceptions import DeltaError
 
 from lakeexportd.errors import CommitOutcomeUnknown, LakeExportError, LakeStateError
-from lakeexportd.export.overlap import Overlap
+from lakeexportd.export.overlap import Overlap, overlap_start
 from lakeexportd.export.run import ExportResult, Run, epoch_ms, log_waiting_after_realtime
 from lakeexportd.failpoints import failpoint
 from lakeexportd.ksqldb import sql
@@ -37,7 +38,7 @@ from lakeexportd.lake.metadata_model import (
     Window,
     WrittenFile,
 )
-from lakeexportd.lake.sinks import AppendSink, SnapshotSink
+from lakeexportd.lake.sinks import SnapshotSink
 
 log = structlog.get_logger(__name__)
 
@@ -55,6 +56,12 @@ process can come between a run's commit and its failure: the feed's lock exclude
 class DeltaRun(Run):
     """``Run`` for Delta feeds; the Parquet cleanup never runs here (the log lists files)."""
 
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.delta = DeltaFeed(self.store.storage, self.feed_dir, self.feed.name)
+        self._written: list[WrittenFile] = []
+        self._txn: int | None = None  # the transaction version this run commits
+
     def execute(self, fence: Callable[[], None] = lambda: None) -> ExportResult:
         self._fence = fence
         doc = self.prepare()
@@ -71,9 +78,6 @@ class DeltaRun(Run):
 
     def prepare(self) -> FeedMetadata:
         """The summary document (a new one before the first commit), the format checked."""
-        self.delta = DeltaFeed(self.store.storage, self.feed_dir, self.feed.name)
-        self._written: list[WrittenFile] = []
-        self._txn: int | None = None  # the transaction version this run commits
         doc = self.store.load(self.feed_dir)
         if doc is not None and not self.delta.has_log() and _lists_files(doc):
             raise LakeStateError(
@@ -131,14 +135,7 @@ class DeltaRun(Run):
             self.columns = self._checked_columns(doc, result.schema)
             files = delta.file_schema(result.schema, feed.name, kind="stream")
             table = self._table_for(table, files, kind="stream")
-            with AppendSink(
-                self.feed_dir, files, run_start=self.now,
-                event_time=feed.event_time or "ROWTIME", timezone=feed.timezone,
-                security=feed.security, max_open_partitions=feed.max_open_partitions,
-                max_rows_per_file=feed.max_rows_per_file, storage=self.store.storage,
-                buffer_bytes=DELTA_BUFFER_BYTES,
-            ) as sink:
-                self._sinks.append(sink)
+            with self._append_sink(files, buffer_bytes=DELTA_BUFFER_BYTES) as sink:
                 for batch in self._batches(result.batches()):
                     rows = delta.to_file_schema(batch, files)
                     sink.write(rows if overlap is None else overlap.new_rows(rows))
@@ -151,9 +148,7 @@ class DeltaRun(Run):
                        columns: list[str]) -> Overlap:
         """As ``Run._overlap``: the log's rows of ``(watermark - settle_delay, watermark]``
         (not before the realtime start time), read through delta-rs."""
-        lower = watermark - round(self.feed.settle_delay * 1000)
-        if after_ms is not None:
-            lower = max(lower, after_ms)
+        lower = overlap_start(watermark, self.feed.settle_delay, after_ms)
         rowtime = pc.field("ROWTIME")
         try:
             held = table.to_pyarrow_dataset().to_table(

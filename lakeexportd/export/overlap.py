@@ -23,6 +23,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 
+def overlap_start(watermark: int, settle_delay: float, after_ms: int | None) -> int:
+    """Where the first batch run after real time starts: ``settle_delay`` before the realtime
+    watermark, not before the realtime start time (earlier batch runs hold those rows)."""
+    lower = watermark - round(settle_delay * 1000)
+    return lower if after_ms is None else max(lower, after_ms)
+
+
 def _key(row: dict[str, Any], columns: list[str]) -> str:
     return json.dumps([row.get(c) for c in columns], default=str, separators=(",", ":"))
 

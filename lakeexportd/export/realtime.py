@@ -61,7 +61,7 @@ from lakeexportd.lake.compaction import compact_feed
 from lakeexportd.lake.locking import HeldLock
 from lakeexportd.lake.metadata import MetadataStore
 from lakeexportd.lake.metadata_model import FeedMetadata, Offsets, StreamMetadata
-from lakeexportd.lake.sinks import BUFFER_BYTES, AppendSink
+from lakeexportd.lake.sinks import BUFFER_BYTES
 
 if TYPE_CHECKING:
     from lakeexportd.catalog.iceberg import LakeCatalog
@@ -144,21 +144,14 @@ class Rotation:
         self.table: delta.Table | None = None
         files = schema
         if isinstance(run, DeltaRun):
-            run.delta = delta.DeltaFeed(run.store.storage, run.feed_dir, run.feed.name)
-            run._written, run._txn = [], None
             table = run.delta.load()
             self.logged = run.delta.transaction_version(table) if table is not None else None
             files = delta.file_schema(schema, run.feed.name, kind="stream")
             self.table = run._table_for(table, files, kind="stream")
         self.files = files
-        feed = run.feed
-        self.sink = AppendSink(
-            run.feed_dir, files, run_start=run.now, event_time=feed.event_time or "ROWTIME",
-            timezone=feed.timezone, security=feed.security,
-            max_open_partitions=feed.max_open_partitions,
-            max_rows_per_file=feed.max_rows_per_file, storage=run.store.storage,
-            buffer_bytes=DELTA_BUFFER_BYTES if self.delta else BUFFER_BYTES)
-        run._sinks.append(self.sink)
+        self.sink = run._append_sink(
+            files, buffer_bytes=DELTA_BUFFER_BYTES if self.delta else BUFFER_BYTES)
+        self._abandoned = False
 
     def write(self, batch: pa.RecordBatch) -> None:
         self.sink.write(delta.to_file_schema(batch, self.files) if self.delta else batch)
@@ -189,14 +182,17 @@ class Rotation:
 
     def abandon(self, exc: BaseException | None = None) -> None:
         """Drop what this rotation wrote and was never committed (unless its commit may
-        have landed: then the next start judges the files by what is committed)."""
+        have landed: then the next start judges the files by what is committed). Once:
+        the query's own cleanup calls it again after a failed commit did."""
+        if self._abandoned:
+            return
+        self._abandoned = True
         self.sink.abort()
-        if isinstance(exc, CommitOutcomeUnknown):
-            pass
-        elif isinstance(self.run, DeltaRun):
-            self.run._remove_own_unless_committed()
-        else:
-            self.run._remove_unlisted()
+        if not isinstance(exc, CommitOutcomeUnknown):
+            if isinstance(self.run, DeltaRun):
+                self.run._remove_own_unless_committed()
+            else:
+                self.run._remove_unlisted()
         if isinstance(exc, Exception):
             self.run._record_failure(self.doc, exc)
 
@@ -305,9 +301,7 @@ class RealtimeFeed:
         delivered rows. Raises what ended it badly, after committing the rows before."""
         run = self._new_run()
         doc = run.prepare()  # leftovers removed (local lakes), the format checked
-        if self.store.storage.leases and self.feed.format != "delta" \
-                and run.catalog_behind is None:
-            run._sweep_after_commit()  # object stores: unlisted objects past their grace
+        self._sweep(run)
         if self.feed.format == "delta":
             doc = self._delta_point(doc)
         if not isinstance(doc, StreamMetadata):
@@ -441,12 +435,17 @@ class RealtimeFeed:
         if self.held is not None and self.monotonic() >= self._next_compaction:
             self._next_compaction = self.monotonic() + COMPACT_EVERY_S
             self._compact()
-            run = rotation.run
-            if self.store.storage.leases and self.feed.format != "delta" \
-                    and run.catalog_behind is None:
-                run._sweep_after_commit()  # as at each start: unlisted objects past the grace
+            self._sweep(rotation.run)
             new = self._reload(new)
         return new, None, Pending()
+
+    def _sweep(self, run: Run) -> None:
+        """Object stores, at each query's start and daily: unlisted Parquet objects past
+        the grace go, as after a batch run's commit (not while the catalog may list them;
+        a Delta feed's leftovers are its vacuum's)."""
+        if self.store.storage.leases and self.feed.format != "delta" \
+                and run.catalog_behind is None:
+            run._sweep_after_commit()
 
     def _compact(self) -> None:
         """The feed's closed days compacted (``compaction:``), as the daemon's daily job

@@ -30,7 +30,7 @@ from lakeexportd.errors import (
     RejectedValueError,
     SchemaError,
 )
-from lakeexportd.export.overlap import Overlap
+from lakeexportd.export.overlap import Overlap, overlap_start
 from lakeexportd.failpoints import failpoint
 from lakeexportd.ksqldb import sql
 from lakeexportd.ksqldb.client import KsqlDBClient
@@ -51,7 +51,7 @@ from lakeexportd.lake.metadata_model import (
     current_file_count,
     iso_utc,
 )
-from lakeexportd.lake.sinks import AppendSink, SnapshotSink
+from lakeexportd.lake.sinks import BUFFER_BYTES, AppendSink, SnapshotSink
 
 if TYPE_CHECKING:
     from lakeexportd.catalog.iceberg import LakeCatalog
@@ -328,9 +328,7 @@ class Run:
         watermark (not before the realtime start time: earlier batch runs hold those rows),
         and leaves out the rows of that overlap the lake holds (``export.overlap``)."""
         assert doc.offsets is not None
-        lower = watermark - round(self.feed.settle_delay * 1000)
-        if doc.offsets.after_ms is not None:
-            lower = max(lower, doc.offsets.after_ms)
+        lower = overlap_start(watermark, self.feed.settle_delay, doc.offsets.after_ms)
         # Files that may hold rows of the overlap: committed since an hour before it (a row
         # is committed after it arrives, and arrives after its ROWTIME, give or take the
         # producer's clock), or whose ROWTIME range reaches into it.
@@ -356,21 +354,22 @@ class Run:
         query = sql.stream_window(feed.source, lower, upper)
         with self.client.query(query, batch_size=feed.batch_size, cancel=self.cancel) as result:
             self.columns = self._checked_columns(doc, result.schema)
-            with AppendSink(
-                self.feed_dir,
-                result.schema,
-                run_start=self.now,
-                event_time=feed.event_time or "ROWTIME",
-                timezone=feed.timezone,
-                security=feed.security,
-                max_open_partitions=feed.max_open_partitions,
-                max_rows_per_file=feed.max_rows_per_file,
-                storage=self.store.storage,
-            ) as sink:
-                self._sinks.append(sink)
+            with self._append_sink(result.schema) as sink:
                 for batch in self._batches(result.batches()):
                     sink.write(batch if overlap is None else overlap.new_rows(batch))
                 return sink.finish()
+
+    def _append_sink(self, schema: pa.Schema, *, buffer_bytes: int = BUFFER_BYTES) -> AppendSink:
+        """The feed's stream sink for ``schema``, this run's (what it creates is the run's)."""
+        feed = self.feed
+        sink = AppendSink(
+            self.feed_dir, schema, run_start=self.now, event_time=feed.event_time or "ROWTIME",
+            timezone=feed.timezone, security=feed.security,
+            max_open_partitions=feed.max_open_partitions,
+            max_rows_per_file=feed.max_rows_per_file, storage=self.store.storage,
+            buffer_bytes=buffer_bytes)
+        self._sinks.append(sink)
+        return sink
 
     # -- tables ----------------------------------------------------------------------------
 
